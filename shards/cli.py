@@ -1,0 +1,164 @@
+"""`python -m shards`: look inside a shard set (ls, stats, verify, show, head).
+
+Each subcommand takes SET: a shard set's directory, or an fsspec URL of one
+(s3://bucket/prefix, hf://datasets/...), and prints to stdout. In Python:
+
+    from lake.catalog import open_shard_set
+    shards = open_shard_set("data/laion-en")   # manifest + index.parquet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from lake.catalog import open_shard_set
+from lake.errors import LakeError
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _table(rows: list[list], header: list[str]) -> str:
+    cells = [header] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def cmd_ls(args) -> int:
+    from shards.describe import list_shards
+
+    shards = open_shard_set(args.set)
+    rows = list_shards(shards)
+    if args.split:
+        rows = [r for r in rows if r["split"] == args.split]
+    print(_table([[r["path"], r["split"], r["rows"], r["blocks"], _human(r["bytes"])] for r in rows],
+                 ["shard", "split", "rows", "blocks", "bytes"]))
+    print(f"{len(rows)} shards, {sum(r['rows'] for r in rows)} rows, {_human(sum(r['bytes'] for r in rows))}")
+    return 0
+
+
+def cmd_stats(args) -> int:
+    from shards.describe import set_stats
+
+    stats = set_stats(open_shard_set(args.set))
+    if args.json:
+        print(json.dumps(stats, ensure_ascii=False))
+        return 0
+    print(f"{stats['name']}  (fingerprint {stats['fingerprint']}, schema v{stats['schema_version']})")
+    print(f"audio: {stats['audio_encoder']}  dim {stats['audio_dim']}  layers {', '.join(stats['audio_layers'])}")
+    print(f"text:  {stats['text_encoder']}  dim {stats['text_dim']}  fields {', '.join(stats['fields'])}")
+    print(f"{stats['rows']} rows, {stats['hours']:.2f} h of audio, {stats['num_classes']} classes, "
+          f"{stats['quarantined']} quarantined\n")
+    print(_table([[s, d["rows"], d["shards"], f"{d['hours']:.3f}", _human(d["bytes"])] for s, d in stats["splits"].items()],
+                 ["split", "rows", "shards", "hours", "bytes"]))
+    splits = list(stats["splits"])
+    print()
+    print(_table([[i, name] + [stats["labels"][s].get(name, 0) for s in splits] for i, name in enumerate(stats["taxonomy"])],
+                 ["id", "label"] + splits))
+    return 0
+
+
+def cmd_verify(args) -> int:
+    from shards.verify import verify_set
+
+    problems, warnings, summary = verify_set(args.set, workers=args.workers, progress=sys.stderr.isatty())
+    for w in warnings:
+        print(f"warning: {w}")
+    for p in problems:
+        print(f"problem: {p}")
+    if problems:
+        print(f"FAILED: {len(problems)} problem(s)" + (f" in {summary['bad_shards']} shard(s)" if summary.get("bad_shards") else ""))
+        return 1
+    print(f"OK: {summary['shards']} shards, {summary['rows']} rows, {_human(summary['bytes'])} match the manifest and the index")
+    return 0
+
+
+def cmd_show(args) -> int:
+    from shards.describe import show_clip
+
+    clip = show_clip(open_shard_set(args.set), args.key)
+    if args.json:
+        print(json.dumps(clip, ensure_ascii=False))
+        return 0
+    for k in ("key", "split", "label_id", "label", "duration_s", "source_uri", "shard", "block", "row"):
+        print(f"{k:>11}: {clip[k]}")
+    for k, v in clip["meta"].items():
+        if k not in ("keys", "durations", "source_uris"):
+            print(f"{k:>11}: {v}")
+    print("      norms: " + ", ".join(f"{k} {v:.3f}" for k, v in clip["norms"].items()))
+    return 0
+
+
+def cmd_head(args) -> int:
+    from shards.describe import head_rows
+
+    rows = head_rows(open_shard_set(args.set), args.n)
+    def cut(s, n=60):
+        return s if len(s) <= n else s[: n - 1] + "…"
+    print(_table([[r["key"], r["split"], r["label"], f"{r['duration_s']:.2f}", cut(r["transcript"] or "")] for r in rows],
+                 ["key", "split", "label", "dur_s", "transcript"]))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m shards", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    set_help = "the shard set: a directory holding manifest.json, or an fsspec URL of one"
+
+    s = sub.add_parser("ls", help="list shards with split, rows and bytes",
+                       description="List the shards of a set with their split, rows, blocks and size.")
+    s.add_argument("set", metavar="SET", help=set_help)
+    s.add_argument("--split", help="only this split (train, val, dev, test)")
+    s.set_defaults(func=cmd_ls)
+
+    s = sub.add_parser("stats", help="rows per split, label histogram, dims, hours",
+                       description="Rows and hours of audio per split, the label histogram with class names, "
+                                   "encoder dims and stored audio layers. Reads the manifest and index.parquet only.")
+    s.add_argument("set", metavar="SET", help=set_help)
+    s.add_argument("--json", action="store_true", help="print one JSON object instead of tables (includes num_classes)")
+    s.set_defaults(func=cmd_stats)
+
+    s = sub.add_parser("verify", help="check every shard and the index against the manifest",
+                       description="Read every shard in full: sha256, size and row count against the manifest; "
+                                   "each block's members, shapes and dtypes against the manifest's dims; "
+                                   "index.parquet against the shards (no key missing or duplicated). Prints every "
+                                   "problem; exit status 0 only when all hold, 1 otherwise. Cost: one full read of the set.")
+    s.add_argument("set", metavar="SET", help=set_help)
+    s.add_argument("--workers", type=int, default=4, help="shards checked in parallel (threads; default: 4)")
+    s.set_defaults(func=cmd_verify)
+
+    s = sub.add_parser("show", help="one clip: metadata, label, embedding norms",
+                       description="Print one clip's index row, its block metadata (transcript, caption, soft "
+                                   "labels), its label and the norms of its stored embeddings.")
+    s.add_argument("set", metavar="SET", help=set_help)
+    s.add_argument("key", metavar="KEY", help="the clip key, as in index.parquet (see `head`)")
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser("head", help="the first rows of the index as a table",
+                       description="The first rows of index.parquet: key, split, label, duration, transcript.")
+    s.add_argument("set", metavar="SET", help=set_help)
+    s.add_argument("-n", type=int, default=10, help="number of rows (default: 10)")
+    s.set_defaults(func=cmd_head)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except LakeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `python -m shards head ... | head`
+        return 0

@@ -1,0 +1,208 @@
+"""Write and read one shard of format v1.
+
+A shard is a plain tar of blocks; a block holds up to ~1024 clips as a handful of
+members (`<block>.audio.npy`, `.text.npy`, `.caption.npy`, `.label.npy`,
+`.meta.json`), so a tar header and an npy header are paid per block, not per clip.
+`.npy` keeps each member readable with numpy alone.
+
+The writer records every member's [offset, size] inside the tar; `shards.mapped`
+uses them to view the arrays in place. A shard is written to `<name>.tmp` and
+renamed when complete, so a reader never sees a partial shard.
+
+Python form of a block (what the writer takes and the readers return):
+    {"audio": float16 [n, L, Da], "text": float16 [n, Dt], "caption": float16 [n, Dt]
+     (optional), "label": int16 [n], "meta": {"keys": [...], "durations": [...], ...}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+from typing import Any, Iterator
+
+import numpy as np
+
+from lake import storage
+from lake.errors import LakeError
+from lake.schema import ARRAY_MEMBERS, MEMBER_SUFFIX, META_MEMBER, BlockEntry, ShardEntry
+
+Block = dict[str, Any]
+
+META_LISTS = ("keys", "durations", "transcripts", "source_uris")
+"""Per-row lists every block's meta.json has (others, like captions or soft_labels, are optional)."""
+
+TMP_SUFFIX = ".tmp"
+
+
+def block_name(index: int) -> str:
+    return f"b{index:06d}"
+
+
+def block_rows(block: Block) -> int:
+    return int(len(block["label"]))
+
+
+def check_block(block: Block) -> int:
+    """Rows of a block, after checking that its members agree with each other."""
+    n = block_rows(block)
+    for name, (dtype, ndim) in ARRAY_MEMBERS.items():
+        if name not in block:
+            if name == "caption":
+                continue
+            raise ValueError(f"block lacks member {name!r}")
+        arr = block[name]
+        if not isinstance(arr, np.ndarray) or arr.dtype != np.dtype(dtype) or arr.ndim != ndim or len(arr) != n:
+            got = f"{getattr(arr, 'dtype', type(arr).__name__)} {getattr(arr, 'shape', '')}"
+            raise ValueError(f"block member {name!r}: expected {dtype} with {ndim} dims and {n} rows, got {got}")
+    meta = block.get(META_MEMBER)
+    if not isinstance(meta, dict):
+        raise ValueError("block lacks its meta dict")
+    for k in META_LISTS:
+        if len(meta.get(k, ())) != n:
+            raise ValueError(f"block meta {k!r}: expected {n} entries, got {len(meta.get(k, ()))}")
+    return n
+
+
+def encode_member(name: str, value: Any) -> bytes:
+    if name == META_MEMBER:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.ascontiguousarray(value), allow_pickle=False)
+    return buf.getvalue()
+
+
+def decode_member(suffix: str, data: bytes) -> tuple[str, Any]:
+    """('audio', array) for 'audio.npy', ('meta', dict) for 'meta.json'."""
+    name = suffix.split(".", 1)[0]
+    if suffix == MEMBER_SUFFIX[META_MEMBER]:
+        return name, json.loads(data.decode("utf-8"))
+    return name, np.load(io.BytesIO(data), allow_pickle=False)
+
+
+class _HashingFile:
+    """A write-only file wrapper that hashes and counts what passes through it."""
+
+    def __init__(self, f):
+        self.f = f
+        self.sha = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.bytes += len(data)
+        return self.f.write(data)
+
+    def tell(self) -> int:
+        return self.bytes
+
+
+def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
+    # fixed owner, mode and mtime: the same rows give byte-identical shards
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o444
+    info.mtime = 0
+    info.uname = info.gname = ""
+    return info
+
+
+class ShardWriter:
+    """Append blocks to one shard; `close()` renames it into place and returns its entry.
+
+    `root` is the shard set's directory (local), `relpath` like `shards/train-0000-000001.tar`.
+    """
+
+    def __init__(self, root: str, relpath: str, split: str):
+        if storage.is_url(root):
+            raise LakeError(f"{root}: shards are written to a local or mounted directory; "
+                            "copy the finished set to the object store afterwards")
+        self.relpath, self.split = relpath, split
+        self.final = os.path.join(storage.local_path(root), relpath)
+        self.tmp = self.final + TMP_SUFFIX
+        os.makedirs(os.path.dirname(self.final), exist_ok=True)
+        self._file = open(self.tmp, "wb")
+        self._hash = _HashingFile(self._file)
+        self._tar = tarfile.open(fileobj=self._hash, mode="w", format=tarfile.USTAR_FORMAT)
+        self.blocks: list[BlockEntry] = []
+        self.rows = 0
+
+    def add_block(self, block: Block) -> int:
+        """Write one block; returns its index within the shard."""
+        n = check_block(block)
+        index = len(self.blocks)
+        members: dict[str, list[int]] = {}
+        for name, suffix in MEMBER_SUFFIX.items():
+            if name not in block:
+                continue
+            data = encode_member(name, block[name])
+            self._tar.addfile(_tarinfo(f"{block_name(index)}.{suffix}", len(data)), io.BytesIO(data))
+            # after addfile the tar offset sits past the data padded to 512 bytes
+            padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+            members[name] = [self._tar.offset - padded, len(data)]
+        self.blocks.append(BlockEntry(rows=n, members=members))
+        self.rows += n
+        return index
+
+    def close(self) -> ShardEntry:
+        """Finish the tar, fsync, rename into place. The shard is visible only from here on."""
+        self._tar.close()
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.tmp, self.final)
+        return ShardEntry(path=self.relpath, split=self.split, rows=self.rows, bytes=self._hash.bytes,
+                          sha256=self._hash.sha.hexdigest(), blocks=self.blocks)
+
+    def abort(self) -> None:
+        """Drop the partial shard (the temporary file); nothing visible changes."""
+        try:
+            self._file.close()
+        finally:
+            if os.path.exists(self.tmp):
+                os.remove(self.tmp)
+
+
+def iter_tar_blocks(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """Sequential read of a shard: (block name, {suffix: member bytes}) per block.
+
+    Works on any URL fsspec opens (the fallback for object stores); built on
+    webdataset's tar iterator. A damaged tar raises LakeError naming the file.
+    """
+    from webdataset.tariterators import tar_file_iterator
+
+    current, members = None, {}
+    try:
+        with storage.open_file(path, "rb") as f:
+            for item in tar_file_iterator(f):
+                prefix, _, suffix = item["fname"].partition(".")
+                if prefix != current:
+                    if current is not None:
+                        yield current, members
+                    current, members = prefix, {}
+                if suffix in members:
+                    raise LakeError(f"{path}: member {item['fname']} appears twice")
+                members[suffix] = item["data"]
+    except (tarfile.TarError, EOFError, OSError, ValueError) as e:
+        raise LakeError(f"{path}: damaged tar ({type(e).__name__}: {e})") from None
+    if current is not None:
+        yield current, members
+
+
+def decode_block(members: dict[str, bytes], where: str = "") -> Block:
+    block: Block = {}
+    for suffix, data in members.items():
+        try:
+            name, value = decode_member(suffix, data)
+        except (ValueError, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+            raise LakeError(f"{where}: member {suffix} cannot be decoded ({e})") from None
+        block[name] = value
+    return block
+
+
+def iter_shard(path: str) -> Iterator[Block]:
+    """Decoded blocks of one shard, in order (sequential read)."""
+    for name, members in iter_tar_blocks(path):
+        yield decode_block(members, where=f"{path} block {name}")

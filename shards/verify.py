@@ -1,0 +1,233 @@
+"""Check a shard set against its manifest: hashes, row counts, block shapes, the index.
+
+`verify_set` returns every problem it finds (one line each, naming the file),
+not just the first: a user fixing a damaged set wants the whole list at once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tarfile
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from lake import storage
+from lake.catalog import ShardSet, open_shard_set
+from lake.errors import LakeError
+from lake.schema import ARRAY_MEMBERS, MEMBER_SUFFIX, META_MEMBER, SHARDS_DIR, ShardEntry
+from shards.format import META_LISTS, TMP_SUFFIX, decode_member
+
+
+class _HashingReader:
+    """Hash every byte read through it, so one pass both parses and checksums a shard."""
+
+    def __init__(self, f):
+        self.f, self.sha, self.bytes = f, hashlib.sha256(), 0
+
+    def read(self, n=-1):
+        data = self.f.read(n)
+        self.sha.update(data)
+        self.bytes += len(data)
+        return data
+
+    def drain(self):
+        while self.read(1 << 20):
+            pass
+
+
+@dataclass
+class ShardReport:
+    """What one pass over one shard found."""
+
+    path: str
+    problems: list[str] = field(default_factory=list)
+    keys: dict[tuple[int, int], str] = field(default_factory=dict)  # (block, row) -> key
+    bytes_read: int = 0
+
+
+def _check_shard(shards: ShardSet, entry: ShardEntry) -> ShardReport:
+    m = shards.manifest
+    path = shards.shard_path(entry)
+    rep = ShardReport(path=path)
+    bad = rep.problems.append
+    if not storage.exists(path):
+        bad(f"{path}: missing (listed in the manifest with {entry.rows} rows)")
+        return rep
+    size = storage.size(path)
+    if size != entry.bytes:
+        bad(f"{path}: {size} bytes, the manifest says {entry.bytes} (truncated or replaced)")
+    wanted = {MEMBER_SUFFIX[f] for f in m.fields} | {MEMBER_SUFFIX[META_MEMBER]}
+    blocks: dict[str, dict] = {}
+    order: list[str] = []
+    with storage.open_file(path, "rb") as raw:
+        reader = _HashingReader(raw)
+        try:
+            with tarfile.open(fileobj=reader, mode="r|") as tar:
+                for info in tar:
+                    prefix, _, suffix = info.name.partition(".")
+                    if prefix not in blocks:
+                        blocks[prefix] = {}
+                        order.append(prefix)
+                    data = tar.extractfile(info).read() if info.isreg() else b""
+                    blocks[prefix][suffix] = (info.offset_data, data)
+            reader.drain()
+        except (tarfile.TarError, EOFError, OSError) as e:
+            bad(f"{path}: damaged tar ({type(e).__name__}: {e})")
+            reader.drain()
+        rep.bytes_read = reader.bytes
+    if reader.sha.hexdigest() != entry.sha256:
+        bad(f"{path}: sha256 differs from the manifest (altered or truncated)")
+    if len(order) != len(entry.blocks):
+        bad(f"{path}: {len(order)} blocks in the tar, the manifest lists {len(entry.blocks)}")
+    rows = 0
+    for b, name in enumerate(order):
+        members = blocks[name]
+        where = f"{path} block {name}"
+        if set(members) != wanted:
+            missing, extra = sorted(wanted - set(members)), sorted(set(members) - wanted)
+            bad(f"{where}: members differ from the manifest's fields"
+                + (f"; missing {', '.join(missing)}" if missing else "") + (f"; unexpected {', '.join(extra)}" if extra else ""))
+        block_entry = entry.blocks[b] if b < len(entry.blocks) else None
+        lens: dict[str, int] = {}
+        for suffix, (offset, data) in sorted(members.items()):
+            member = suffix.split(".", 1)[0]
+            try:
+                _, value = decode_member(suffix, data)
+            except (ValueError, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+                bad(f"{where}: {suffix} cannot be decoded ({e})")
+                continue
+            if block_entry is not None and member in block_entry.members:
+                if block_entry.members[member] != [offset, len(data)]:
+                    bad(f"{where}: {suffix} at [{offset}, {len(data)}], the manifest says {block_entry.members[member]}")
+            if member == META_MEMBER:
+                for k in META_LISTS:
+                    if not isinstance(value.get(k), list):
+                        bad(f"{where}: meta.json lacks the list {k!r}")
+                continue
+            if member not in ARRAY_MEMBERS:
+                continue
+            dtype, _ = ARRAY_MEMBERS[member]
+            lens[suffix] = len(value) if value.ndim else 0
+            expected = m.expected_shape(member, len(value) if value.ndim else 0)
+            if value.dtype != np.dtype(dtype) or value.shape != expected:
+                bad(f"{where}: {suffix} is {value.dtype}{list(value.shape)}, the manifest implies {dtype}{list(expected)}")
+            if member == "label" and value.size and (value.min() < 0 or value.max() >= m.num_classes):
+                bad(f"{where}: label ids outside 0..{m.num_classes - 1} (the taxonomy's range)")
+        if not lens:
+            continue
+        n = lens.get(MEMBER_SUFFIX["label"], max(lens.values()))
+        if len(set(lens.values())) > 1:
+            bad(f"{where}: members disagree on the row count ({lens})")
+        if block_entry is not None and block_entry.rows != n:
+            bad(f"{where}: {n} rows, the manifest says {block_entry.rows}")
+        meta_pair = members.get(MEMBER_SUFFIX[META_MEMBER])
+        if meta_pair is not None:
+            try:
+                meta = json.loads(meta_pair[1].decode("utf-8"))
+                for k in META_LISTS:
+                    if isinstance(meta.get(k), list) and len(meta[k]) != n:
+                        bad(f"{where}: meta.json {k!r} has {len(meta[k])} entries for {n} rows")
+                for r, key in enumerate(meta.get("keys", [])[:n]):
+                    rep.keys[(b, r)] = key
+            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+                pass  # reported above
+        rows += n
+    if rows != entry.rows and not rep.problems:
+        bad(f"{path}: {rows} rows in the tar, the manifest says {entry.rows}")
+    elif rows != entry.rows:
+        bad(f"{path}: {rows} readable rows, the manifest says {entry.rows}")
+    return rep
+
+
+def _check_index(shards: ShardSet, reports: dict[str, ShardReport]) -> list[str]:
+    problems: list[str] = []
+    try:
+        table = shards.index
+    except LakeError as e:
+        return [str(e)]
+    where = shards.path("index.parquet")
+    from lake.schema import INDEX_COLUMNS
+
+    missing = [c for c in INDEX_COLUMNS if c not in table.column_names]
+    if missing:
+        return [f"{where}: lacks column(s) {', '.join(missing)}"]
+    cols = table.select(["key", "split", "shard", "block", "row"]).to_pydict()
+    counts = Counter(cols["key"])
+    dups = [k for k, c in counts.items() if c > 1]
+    if dups:
+        problems.append(f"{where}: {len(dups)} key(s) appear more than once, e.g. {', '.join(dups[:5])}")
+    by_path = {s.path: s for s in shards.manifest.shards}
+    per_shard = Counter(cols["shard"])
+    for path, entry in by_path.items():
+        if per_shard.get(path, 0) != entry.rows:
+            problems.append(f"{where}: {per_shard.get(path, 0)} rows point into {path}, which holds {entry.rows}")
+    unknown = sorted(set(per_shard) - set(by_path))
+    if unknown:
+        problems.append(f"{where}: rows point into shard(s) not in the manifest: {', '.join(unknown[:5])}")
+    wrong_split: Counter = Counter()
+    wrong_key: Counter = Counter()
+    for key, split, shard, block, row in zip(cols["key"], cols["split"], cols["shard"], cols["block"], cols["row"]):
+        entry = by_path.get(shard)
+        if entry is None:
+            continue
+        if split != entry.split:
+            wrong_split[shard] += 1
+        rep = reports.get(shard)
+        if rep is not None and not rep.problems and rep.keys.get((block, row)) != key:
+            wrong_key[shard] += 1
+    for shard, n in sorted(wrong_split.items()):
+        problems.append(f"{where}: {n} row(s) pointing into {shard} name a split other than {by_path[shard].split!r}")
+    for shard, n in sorted(wrong_key.items()):
+        problems.append(f"{where}: {n} row(s) point into {shard} at a (block, row) holding another key")
+    listed = {(s, b, r) for s, b, r in zip(cols["shard"], cols["block"], cols["row"])}
+    for shard, rep in reports.items():
+        if rep.problems:
+            continue  # a damaged shard is reported once, by its own checks
+        absent = [k for (b, r), k in rep.keys.items() if (shard, b, r) not in listed]
+        if absent:
+            problems.append(f"{where}: {len(absent)} clip(s) of {shard} are not in the index, e.g. {', '.join(absent[:3])}")
+    return problems
+
+
+def verify_set(root: str, workers: int = 4, progress: bool = False) -> tuple[list[str], list[str], dict]:
+    """(problems, warnings, summary) for the shard set at root. No problems = the set is sound."""
+    try:
+        shards = open_shard_set(root)
+    except LakeError as e:
+        return [str(e)], [], {}
+    m = shards.manifest
+    total_bytes = sum(s.bytes for s in m.shards)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="verify", leave=False)
+
+    def run(entry):
+        rep = _check_shard(shards, entry)
+        if bar is not None:
+            bar.update(entry.bytes)
+        return rep
+
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        reports = list(pool.map(run, m.shards))
+    if bar is not None:
+        bar.close()
+    problems = [p for r in reports for p in r.problems]
+    problems += _check_index(shards, {e.path: r for e, r in zip(m.shards, reports)})
+    warnings: list[str] = []
+    shard_dir = shards.path(SHARDS_DIR)
+    listed = {s.name for s in m.shards}
+    if storage.exists(shard_dir):
+        for name in storage.listdir(shard_dir):
+            if name.endswith(TMP_SUFFIX):
+                warnings.append(f"{storage.join(shard_dir, name)}: unfinished temporary shard (left by an interrupted ingest)")
+            elif name.endswith(".tar") and name not in listed:
+                problems.append(f"{storage.join(shard_dir, name)}: shard not listed in the manifest")
+    summary = {"shards": len(m.shards), "rows": sum(s.rows for s in m.shards), "bytes": total_bytes,
+               "bad_shards": len({r.path for r in reports if r.problems})}
+    return problems, warnings, summary
