@@ -86,19 +86,28 @@ class RotatingWriter:
         self._open.clear()
 
 
-def write_index(root: str, rows: Iterable[dict]) -> int:
-    """index.parquet from index rows, sorted by (shard, block, row). Returns the row count."""
+def write_index_file(path: str, rows) -> int:
+    """Index rows (dicts, or a pyarrow Table) to a parquet file (atomically), sorted by
+    (shard, block, row). Returns the row count."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from lake.schema import index_schema
 
-    rows = sorted(rows, key=lambda r: (r["shard"], r["block"], r["row"]))
-    table = pa.Table.from_pydict({c: [r[c] for r in rows] for c in INDEX_COLUMNS}, schema=index_schema())
-    path = os.path.join(storage.local_path(root), INDEX_NAME)
-    pq.write_table(table, path + ".tmp", compression="zstd")
-    os.replace(path + ".tmp", path)
+    if isinstance(rows, pa.Table):
+        table = rows.select(list(INDEX_COLUMNS)).cast(index_schema())
+    else:
+        table = pa.Table.from_pydict({c: [r[c] for r in rows] for c in INDEX_COLUMNS}, schema=index_schema())
+    table = table.sort_by([("shard", "ascending"), ("block", "ascending"), ("row", "ascending")])
+    tmp = f"{path}.tmp-{os.getpid()}"
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)
     return table.num_rows
+
+
+def write_index(root: str, rows: Iterable[dict]) -> int:
+    """The set's index.parquet."""
+    return write_index_file(os.path.join(storage.local_path(root), INDEX_NAME), rows)
 
 
 def write_quarantine(root: str, records: Iterable[dict]) -> int:

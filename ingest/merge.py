@@ -1,0 +1,49 @@
+"""Rank 0, after every rank has finished: journals -> manifest, index.parquet, quarantine.jsonl.
+
+The merged set lists exactly the journalled shards; anything else under shards/
+(leftovers of killed runs, of ranks that no longer exist) is removed, then the
+work directory. The manifest is written last: a set is complete when it exists.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+from lake.errors import LakeError
+from lake.schema import SHARDS_DIR, Manifest
+from ingest.journal import read_journals, rows_path, work_dir
+from shards.writer import finalize_set
+
+
+def merge_set(root: str, plan: dict, all_units: list[str], settings: dict) -> Manifest:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    state = read_journals(root)
+    unfinished = sorted(set(all_units) - set(state.units_done))
+    if unfinished:
+        raise LakeError(f"{root}: {len(unfinished)} source unit(s) not finished (e.g. {unfinished[0]}): a rank "
+                        "stopped early; re-run the same command to resume")
+    entries = sorted(state.shards.values(), key=lambda e: e.path)
+    tables = [pq.read_table(rows_path(root, e.path)) for e in entries]
+    index = pa.concat_tables(tables) if tables else None
+    committed = set(index.column("key").to_pylist()) if index is not None else set()
+    # one record per clip: a clip retried after a kill is recorded once; one that later succeeded not at all
+    quarantine = {}
+    for rec in state.quarantine:
+        if rec["key"] not in committed:
+            quarantine[(rec["key"], rec["stage"])] = rec
+    listed = {os.path.basename(e.path) for e in entries}
+    shard_dir = os.path.join(root, SHARDS_DIR)
+    if os.path.isdir(shard_dir):
+        for name in os.listdir(shard_dir):
+            if name not in listed:
+                os.remove(os.path.join(shard_dir, name))
+    manifest = Manifest(
+        name=plan["name"], source=plan["source"], encoders=plan["encoders"], taxonomy=plan["taxonomy"],
+        fields=plan["fields"], shards=entries, ingest={"plan": plan, "settings": settings},
+    )
+    finalize_set(root, manifest, index if index is not None else [], sorted(quarantine.values(), key=lambda r: r["key"]))
+    shutil.rmtree(work_dir(root), ignore_errors=True)
+    return manifest

@@ -1,0 +1,245 @@
+"""One ingest rank: read its units, decode in worker processes, encode, pack, write.
+
+    source.read(unit) --(Clip)--> decode pool (PyAV, N processes, ordered)
+        --> window of decoded clips, sorted by length --> audio + text encoders (batched)
+        --> BlockPacker (per split) --> BackgroundWriter --> shards + journal
+
+Work is cut into segments of about `checkpoint_mb` of input: at the end of a
+segment every open shard is closed and the segment's units are journalled as done,
+so a killed run loses at most one segment per rank.
+"""
+
+from __future__ import annotations
+
+import glob
+import multiprocessing as mp
+import os
+import time
+from dataclasses import dataclass, field, replace
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from lake.splits import assign_split
+from ingest.config import IngestConfig
+from ingest.decode_pool import OrderedDecoder
+from ingest.journal import Journal, JournalState
+from ingest.packer import BlockPacker
+from ingest.sources.base import Clip, Skip, Unit
+from ingest.writer_thread import BackgroundWriter
+from shards.format import TMP_SUFFIX
+from shards.writer import RotatingWriter
+
+
+def assign_units(units: list[Unit], world_size: int) -> list[list[Unit]]:
+    """Largest first to the least-loaded rank (deterministic for a given world size)."""
+    loads = [0] * world_size
+    out: list[list[Unit]] = [[] for _ in range(world_size)]
+    for u in sorted(units, key=lambda u: (-u.size, u.id)):
+        r = min(range(world_size), key=lambda i: (loads[i], i))
+        out[r].append(u)
+        loads[r] += max(u.size, 1)
+    return [sorted(us, key=lambda u: u.id) for us in out]
+
+
+def segments(units: list[Unit], checkpoint_bytes: float) -> Iterator[list[Unit]]:
+    seg, size = [], 0
+    for u in units:
+        seg.append(u)
+        size += u.size
+        if size >= checkpoint_bytes:
+            yield seg
+            seg, size = [], 0
+    if seg:
+        yield seg
+
+
+def _decode_one(clip: Clip, max_seconds: float):
+    from ingest.decode import DecodeError, decode_audio
+
+    try:
+        decoded = decode_audio(clip.audio if clip.audio is not None else clip.path, max_seconds=max_seconds or None)
+        reason = None
+    except DecodeError as e:
+        decoded, reason = None, str(e)
+    except Exception as e:  # noqa: BLE001 - a clip must never stop the run
+        decoded, reason = None, f"decode error: {type(e).__name__}: {e}"
+    return replace(clip, audio=None), decoded, reason
+
+
+def decode_chunk(items: list) -> list:
+    """Runs in a decode worker: [(Clip, max_seconds)] in, [(clip without its bytes, Decoded or None, reason)] out."""
+    return [_decode_one(clip, max_seconds) for clip, max_seconds in items]
+
+
+@dataclass
+class RankStats:
+    rows: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    quarantined: int = 0
+    already_done: int = 0
+    clips_read: int = 0
+
+
+class RankWorker:
+    def __init__(self, cfg: IngestConfig, source, taxonomy: list[str], audio_enc, text_enc, rank: int,
+                 world_size: int, state: JournalState, progress=None):
+        self.cfg, self.source, self.taxonomy = cfg, source, taxonomy
+        self.audio_enc, self.text_enc = audio_enc, text_enc
+        self.rank, self.world_size, self.state = rank, world_size, state
+        self.label_id = {name: i for i, name in enumerate(taxonomy)}
+        self.progress = progress
+        self.stats = RankStats()
+        self.quarantine: list[dict] = []
+        self.limit = -(-cfg.limit // world_size) if cfg.limit else 0
+
+    # -- setup ------------------------------------------------------------------
+    def clean_leftovers(self) -> None:
+        """Delete this worker id's shards that no journal line committed (a killed run's leftovers)."""
+        for path in glob.glob(os.path.join(self.cfg.out, "shards", f"*-{self.rank:04d}-*")):
+            rel = os.path.relpath(path, self.cfg.out)
+            if path.endswith(TMP_SUFFIX) or rel not in self.state.shards:
+                os.remove(path)
+
+    def split_of(self, clip: Clip | Skip) -> str:
+        if isinstance(clip, Clip) and clip.split:
+            return clip.split
+        if self.source.name == "meld":
+            return clip.key.split("/")[1]
+        return assign_split(clip.key, self.cfg.val_fraction, self.cfg.test_fraction)
+
+    # -- the loop ---------------------------------------------------------------
+    def run(self, units: list[Unit]) -> RankStats:
+        cfg = self.cfg
+        todo = [u for u in units if u.id not in self.state.units_done]
+        # clips read by earlier runs count towards --limit, so a resumed run takes the same clips
+        self.stats.clips_read = sum(self.state.units_done.get(u.id, 0) for u in units)
+        self._unit_clips: dict[str, int] = {}
+        self._bytes_total = sum(u.size for u in todo) or 1
+        self._bytes_read = 0
+        committed = self.state.committed_keys(cfg.out) if todo and self.state.shards else set()
+        journal = Journal(cfg.out, self.rank)
+        rotating = RotatingWriter(cfg.out, self.taxonomy, journal.shard, worker=self.rank,
+                                  rows_per_shard=cfg.rows_per_shard, next_seq=self.state.next_seq(self.rank))
+        writer = BackgroundWriter(rotating)
+        packer = BlockPacker(cfg.block_rows, writer.submit, with_caption=self.source.has_captions)
+        workers = cfg.decode_workers if cfg.decode_workers > 0 else max(1, (os.cpu_count() or 2) // self.world_size - 1)
+        # spawn, not fork: the parent holds CUDA contexts and a writer thread
+        pool = mp.get_context("spawn").Pool(workers)
+        decoder = OrderedDecoder(pool, decode_chunk, chunk=4, max_pending=cfg.batch_size * 32)
+        try:
+            for seg in segments(todo, cfg.checkpoint_mb * 1e6):
+                clips = self._clips(seg, committed)
+                decoded = decoder.map((c, cfg.max_seconds) for c in clips)
+                self._encode_stream(decoded, packer)
+                packer.flush()
+                writer.sync()  # every shard of this segment closed and journalled
+                if self.quarantine:
+                    journal.append({"type": "quarantine", "records": self.quarantine})
+                    self.quarantine = []
+                journal.append({"type": "units_done", "units": {u.id: self._unit_clips.get(u.id, 0) for u in seg}})
+            writer.stop()
+        except BaseException:
+            writer.abort()
+            pool.terminate()
+            raise
+        finally:
+            journal.close()
+        pool.close()
+        pool.join()
+        return self.stats
+
+    def _clips(self, seg: list[Unit], committed: set[str]) -> Iterator[Clip]:
+        """Clips to decode; skip records go straight to quarantine."""
+        for unit in seg:
+            if self.limit and self.stats.clips_read >= self.limit:
+                continue  # excluded by --limit: journalled as done with 0 clips
+            for item in self.source.read(unit):
+                if isinstance(item, Skip):
+                    if item.key not in committed:
+                        self._quarantine(item.key, "read", item.reason, item.source_uri, self.split_of(item))
+                    continue
+                if self.limit and self.stats.clips_read >= self.limit:
+                    break
+                self.stats.clips_read += 1
+                self._unit_clips[unit.id] = self._unit_clips.get(unit.id, 0) + 1
+                if item.key in committed:
+                    self.stats.already_done += 1
+                    continue
+                yield item
+            self._bytes_read += unit.size
+            if self.progress is not None and self.progress.estimate:
+                done = self.progress.n
+                self.progress.total = max(done, int(done * self._bytes_total / self._bytes_read))
+
+    def _quarantine(self, key: str, stage: str, reason: str, source_uri: str, split: str | None) -> None:
+        self.quarantine.append({"key": key, "stage": stage, "reason": reason, "source_uri": source_uri, "split": split})
+        self.stats.quarantined += 1
+        if self.progress is not None:
+            self.progress.update(1)
+
+    def _encode_stream(self, decoded: Iterable, packer: BlockPacker) -> None:
+        window: list = []
+        size = self.cfg.batch_size * 16  # clips sorted together by length
+        for clip, dec, reason in decoded:
+            if dec is None:
+                self._quarantine(clip.key, "decode", reason, clip.source_uri, self.split_of(clip))
+                continue
+            window.append((clip, dec))
+            if len(window) >= size:
+                self._encode_window(window, packer)
+                window = []
+        if window:
+            self._encode_window(window, packer)
+
+    def _encode_window(self, window: list, packer: BlockPacker) -> None:
+        window.sort(key=lambda cd: len(cd[1].wave))
+        bs = self.cfg.batch_size
+        for start in range(0, len(window), bs):
+            batch = window[start:start + bs]
+            audio = self._encode_audio(batch)
+            clips = [c for c, _ in batch]
+            text = self._encode_text([c.transcript for c in clips])
+            caption = self._encode_text([c.caption or "" for c in clips]) if self.source.has_captions else None
+            for i, (clip, dec) in enumerate(batch):
+                if audio[i] is None:
+                    continue
+                split = self.split_of(clip)
+                meta = {"keys": clip.key, "durations": round(float(dec.duration_s), 4),
+                        "transcripts": clip.transcript, "source_uris": clip.source_uri,
+                        "encoded_s": round(len(dec.wave) / 16000.0, 4)}
+                if self.source.has_captions:
+                    meta["captions"] = clip.caption or ""
+                meta["extra"] = clip.extra
+                packer.add(split, audio[i], text[i], None if caption is None else caption[i],
+                           self.label_id[clip.label], meta)
+                self.stats.rows[split] = self.stats.rows.get(split, 0) + 1
+                self.stats.seconds[split] = self.stats.seconds.get(split, 0.0) + float(dec.duration_s)
+                if self.progress is not None:
+                    self.progress.update(1)
+
+    def _encode_audio(self, batch: list) -> list:
+        """Per clip: float32 [L, D], or None (quarantined). A failing batch is retried clip by clip."""
+        waves = [d.wave for _, d in batch]
+        try:
+            out = list(self.audio_enc.encode(waves))
+        except Exception:  # noqa: BLE001
+            out = []
+            for clip, d in batch:
+                try:
+                    out.append(self.audio_enc.encode([d.wave])[0])
+                except Exception as e:  # noqa: BLE001
+                    self._quarantine(clip.key, "encode", f"encode error: {type(e).__name__}: {e}",
+                                     clip.source_uri, self.split_of(clip))
+                    out.append(None)
+        for i, ((clip, _), emb) in enumerate(zip(batch, out)):
+            if emb is not None and not np.isfinite(emb).all():
+                self._quarantine(clip.key, "encode", "encode error: non-finite audio embedding",
+                                 clip.source_uri, self.split_of(clip))
+                out[i] = None
+        return out
+
+    def _encode_text(self, texts: list[str]) -> np.ndarray:
+        bs = self.cfg.text_batch_size
+        parts = [self.text_enc.encode(texts[i:i + bs]) for i in range(0, len(texts), bs)]
+        return np.concatenate(parts) if parts else np.zeros((0, self.text_enc.dim), np.float32)

@@ -1,0 +1,178 @@
+"""MELD (MELD.Raw): `{train,dev,test}_sent_emo.csv` + `dia{D}_utt{U}.mp4` clips.
+
+Splits are MELD's own: train (`train_splits/`), dev (`dev_splits_complete/`), test
+(`output_repeated_splits_test/`). In the test folder some clips were re-cut and carry
+a `final_videos_test` prefix (`final_videos_testdia108_utt0.mp4`); their plain-named
+twins are the wrong cut, so the prefixed file wins. Each CSV row is matched to its
+own file by (Dialogue_ID, Utterance_ID), never by position, so a missing clip drops
+exactly its own row. Utterances carry cp1252 punctuation stored as C1 control
+characters (U+0092 for an apostrophe): they are mapped back to readable text.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from typing import Iterator
+
+from lake.errors import LakeError
+from lake.taxonomy import MELD_CLASSES
+from ingest.sources.base import Clip, Skip, Unit
+
+SPLITS = {
+    "train": ("train_sent_emo.csv", "train_splits"),
+    "dev": ("dev_sent_emo.csv", "dev_splits_complete"),
+    "test": ("test_sent_emo.csv", "output_repeated_splits_test"),
+}
+TEST_PREFIX = "final_videos_test"
+COLUMNS = ("Sr No.", "Utterance", "Speaker", "Emotion", "Sentiment", "Dialogue_ID", "Utterance_ID",
+           "Season", "Episode", "StartTime", "EndTime")
+_CLIP_NAME = re.compile(r"^(?:final_videos_test)?dia(\d+)_utt(\d+)\.mp4$")
+
+# cp1252 punctuation that MELD's CSVs carry as C1 control characters (declare-lab/MELD PR #28)
+_C1 = {"\x85": "...", "\x91": "'", "\x92": "'", "\x93": '"', "\x94": '"', "\x96": "-", "\x97": "--", "\xa0": " "}
+_TYPOGRAPHIC = {"’": "'", "‘": "'", "“": '"', "”": '"', "–": "-", "—": "--", "…": "..."}
+
+
+def fix_text(text: str) -> str:
+    """Readable utterance text: undo cp1252-as-UTF-8 mojibake and map cp1252 controls to ASCII."""
+    if "â€" in text or "Â" in text:
+        try:
+            text = text.encode("cp1252").decode("utf-8")
+        except (UnicodeEncodeError, UnicodeDecodeError):
+            text = text.replace("Â", "")
+    for bad, good in {**_C1, **_TYPOGRAPHIC}.items():
+        text = text.replace(bad, good)
+    return " ".join(text.split())
+
+
+def read_csv(path: str) -> list[dict[str, str]]:
+    raw = open(path, "rb").read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("cp1252", errors="replace")  # older copies are plain cp1252
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    missing = [c for c in COLUMNS if rows and c not in rows[0]]
+    if missing:
+        raise LakeError(f"{path}: not a MELD CSV (missing column(s) {', '.join(missing)})")
+    return rows
+
+
+class MeldSource:
+    name = "meld"
+    has_captions = False
+
+    def __init__(self, root: str, unit_rows: int = 1024, splits=tuple(SPLITS)):
+        if not os.path.isdir(root):
+            raise LakeError(f"{root}: not a MELD directory (extract MELD.Raw.tar.gz and its train/dev/test "
+                            "archives; expected *_sent_emo.csv and the clip folders)")
+        self.root, self.unit_rows = root, unit_rows
+        self._rows: dict[str, list[dict[str, str]]] = {}
+        self._files: dict[str, dict[tuple[int, int], str]] = {}  # split -> (dia, utt) -> path
+        self._orphans: dict[str, list[str]] = {}
+        self._units: list[Unit] = []
+        folders = self._find_folders(root)
+        for split in splits:
+            csv_name, folder_name = SPLITS[split]
+            csv_path = self._find_file(root, csv_name)
+            if csv_path is None:
+                raise LakeError(f"{root}: no {csv_name} (the MELD CSVs sit at the top of MELD.Raw)")
+            self._rows[split] = read_csv(csv_path)
+            folder = folders.get(folder_name)
+            files: dict[tuple[int, int], str] = {}
+            prefixed: dict[tuple[int, int], str] = {}
+            if folder is not None:
+                for name in sorted(os.listdir(folder)):
+                    m = _CLIP_NAME.match(name)
+                    if m:
+                        target = prefixed if name.startswith(TEST_PREFIX) else files
+                        target[(int(m.group(1)), int(m.group(2)))] = os.path.join(folder, name)
+            files.update(prefixed)  # the re-cut clip wins over its plain-named twin
+            self._files[split] = files
+            wanted = {(int(r["Dialogue_ID"]), int(r["Utterance_ID"])) for r in self._rows[split]
+                      if r["Dialogue_ID"].strip().isdigit() and r["Utterance_ID"].strip().isdigit()}
+            self._orphans[split] = sorted(p for du, p in files.items() if du not in wanted)
+            n = len(self._rows[split])
+            for i, start in enumerate(range(0, n, unit_rows)):
+                rows = self._rows[split][start:start + unit_rows]
+                size = sum(os.path.getsize(p) for p in (files.get(self._du(r)) for r in rows) if p)
+                self._units.append(Unit(id=f"{split}:{i:04d}", size=size))
+            if self._orphans[split]:
+                self._units.append(Unit(id=f"{split}:orphans", size=0))
+
+    @staticmethod
+    def _find_folders(root: str) -> dict[str, str]:
+        """Clip folders by name, wherever the archive put them (some mirrors nest them)."""
+        names = {folder for _, folder in SPLITS.values()}
+        found = {}
+        for d, subdirs, _ in os.walk(root):
+            for s in subdirs:
+                if s in names and s not in found:
+                    found[s] = os.path.join(d, s)
+        return found
+
+    @staticmethod
+    def _find_file(root: str, name: str) -> str | None:
+        for d, _, files in os.walk(root):
+            if name in files:
+                return os.path.join(d, name)
+        return None
+
+    @staticmethod
+    def _du(row: dict[str, str]) -> tuple[int, int] | None:
+        try:
+            return int(row["Dialogue_ID"]), int(row["Utterance_ID"])
+        except (ValueError, TypeError):
+            return None
+
+    def units(self) -> list[Unit]:
+        return list(self._units)
+
+    def taxonomy(self) -> list[str]:
+        return list(MELD_CLASSES)
+
+    def notes(self) -> list[str]:
+        notes = []
+        for split, orphans in self._orphans.items():
+            if orphans:
+                notes.append(f"{split}: {len(orphans)} clip file(s) have no CSV row (skipped): "
+                             + ", ".join(os.path.basename(p) for p in orphans[:5]))
+        return notes
+
+    def read(self, unit: Unit) -> Iterator[Clip | Skip]:
+        split, part = unit.id.split(":")
+        if part == "orphans":
+            for path in self._orphans[split]:
+                m = _CLIP_NAME.match(os.path.basename(path))
+                yield Skip(key=f"meld/{split}/dia{m.group(1)}_utt{m.group(2)}", reason="no csv row: clip has no label",
+                           source_uri=path)
+            return
+        start = int(part) * self.unit_rows
+        seen: set[tuple[int, int]] = set()
+        for row in self._rows[split][start:start + self.unit_rows]:
+            du = self._du(row)
+            if du is None:
+                yield Skip(key=f"meld/{split}/row{row.get('Sr No.', '?')}", reason="bad csv row: no dialogue/utterance id")
+                continue
+            key = f"meld/{split}/dia{du[0]}_utt{du[1]}"
+            emotion = (row.get("Emotion") or "").strip().lower()
+            if du in seen:
+                yield Skip(key=key, reason="duplicate csv row")
+                continue
+            seen.add(du)
+            path = self._files[split].get(du)
+            if path is None:
+                yield Skip(key=key, reason=f"missing clip: no dia{du[0]}_utt{du[1]}.mp4 in {SPLITS[split][1]}/")
+                continue
+            if emotion not in MELD_CLASSES:
+                yield Skip(key=key, reason=f"unknown emotion: {emotion!r}", source_uri=path)
+                continue
+            extra = {"speaker": fix_text(row.get("Speaker", "")), "sentiment": row.get("Sentiment", "").strip(),
+                     "season": row.get("Season", "").strip(), "episode": row.get("Episode", "").strip(),
+                     "start": row.get("StartTime", "").strip(), "end": row.get("EndTime", "").strip(),
+                     "sr_no": row.get("Sr No.", "").strip()}
+            yield Clip(key=key, transcript=fix_text(row.get("Utterance", "")), label=emotion, source_uri=path,
+                       path=path, split=split, extra=extra)

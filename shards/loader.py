@@ -1,0 +1,205 @@
+"""The streaming loader: DDP-aware, resumable batches of one split of a shard set.
+
+Built from webdataset pipeline stages (`wds.DataPipeline`): a per-worker plan of
+batches (shards.partition) -> a gather stage that copies each batch's rows out of
+the blocks (memory-mapped views of local shards, or ranged reads of the recorded
+byte ranges behind a URL) -> tensors. Rows are never read one tar member at a time.
+
+Batches are dicts of CPU tensors, pinned when training on CUDA:
+    audio [b, L, Da] float16 (the stored layers asked for), text [b, Dt] float16,
+    caption [b, Dt] float16 (if asked), label [b] int64, row [b] int64 (global row id
+    within the split, in manifest order: the same order as the split's rows in index.parquet).
+
+State (`state_dict`) is five numbers and two names: a resumed run recomputes the
+epoch's order and skips the batches already consumed, so it sees exactly the rows
+an uninterrupted run would have seen next.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import numpy as np
+import torch
+import webdataset as wds
+
+from lake import storage
+from lake.catalog import ShardSet
+from lake.errors import LakeError
+from shards.mapped import ShardMap
+from shards.partition import block_offsets, epoch_order, eval_batches, train_batches, worker_batches
+
+STATE_VERSION = 1
+
+
+class _BatchPlan(torch.utils.data.IterableDataset):
+    """First pipeline stage: the row ids of each batch this DataLoader worker must produce."""
+
+    def __init__(self, loader: "ShardLoader", epoch: int, start: int):
+        self.block_rows, self.training = loader.block_rows, loader.training
+        self.seed, self.window, self.rank, self.world = loader.seed, loader.window_blocks, loader.rank, loader.world
+        self.local_batch, self.epoch, self.start = loader.local_batch, epoch, start
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if self.training:
+            order = epoch_order(self.block_rows, self.seed, self.epoch, self.window)
+            batches = train_batches(order, self.rank, self.world, self.local_batch)
+        else:
+            batches = eval_batches(int(self.block_rows.sum()), self.rank, self.world, self.local_batch)
+        for j in worker_batches(len(batches), self.start, worker, workers):
+            yield np.asarray(batches[j])
+
+
+class _Gather:
+    """Second stage: rows -> numpy arrays, block by block, in the batch's own order."""
+
+    def __init__(self, loader: "ShardLoader"):
+        self.paths, self.entries = loader.paths, loader.entries
+        self.block_table = loader.block_table  # [n_blocks, 2]: shard index, block index in shard
+        self.offsets = block_offsets(loader.block_rows)
+        self.layer_idx, self.fields = loader.layer_idx, loader.fields
+        self.members = tuple(f for f in self.fields if f != "row")
+        self._maps: dict[int, ShardMap] = {}
+        self._blocks: OrderedDict = OrderedDict()
+        self._cache_size = 10**9 if all(not storage.is_url(p) for p in self.paths) else 2 * loader.window_blocks
+
+    def _block(self, b: int) -> dict:
+        hit = self._blocks.get(b)
+        if hit is not None:
+            self._blocks.move_to_end(b)
+            return hit
+        s, i = self.block_table[b]
+        shard = self._maps.get(s)
+        if shard is None:
+            shard = self._maps[s] = ShardMap(self.paths[s], self.entries[s], members=self.members)
+        block = shard.block(int(i))
+        self._blocks[b] = block
+        if len(self._blocks) > self._cache_size:
+            self._blocks.popitem(last=False)
+        return block
+
+    def __call__(self, plans):
+        for rows in plans:
+            blocks = np.searchsorted(self.offsets, rows, side="right") - 1
+            out: dict[str, np.ndarray] = {}
+            order = np.argsort(blocks, kind="stable")
+            sorted_blocks = blocks[order]
+            cuts = np.flatnonzero(np.diff(sorted_blocks)) + 1
+            for group in np.split(order, cuts):
+                b = int(blocks[group[0]])
+                block = self._block(b)
+                local = rows[group] - self.offsets[b]
+                for name in self.members:
+                    src = block[name]
+                    if name == "audio":
+                        src = src[local][:, self.layer_idx]
+                    else:
+                        src = src[local]
+                    dst = out.get(name)
+                    if dst is None:
+                        dst = out[name] = np.empty((len(rows),) + src.shape[1:], dtype=src.dtype)
+                    dst[group] = src
+            out["row"] = rows
+            yield out
+
+
+def _to_torch(batches):
+    for b in batches:
+        out = {k: torch.from_numpy(v) for k, v in b.items()}
+        if "label" in out:
+            out["label"] = out["label"].long()
+        yield out
+
+
+class ShardLoader:
+    """Batches of one split, for one rank of `world`. `batch_size` is the GLOBAL batch.
+
+    training=True: shuffled per (seed, epoch), full batches only, the same count on
+    every rank. training=False: natural order, every row exactly once.
+    """
+
+    def __init__(self, shards: ShardSet, split: str, batch_size: int, rank: int = 0, world: int = 1,
+                 training: bool = True, seed: int = 0, num_workers: int = 0, layers: list[str] | None = None,
+                 fields: tuple[str, ...] = ("audio", "text", "label"), window_blocks: int = 64,
+                 pin_memory: bool = False):
+        m = shards.manifest
+        self.shards, self.split, self.training = shards, split, training
+        self.rank, self.world, self.seed, self.num_workers = rank, world, seed, num_workers
+        self.window_blocks, self.pin_memory = window_blocks, pin_memory
+        entries = m.shards_of(split)
+        if not entries or sum(e.rows for e in entries) == 0:
+            have = ", ".join(f"{s} ({d['rows']} rows)" for s, d in m.splits.items()) or "none"
+            raise LakeError(f"{shards.root}: split {split!r} is empty or absent (splits: {have})")
+        missing = [f for f in fields if f not in m.fields and f != "row"]
+        if missing:
+            raise LakeError(f"{shards.root}: the set has no {', '.join(missing)} embeddings (fields: {', '.join(m.fields)})")
+        if batch_size % world:
+            raise LakeError(f"--batch-size {batch_size} is the global batch and must divide by the {world} ranks")
+        self.batch_size, self.local_batch = batch_size, batch_size // world
+        self.fields = tuple(fields)
+        names = m.audio_layers
+        layers = layers or names
+        unknown = [x for x in layers if x not in names]
+        if unknown:
+            raise LakeError(f"{shards.root}: no stored audio layer(s) {', '.join(unknown)} (stored: {', '.join(names)})")
+        self.layers = list(layers)
+        self.layer_idx = np.array([names.index(x) for x in layers])
+        self.paths = [shards.shard_path(e) for e in entries]
+        self.entries = entries
+        self.block_table = np.array([(s, i) for s, e in enumerate(entries) for i in range(len(e.blocks))], dtype=np.int64)
+        self.block_rows = np.array([b.rows for e in entries for b in e.blocks], dtype=np.int64)
+        self.num_rows = int(self.block_rows.sum())
+        if training and self.num_rows // world < self.local_batch:
+            raise LakeError(f"{shards.root}: split {split!r} has {self.num_rows} rows, fewer than one global batch "
+                            f"of {batch_size}; lower --batch-size")
+        self.fingerprint = m.fingerprint()
+        self.epoch, self.consumed = 0, 0
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        if self.training:
+            return (self.num_rows // self.world) // self.local_batch
+        return len(eval_batches(self.num_rows, self.rank, self.world, self.local_batch))
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch, self.consumed = epoch, 0
+
+    def _pipeline(self, start: int) -> wds.DataPipeline:
+        return wds.DataPipeline(_BatchPlan(self, self.epoch, start), _Gather(self), _to_torch)
+
+    def __iter__(self):
+        """The rest of the current epoch, from the batch after the last consumed one."""
+        start = self.consumed
+        if start >= len(self):
+            return
+        workers = min(self.num_workers, len(self) - start)
+        loader = torch.utils.data.DataLoader(
+            self._pipeline(start), batch_size=None, num_workers=workers, pin_memory=self.pin_memory,
+            prefetch_factor=4 if workers else None, persistent_workers=False)
+        for batch in loader:
+            self.consumed += 1
+            yield batch
+
+    # -- resumable state -----------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "epoch": self.epoch, "consumed": self.consumed, "seed": self.seed,
+                "world": self.world, "batch_size": self.batch_size, "split": self.split,
+                "fingerprint": self.fingerprint}
+
+    def load_state_dict(self, state: dict) -> None:
+        state = dict(state)
+        if state.pop("version", None) != STATE_VERSION:
+            raise LakeError("loader state of another version; cannot resume this run with this code")
+        checks = {"world": self.world, "batch_size": self.batch_size, "split": self.split, "fingerprint": self.fingerprint}
+        for k, mine in checks.items():
+            theirs = state.pop(k, None)
+            if theirs != mine:
+                what = {"world": "number of ranks", "batch_size": "global batch size", "split": "split",
+                        "fingerprint": "shard set (fingerprint)"}[k]
+                raise LakeError(f"cannot resume: the checkpoint's {what} was {theirs!r}, now {mine!r}; the rows "
+                                "seen next would not continue the interrupted run")
+        self.epoch, self.consumed, self.seed = int(state.pop("epoch")), int(state.pop("consumed")), int(state.pop("seed"))
+        if state:
+            raise LakeError(f"loader state has unknown keys: {', '.join(sorted(state))}")
