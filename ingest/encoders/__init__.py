@@ -18,6 +18,8 @@ def build_audio_encoder(name: str, device: str = "cpu", layers: str = "all", **o
     if name == "auristream" or name.startswith("auristream:"):
         from ingest.encoders.auristream import AuriStreamEncoder
 
+        if name.startswith("auristream:"):  # auristream:ID_OR_DIR picks another AuriStream checkpoint
+            options.setdefault("model", name.split(":", 1)[1])
         return AuriStreamEncoder(device=device, layers=layers, **options)
     from lake.errors import LakeError
 

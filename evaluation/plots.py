@@ -1,0 +1,67 @@
+"""Figures for reports, drawn with matplotlib's Agg canvas.
+
+Figures are built as `matplotlib.figure.Figure` on an explicit Agg canvas, not
+through pyplot: no display is needed, no global backend is switched (a caller's
+interactive session is left alone) and no figure lingers in pyplot's registry.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from trainers.metrics import normalized_confusion
+
+# Up to this many classes each cell is big enough to print its value in.
+MAX_CLASSES_WITH_VALUES = 12
+
+
+def plot_confusion(cm, class_names: list[str], path, title: str) -> str:
+    """Save the confusion matrix normalised per true class (rows sum to 1) as a PNG; returns `path`.
+
+    The figure grows with the class count (about a third of an inch per class)
+    and the label font shrinks to a floor of 7 pt, so 36-40 emotion names stay
+    legible; `bbox_inches="tight"` makes room for long names such as
+    "Intoxication/Altered States of Consciousness".
+    """
+    cm = np.asarray(cm)
+    n = len(class_names)
+    if cm.ndim != 2 or cm.shape != (n, n):
+        raise ValueError(f"confusion matrix of shape {cm.shape} does not match {n} class names")
+    share = normalized_confusion(cm)
+
+    side = max(5.0, 0.35 * n + 2.5)  # inches
+    font = float(np.clip(13 - n / 4, 7, 11))
+    fig = Figure(figsize=(side + 1.2, side), dpi=100)  # + room for the colour bar
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
+    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    cbar.set_label("share of true class", fontsize=font)
+    cbar.ax.tick_params(labelsize=font)
+
+    ticks = np.arange(n)
+    ax.set_xticks(ticks)
+    ax.set_yticks(ticks)
+    if n > MAX_CLASSES_WITH_VALUES:
+        ax.set_xticklabels(class_names, rotation=90, fontsize=font)
+    else:
+        ax.set_xticklabels(class_names, rotation=45, ha="right", rotation_mode="anchor", fontsize=font)
+    ax.set_yticklabels(class_names, fontsize=font)
+    ax.set_xlabel("predicted", fontsize=font + 1)
+    ax.set_ylabel("true", fontsize=font + 1)
+    ax.set_title(title, fontsize=font + 2)
+
+    if n <= MAX_CLASSES_WITH_VALUES:
+        for t in range(n):
+            for p in range(n):
+                ax.text(p, t, f"{share[t, p]:.2f}", ha="center", va="center", fontsize=font - 1,
+                        color="white" if share[t, p] > 0.5 else "black")
+
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, format="png", bbox_inches="tight")
+    return path

@@ -1,0 +1,225 @@
+"""`auristream`: WavCoch cochlear tokens -> AuriStream hidden states, masked mean per layer.
+
+Pipeline for a batch of 16 kHz mono waveforms of any lengths:
+
+1. WavCoch (`TuKoResearch/WavCochV8192`, a remote-code *model*) turns float32 (B, 1, T) audio into
+   token ids (B, T // hop), hop = 80 samples (200 tokens/s). It returns no lengths or mask, so
+   clips are zero-padded to the batch's longest and each clip keeps its own first n // hop
+   tokens. Clips are tokenised in batches of similar length (sorted), in fp32 always: the
+   tokens are discrete and a bf16 quantiser could flip bits.
+2. Each clip's tokens are cut into windows of `config.seq_len` (4096 = ~20 s). No duration cut:
+   a long clip is several windows, pooled together.
+3. Windows run through AuriStream (`model(seq=ids, output_hidden_states=True)`) in batches of
+   similar length (sorted, at most `max_tokens_per_batch` padded tokens each), right-padded.
+   The model is causal, so padding after a window's last token cannot change its valid
+   positions.
+4. Per stored layer: the mean over the clip's valid tokens across all of its windows (a sum per
+   window, added up per clip, divided by the clip's token count). Padding is never counted, so
+   a clip's embedding does not depend on its batch-mates.
+
+Layers: `h0` (token embeddings) ... `h{n_layer}` (last block, before the final norm), plus
+`final_norm` = `transformer.ln_f` applied per token to `h{n_layer}` (the representation the
+model's `coch_head` reads; the raw last layer is close to collapsed). `--audio-layers last`
+means `h{n_layer}`, what the reference run stored.
+
+On CUDA the transformer runs under bf16 autocast (weights stay fp32); on CPU in fp32. The hub
+ids, the revisions actually loaded and the compute dtype go into `info()` for the manifest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ingest.encoders.base import SAMPLE_RATE, AudioEncoder, resolve_layers
+from ingest.encoders.hub import check_local_dir, hub_load_error, loaded_revision, looks_like_path
+from lake.errors import LakeError
+
+DEFAULT_MODEL = "TuKoResearch/AuriStream100M_RoPE_librilight"
+DEFAULT_TOKENIZER = "TuKoResearch/WavCochV8192"
+DEFAULT_HOP = 80  # WavCoch: 5 ms per token
+
+
+
+def _field(out: Any, key: str):
+    """`out[key]` / `out.key` of a BatchEncoding, ModelOutput, dict or plain object; None if absent."""
+    value = getattr(out, key, None)
+    if value is None and isinstance(out, dict):
+        value = out.get(key)
+    return value
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class AuriStreamEncoder(AudioEncoder):
+    name = "auristream"
+
+    def __init__(self, device: str = "cpu", layers: str = "all", model: str = DEFAULT_MODEL,
+                 tokenizer: str = DEFAULT_TOKENIZER, model_revision: str | None = None,
+                 tokenizer_revision: str | None = None, dtype: str = "auto", max_tokens_per_batch: int = 32768):
+        """`model` / `tokenizer`: hub ids or local directories (remote code, `trust_remote_code=True`).
+        `dtype`: auto (bf16 autocast on CUDA, fp32 on CPU), fp32 or bf16. `max_tokens_per_batch`:
+        padded tokens per forward (windows x longest window); also bounds tokeniser batches
+        (x hop samples)."""
+        self.device = torch.device(device)
+        self.model_id, self.tokenizer_id = str(model), str(tokenizer)
+        dtype = str(dtype).lower()
+        if dtype not in ("auto", "fp32", "float32", "bf16", "bfloat16"):
+            raise LakeError(f"auristream: dtype {dtype!r} not supported; choose auto, fp32 or bf16")
+        use_bf16 = dtype in ("bf16", "bfloat16") or (dtype == "auto" and self.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.max_tokens_per_batch = int(max_tokens_per_batch)
+        if self.max_tokens_per_batch < 1:
+            raise LakeError("auristream: max_tokens_per_batch must be at least 1")
+
+        self.tokenizer = self._load(self.tokenizer_id, tokenizer_revision, "WavCoch tokenizer", DEFAULT_TOKENIZER,
+                                    "--audio-tokenizer")
+        self.model = self._load(self.model_id, model_revision, "AuriStream model", DEFAULT_MODEL, "--audio-model")
+        self.model_revision = loaded_revision(self.model.config, self.model_id, model_revision)
+        self.tokenizer_revision = loaded_revision(self.tokenizer.config, self.tokenizer_id, tokenizer_revision)
+        self.revision = self.model_revision
+
+        cfg = self.model.config
+        self.n_layer, self.dim = int(cfg.n_layer), int(cfg.n_embd)
+        # every librilight config.json seen sets seq_len (4096 = the trained context); default to it if not
+        self.seq_len = int(getattr(cfg, "seq_len", None) or 4096)
+        self.hop = int(getattr(self.tokenizer.config, "hop_length", None) or DEFAULT_HOP)
+        # shortest input the tokeniser is given (its analysis window); padding past a clip's end is zeros
+        self.min_samples = max(self.hop, int(getattr(self.tokenizer.config, "window_size", 0) or 0))
+        names = [f"h{i}" for i in range(self.n_layer + 1)] + ["final_norm"]
+        self.layers = resolve_layers(layers, names, f"h{self.n_layer}")
+        self._hidden_index = [int(n[1:]) if n != "final_norm" else -1 for n in self.layers]
+        self._block_params = sum(p.numel() for p in self.model.transformer.h.parameters())
+
+    def _load(self, ref: str, revision: str | None, what: str, default_id: str, option: str):
+        from transformers import AutoModel
+
+        check_local_dir(ref, what, default_id, option)
+        try:
+            m = AutoModel.from_pretrained(ref, trust_remote_code=True, revision=revision)
+        except (OSError, ValueError) as e:  # hub errors arrive as OSError (HTTPError is one) or ValueError
+            hub_id = default_id if looks_like_path(ref) else ref
+            raise hub_load_error(e, what, ref, hub_id, revision, option) from None
+        return m.to(self.device).eval()
+
+    # -- what the manifest records -----------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        d = super().info()
+        d.update(model=self.model_id, model_revision=self.model_revision, tokenizer=self.tokenizer_id,
+                 tokenizer_revision=self.tokenizer_revision)
+        return d
+
+    def config(self) -> dict[str, Any]:
+        return {"model": self.model_id, "model_revision": self.model_revision, "tokenizer": self.tokenizer_id,
+                "tokenizer_revision": self.tokenizer_revision, "n_layer": self.n_layer, "seq_len": self.seq_len,
+                "hop": self.hop, "tokens_per_s": SAMPLE_RATE / self.hop,
+                "pooling": "mean over each clip's valid tokens across all its seq_len windows",
+                "final_norm": f"transformer.ln_f(h{self.n_layer}) per token, then mean",
+                "dtype": "bf16-autocast" if self.autocast_dtype is not None else "fp32"}
+
+    # -- cost model ---------------------------------------------------------------------------
+
+    def flops_per_token(self, window: int | None = None) -> float:
+        """Forward FLOPs per token of the transformer blocks at this window length (default seq_len):
+        2 x block parameters (every weight is one multiply-add per token) + 4 x n_layer x n_embd x
+        window for QK^T and AV. Like PaLM's / nanoGPT's MFU, the attention term counts the whole
+        window (a causal flash kernel does about half of it); embeddings, ln_f and the unused
+        coch_head are left out."""
+        window = self.seq_len if window is None else int(window)
+        return 2.0 * self._block_params + 4.0 * self.n_layer * self.dim * window
+
+    def cost(self, num_samples: int) -> float:
+        tokens = max(1, int(num_samples) // self.hop)
+        full, rest = divmod(tokens, self.seq_len)
+        return full * self.seq_len * self.flops_per_token() + (rest * self.flops_per_token(rest) if rest else 0.0)
+
+    # -- encode --------------------------------------------------------------------------------
+
+    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":  # pinned host memory lets the copy overlap with compute
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _tokenize(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
+        """Each clip's valid token ids (int64, CPU): n // hop of them, at least 1."""
+        lengths = [len(w) for w in waves]
+        order = sorted(range(len(waves)), key=lambda i: lengths[i])
+        budget = self.max_tokens_per_batch * self.hop  # padded samples per tokeniser call
+        tokens: list[torch.Tensor | None] = [None] * len(waves)
+        start = 0
+        while start < len(order):
+            # ascending lengths: the last clip of a group is its longest
+            end = start + 1
+            while end < len(order) and (end - start + 1) * max(lengths[order[end]], self.min_samples) <= budget:
+                end += 1
+            group = order[start:end]
+            T = max(max(lengths[i] for i in group), self.min_samples)
+            batch = torch.zeros(len(group), 1, T, dtype=torch.float32)
+            for r, i in enumerate(group):
+                batch[r, 0, :lengths[i]] = torch.from_numpy(np.asarray(waves[i], dtype=np.float32))
+            out = self.tokenizer(self._to_device(batch))
+            ids = out if isinstance(out, torch.Tensor) else _field(out, "input_ids")
+            if ids is None:  # older WavCoch revisions named the field input_values
+                ids = _field(out, "input_values")
+            if ids is None or ids.dim() != 2 or ids.shape[0] != len(group):
+                raise LakeError(f"WavCoch tokenizer {self.tokenizer_id!r} returned "
+                                f"{type(out).__name__} without (B, L) input_ids; check tokenizer_revision")
+            if ids.shape[1] != T // self.hop:
+                # the valid-token count n // hop relies on this; counting padding would be silent
+                raise LakeError(f"WavCoch tokenizer {self.tokenizer_id!r} gave {ids.shape[1]} tokens for {T} "
+                                f"samples, expected {T // self.hop} (hop {self.hop}); this encoder cannot tell "
+                                f"each clip's valid tokens apart from padding with this tokenizer revision")
+            ids = ids.to("cpu", torch.long)
+            for r, i in enumerate(group):
+                tokens[i] = ids[r, :max(1, lengths[i] // self.hop)]
+            start = end
+        return tokens  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def encode(self, waves: list[np.ndarray]) -> np.ndarray:
+        B, L, D = len(waves), len(self.layers), self.dim
+        if B == 0:
+            return np.zeros((0, L, D), dtype=np.float32)
+        tokens = self._tokenize(waves)
+
+        # every window of every clip: (clip, start, length), longest first
+        windows = [(i, s, min(self.seq_len, len(t) - s)) for i, t in enumerate(tokens)
+                   for s in range(0, len(t), self.seq_len)]
+        windows.sort(key=lambda w: -w[2])
+        sums = torch.zeros(B, L, D, dtype=torch.float32, device=self.device)
+        final_norm = self.model.transformer.ln_f
+        start = 0
+        while start < len(windows):
+            width = windows[start][2]  # longest in this group
+            group = windows[start:start + max(1, self.max_tokens_per_batch // width)]
+            start += len(group)
+            ids = torch.zeros(len(group), width, dtype=torch.long)  # right padding, token 0
+            lens = torch.empty(len(group), dtype=torch.long)
+            clip = torch.empty(len(group), dtype=torch.long)
+            for r, (i, s, n) in enumerate(group):
+                ids[r, :n] = tokens[i][s:s + n]
+                lens[r], clip[r] = n, i
+            ids, lens, clip = self._to_device(ids), self._to_device(lens), self._to_device(clip)
+            with self._autocast():
+                out = self.model(seq=ids, output_hidden_states=True)
+                hidden = _field(out, "hidden_states")
+                if hidden is None or len(hidden) != self.n_layer + 1:
+                    raise LakeError(f"AuriStream model {self.model_id!r} returned "
+                                    f"{0 if hidden is None else len(hidden)} hidden states, expected "
+                                    f"n_layer + 1 = {self.n_layer + 1}; check model_revision")
+                picked = [final_norm(hidden[-1]) if j < 0 else hidden[j] for j in self._hidden_index]
+            mask = (torch.arange(width, device=self.device)[None, :] < lens[:, None]).float()  # [W, T]
+            # per window, per layer: sum over valid tokens, in fp32 -> [W, L, D]
+            pooled = torch.stack([torch.einsum("wt,wtd->wd", mask, h.float()) for h in picked], dim=1)
+            sums.index_add_(0, clip, pooled)
+        counts = torch.tensor([len(t) for t in tokens], dtype=torch.float32, device=self.device)
+        return (sums / counts[:, None, None]).cpu().numpy()

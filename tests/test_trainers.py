@@ -1,0 +1,173 @@
+"""The trainers: exact resume after an interruption, the gathered contrastive loss, clear errors."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from lake.catalog import open_shard_set
+from lake.errors import LakeError
+from shards.writer import SetWriter
+from trainers import clap, meld, slm
+from trainers.checkpoint import load_checkpoint
+
+from conftest import make_manifest
+
+
+def signal_set(root, num_classes=4, rows=(240, 60, 60), seed=0, caption=False, name="sig"):
+    """A set whose embeddings carry the label (class centroid + noise), written through the real writer."""
+    manifest = make_manifest(num_classes=num_classes, layers=("h0", "h1"), audio_dim=16, text_dim=12,
+                             caption=caption, name=name)
+    rng = np.random.default_rng(seed)
+    ca = rng.standard_normal((num_classes, 2, 16))
+    ct = rng.standard_normal((num_classes, 12))
+    writer = SetWriter(str(root), manifest, rows_per_shard=64)
+    key = 0
+    for split, n in zip(("train", "val", "test"), rows):
+        for start in range(0, n, 32):
+            k = min(32, n - start)
+            y = rng.integers(0, num_classes, k)
+            block = {"audio": (ca[y] + 0.8 * rng.standard_normal((k, 2, 16))).astype(np.float16),
+                     "text": (ct[y] + 1.5 * rng.standard_normal((k, 12))).astype(np.float16),
+                     "label": y.astype(np.int16),
+                     "meta": {"keys": [f"c{key + i}" for i in range(k)], "durations": [1.0] * k,
+                              "transcripts": ["t"] * k, "source_uris": ["u"] * k}}
+            if caption:
+                block["caption"] = block["text"].copy()
+            key += k
+            writer.add_block(split, block)
+    writer.close()
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A set, CLAP trained on it, and its exported projectors."""
+    tmp = tmp_path_factory.mktemp("trained")
+    root = signal_set(tmp / "set")
+    save = str(tmp / "clap")
+    assert clap.main(["--data-root", root, "--save-dir", save, "--epochs", "3", "--batch-size", "32",
+                      "--num-workers", "0", "--warmup-steps", "5", "--lr", "3e-3", "--no-progress"]) == 0
+    proj = str(tmp / "clap_projectors.pt")
+    assert clap.main(["export", "--checkpoint", os.path.join(save, "clap_best.pt"), "--out", proj]) == 0
+    return root, proj, tmp
+
+
+def _slm_args(root, proj, save, *extra):
+    return ["--data-root", root, "--clap-ckpt", proj, "--save-dir", save, "--epochs", "3", "--batch-size", "32",
+            "--num-workers", "2", "--lr", "1e-3", "--no-progress", "--no-test-at-end", *extra]
+
+
+def test_slm_interrupted_mid_epoch_then_resumed_equals_uninterrupted(trained):
+    root, proj, tmp = trained
+    full, broken = str(tmp / "full"), str(tmp / "broken")
+    assert slm.main(_slm_args(root, proj, full)) == 0
+    # 7 steps per epoch: save at step 10 (mid-epoch 2), die at step 12 without saving, resume from step 10
+    assert slm.main(_slm_args(root, proj, broken, "--save-every-steps", "5", "--max-steps", "12")) == 0
+    last = load_checkpoint(os.path.join(broken, "slm_stage3_last.pt"))
+    assert last["step"] == 10 and 0 < last["loader"]["consumed"] < 7
+    assert slm.main(_slm_args(root, proj, broken, "--resume")) == 0
+    a = load_checkpoint(os.path.join(full, "slm_stage3_last.pt"))
+    b = load_checkpoint(os.path.join(broken, "slm_stage3_last.pt"))
+    assert a["step"] == b["step"] == 21
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert a["best"] == b["best"]
+
+
+def test_slm_learns_and_files_are_named_as_the_reference(trained):
+    root, proj, tmp = trained
+    save = str(tmp / "slm")
+    summary_args = ["--data-root", root, "--clap-ckpt", proj, "--save-dir", save, "--epochs", "4",
+                    "--batch-size", "32", "--num-workers", "0", "--lr", "2e-3", "--no-progress"]
+    assert slm.main(summary_args) == 0
+    names = sorted(os.listdir(save))
+    assert {"slm_stage3_best.pt", "slm_stage3_last.pt", "slm_stage3_epoch003.pt"} <= set(names)
+    assert "slm_stage3_epoch000.pt" not in names  # --keep-epochs 3
+    import json
+
+    summary = json.load(open(os.path.join(save, "slm_stage3_summary.json")))
+    assert summary["test"]["macro_f1"] > 0.6  # 4 classes: chance is 0.25
+    assert summary["test"]["num_rows"] == 60  # every test row evaluated once
+
+
+def test_meld_stage_on_the_frozen_slm(trained):
+    root, proj, tmp = trained
+    save = str(tmp / "slm_for_meld")
+    assert slm.main(["--data-root", root, "--clap-ckpt", proj, "--save-dir", save, "--epochs", "2",
+                     "--batch-size", "32", "--num-workers", "0", "--no-progress", "--no-test-at-end"]) == 0
+    meld_root = signal_set(tmp / "meld_set", num_classes=4, seed=0, name="meldlike")  # same encoders, same space
+    for mode in ("A", "B"):
+        out = str(tmp / f"meld{mode}")
+        assert meld.main(["--data-root", meld_root, "--stage3-ckpt", os.path.join(save, "slm_stage3_best.pt"),
+                          "--clap-ckpt", proj, "--mode", mode, "--epochs", "2", "--batch-size", "32",
+                          "--num-workers", "0", "--save-dir", out, "--no-progress"]) == 0
+        ckpt = load_checkpoint(os.path.join(out, f"meld_slm_{mode}_best.pt"), "meld")
+        frozen = {k: v for k, v in ckpt["model"].items() if k.startswith("slm.")}
+        slm_sd = load_checkpoint(os.path.join(save, "slm_stage3_best.pt"))["model"]
+        assert all(torch.equal(v, slm_sd[k[len("slm."):]]) for k, v in frozen.items())  # the SLM did not move
+        assert os.path.exists(os.path.join(out, f"meld_slm_{mode}_epoch001.pt"))
+    weights = meld.class_weights(np.array([0, 0, 0, 0, 1, 2, 2]), 4)
+    assert torch.allclose(weights, torch.tensor([1.0, 2.0, 2.0**0.5, 0.0]))
+
+
+def test_clear_errors(trained, tmp_path, capsys):
+    root, proj, tmp = trained
+    assert slm.main(["--data-root", root, "--clap-ckpt", proj, "--num-emotions", "36",
+                     "--save-dir", str(tmp_path)]) == 2
+    assert "--num-emotions 36, but" in capsys.readouterr().err
+    assert slm.main(["--data-root", root, "--clap-ckpt", str(tmp_path / "nope.pt"), "--save-dir", str(tmp_path)]) == 2
+    assert "no such file" in capsys.readouterr().err
+    other = signal_set(tmp_path / "other", caption=False, name="other")
+    assert clap.main(["--data-root", other, "--text-field", "caption", "--save-dir", str(tmp_path)]) == 2
+    assert "no caption embeddings" in capsys.readouterr().err
+    assert slm.main(["--data-root", root, "--clap-ckpt", proj, "--save-dir", str(tmp_path / "x"), "--resume"]) == 2
+    assert "no slm_stage3_last.pt" in capsys.readouterr().err
+
+
+def test_reference_projector_layout_loads(tmp_path):
+    ref = {"audio_proj": {"fc.weight": torch.randn(8, 16), "fc.bias": torch.zeros(8)},
+           "text_proj": {"fc.weight": torch.randn(8, 12), "fc.bias": torch.zeros(8)}}
+    torch.save(ref, tmp_path / "clap_projectors.pt")
+    proj = clap.load_projectors(str(tmp_path / "clap_projectors.pt"))
+    assert proj["dims"] == {"audio": 16, "text": 12, "proj": 8} and proj["audio_layer"] is None
+
+
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return str(s.getsockname()[1])
+
+
+def _gather_rank(rank, world, a_full, t_full, out_dir):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = clap.Clap(16, 12, 8, dropout=0.0)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    b = a_full.shape[0] // world
+    a, t, scale = ddp(a_full[rank * b:(rank + 1) * b], t_full[rank * b:(rank + 1) * b])
+    clap.contrastive_loss(a, t, scale).backward()
+    torch.save({n: p.grad for n, p in model.named_parameters()}, os.path.join(out_dir, f"g{rank}.pt"))
+    dist.destroy_process_group()
+
+
+def test_contrastive_gradients_across_two_ranks_equal_one_process(tmp_path):
+    """With the differentiable gather, 2 ranks x 8 rows give the gradients of 1 process x 16 rows."""
+    g = torch.Generator().manual_seed(1)
+    a_full, t_full = torch.randn(16, 16, generator=g), torch.randn(16, 12, generator=g)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=_free_port())
+    torch.multiprocessing.spawn(_gather_rank, args=(2, a_full, t_full, str(tmp_path)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    single = clap.Clap(16, 12, 8, dropout=0.0)
+    a, t, scale = single(a_full, t_full)
+    clap.contrastive_loss(a, t, scale).backward()
+    for rank in range(2):
+        grads = torch.load(tmp_path / f"g{rank}.pt")
+        for n, p in single.named_parameters():
+            assert torch.allclose(grads[n], p.grad, atol=1e-5), n

@@ -1,0 +1,181 @@
+"""Stage 4, MELD: a head on the frozen SLM for MELD's 7 emotions, selected by dev weighted F1.
+
+    python -m trainers.meld --data-root MELDSET --stage3-ckpt slm_stage3_best.pt --clap-ckpt clap_projectors.pt \
+        --mode A --epochs 60 --batch-size 128 --lr 1e-3 --weight-decay 0.01 --num-workers 4 --save-dir D --seed 17
+
+Mode A: LayerNorm(5P) -> Linear(5P, 1024) -> SiLU -> Dropout 0.2 -> Linear(1024, 7) on the
+SLM's fused vector. Mode B: Linear(N, 7) on the L2-normalised SLM logits (N read from
+the SLM checkpoint). Last layers Xavier-uniform with zero bias. The loss is
+cross-entropy with label smoothing 0.1 and class weights w_c = sqrt(n_max / n_c)
+counted on this set's train split (the same weights in the dev loss). It reads
+precomputed MELD shards: no audio model, little GPU memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lake.cliargs import REQUIRED, add_dataclass_args, arg, from_args
+from lake.errors import LakeError
+from trainers.config import TrainConfig
+from trainers.loop import Task, train
+from trainers.slm import ProsodySLM, classification_metrics_from, load_slm
+
+
+@dataclass(kw_only=True)
+class MeldConfig(TrainConfig):
+    stage3_ckpt: str = arg(REQUIRED, "the trained SLM checkpoint (e.g. slm_stage3_best.pt); frozen")
+    clap_ckpt: str = arg("", "the CLAP projectors the SLM was trained with; checked against the copy inside the "
+                         "SLM checkpoint (optional)")
+    mode: str = arg("A", "A: a new head on the SLM's fused features; B: an adapter from its emotion logits",
+                    choices=["A", "B"])
+    hidden_dim: int = arg(1024, "mode A: hidden width of the head")
+    dropout: float = arg(0.2, "mode A: dropout in the head")
+    label_smoothing: float = arg(0.1, "label smoothing of the cross-entropy")
+
+
+DEFAULTS = dict(epochs=60, batch_size=128, lr=1e-3, weight_decay=0.01, num_workers=4, seed=17)
+PRESETS = {"debug": dict(epochs=2, batch_size=32, eval_batch_size=256, num_workers=0, log_every=5)}
+
+
+class MeldHead(nn.Module):
+    def __init__(self, slm: ProsodySLM, mode: str, num_classes: int, hidden_dim: int = 1024, dropout: float = 0.2):
+        super().__init__()
+        self.slm, self.mode = slm, mode
+        for p in slm.parameters():
+            p.requires_grad_(False)
+        if mode == "A":
+            width = slm.head[0].in_features
+            self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, hidden_dim), nn.SiLU(),
+                                      nn.Dropout(dropout), nn.Linear(hidden_dim, num_classes))
+        else:
+            self.head = nn.Sequential(nn.Linear(slm.head[-1].out_features, num_classes))
+        nn.init.xavier_uniform_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.slm.eval()  # frozen: no dropout
+        return self
+
+    def forward(self, audio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            feats = self.slm.fused(audio, text) if self.mode == "A" else F.normalize(self.slm(audio, text), dim=-1)
+        return self.head(feats.float())
+
+
+def class_weights(label_ids: np.ndarray, num_classes: int) -> torch.Tensor:
+    """w_c = sqrt(n_max / n_c) over the train split (a class with no rows gets weight 0)."""
+    counts = np.bincount(label_ids, minlength=num_classes).astype(np.float64)
+    w = np.zeros(num_classes)
+    present = counts > 0
+    w[present] = np.sqrt(counts.max() / counts[present])
+    return torch.tensor(w, dtype=torch.float32)
+
+
+class MeldTask(Task):
+    stage, selection = "meld", "weighted_f1"
+
+    def __init__(self, cfg: MeldConfig, shards):
+        super().__init__(cfg, shards)
+        m = shards.manifest
+        self.prefix = f"meld_slm_{cfg.mode}"
+        self.slm, self.slm_ckpt = load_slm(cfg.stage3_ckpt)
+        data = self.slm_ckpt["data"]
+        if data["encoders"] != m.encoders:
+            raise LakeError(f"{cfg.stage3_ckpt}: the SLM was trained on embeddings of other encoders than "
+                            f"{shards.root}'s (audio {data['encoders']['audio'].get('id')} vs "
+                            f"{m.encoders['audio'].get('id')}, text {data['encoders']['text'].get('id')} vs "
+                            f"{m.encoders['text'].get('id')}); ingest MELD with the same encoders")
+        missing = [x for x in self.slm_ckpt["arch"]["layers"] if x not in m.audio_layers]
+        if missing:
+            raise LakeError(f"{shards.root}: lacks audio layer(s) {', '.join(missing)} that the SLM reads")
+        if cfg.clap_ckpt:
+            from trainers.clap import load_projectors
+
+            proj = load_projectors(cfg.clap_ckpt)
+            inside = self.slm.clap_audio.fc.weight
+            if proj["audio_proj"]["fc.weight"].shape != inside.shape or not torch.equal(proj["audio_proj"]["fc.weight"], inside):
+                raise LakeError(f"{cfg.clap_ckpt}: not the CLAP projectors {cfg.stage3_ckpt} was trained with")
+        self.layers = list(self.slm_ckpt["arch"]["layers"])
+        self.taxonomy = m.taxonomy
+        labels = np.asarray(shards.index.filter(_is_split(shards.index, "train")).column("label_id").to_numpy(),
+                            dtype=np.int64)
+        self.weights = class_weights(labels, m.num_classes)
+
+    def arch(self) -> dict:
+        return {"mode": self.cfg.mode, "num_classes": len(self.taxonomy), "taxonomy": self.taxonomy,
+                "hidden_dim": self.cfg.hidden_dim, "slm_arch": self.slm_ckpt["arch"]}
+
+    def build(self) -> nn.Module:
+        return MeldHead(self.slm, self.cfg.mode, len(self.taxonomy), self.cfg.hidden_dim, self.cfg.dropout)
+
+    def loss(self, model, batch):
+        logits = model(batch["audio"], batch["text"])
+        w = self.weights.to(logits.device)
+        return F.cross_entropy(logits.float(), batch["label"], weight=w, label_smoothing=self.cfg.label_smoothing), {}
+
+    def outputs(self, model, batch):
+        return {"logits": model(batch["audio"], batch["text"]), "label": batch["label"]}
+
+    def metrics(self, out):
+        m = classification_metrics_from(out, self.taxonomy)
+        logits, y = torch.from_numpy(out["logits"]), torch.from_numpy(out["label"]).long()
+        m["loss"] = float(F.cross_entropy(logits, y, weight=self.weights, label_smoothing=self.cfg.label_smoothing))
+        return m
+
+    def headline(self, m):
+        return f"weighted-F1 {m['weighted_f1']:.4f}  acc {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}"
+
+    def extra_state(self):
+        return {"slm": {"path": self.cfg.stage3_ckpt, "data": self.slm_ckpt["data"]},
+                "class_weights": self.weights.tolist()}
+
+
+def _is_split(table, split: str):
+    import pyarrow.compute as pc
+
+    return pc.equal(table["split"], split)
+
+
+def load_meld(path: str) -> tuple[MeldHead, dict]:
+    from trainers.checkpoint import load_checkpoint
+    from trainers.slm import build_slm
+
+    ckpt = load_checkpoint(path, "meld")
+    arch = ckpt["arch"]
+    model = MeldHead(build_slm(arch["slm_arch"]), arch["mode"], arch["num_classes"], arch["hidden_dim"])
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+def parse_args(argv) -> MeldConfig:
+    p = argparse.ArgumentParser(prog="python -m trainers.meld", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description=__doc__.split("\n\n")[0] + ".")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="debug = seconds on a CPU; explicit flags still win")
+    add_dataclass_args(p, MeldConfig)
+    p.set_defaults(**DEFAULTS)
+    pre, _ = p.parse_known_args(argv)
+    if pre.preset:
+        p.set_defaults(**PRESETS[pre.preset])
+    return from_args(MeldConfig, p.parse_args(argv))
+
+
+def main(argv=None) -> int:
+    try:
+        train(MeldTask, parse_args(sys.argv[1:] if argv is None else argv))
+        return 0
+    except LakeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

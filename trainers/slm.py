@@ -1,0 +1,213 @@
+"""Stage 3, SLM: the prosody-aware emotion classifier on the frozen CLAP projectors.
+
+    python -m trainers.slm --data-root SET --clap-ckpt clap_projectors.pt --num-emotions N \
+        --batch-size 512 --epochs 50 [--checkpoint C --resume]
+
+    s_a = L2(audio_proj(x_a)), s_t = L2(text_proj(x_t))     frozen CLAP heads
+    p   = Linear(Da, P)(x_p)                                  prosody: raw audio (a layer, or learned layer mix)
+    g   = sigmoid((W_q s_t) . (W_k s_a) / sqrt(P))            one gate per clip: do text and audio agree?
+    fused = [g * W_v p, s_a, s_t, s_a * s_t, |s_a - s_t|]     5P
+    logits = Linear(5P, 1024) -> GELU -> Dropout 0.1 -> Linear(1024, N)
+
+Plain cross-entropy, AdamW lr 1e-4 wd 0.01, the global batch 512: the reference run,
+which trained 150 epochs as 50 + 50 + 50 with --resume. Selection: validation macro-F1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from lake.cliargs import REQUIRED, add_dataclass_args, arg, from_args
+from lake.errors import LakeError
+from trainers.clap import ProjHead, load_projectors, projectors_into
+from trainers.config import TrainConfig
+from trainers.features import LAYER_HELP, l2, resolve_layer
+from trainers.loop import Task, train
+
+
+@dataclass(kw_only=True)
+class SlmConfig(TrainConfig):
+    clap_ckpt: str = arg(REQUIRED, "the CLAP projectors (clap_projectors.pt from `python -m trainers.clap export`)")
+    num_emotions: int = arg(0, "class count; must equal the set's taxonomy (0 = read it from the manifest)")
+    audio_layer: str = arg("clap", LAYER_HELP + "; 'clap' = the layer the CLAP projectors were trained on")
+    hidden_dim: int = arg(1024, "width of the classifier MLP")
+    dropout: float = arg(0.1, "dropout in the classifier MLP")
+
+
+DEFAULTS = dict(epochs=150, batch_size=512, lr=1e-4, weight_decay=0.01, grad_clip=0.0)
+PRESETS = {"debug": dict(epochs=2, batch_size=64, eval_batch_size=256, num_workers=0, log_every=5)}
+
+
+class ProsodySLM(nn.Module):
+    """audio [B, L, Da] (the loaded layers), text [B, Dt] -> logits [B, N].
+
+    `clap_index`: which loaded layer the CLAP audio head reads; `prosody_index`: which
+    one the prosody branch reads, or None for a learned softmax mix of all of them.
+    """
+
+    def __init__(self, audio_dim: int, text_dim: int, proj_dim: int, num_classes: int, num_layers: int,
+                 clap_index: int, prosody_index: int | None, hidden_dim: int = 1024, dropout: float = 0.1):
+        super().__init__()
+        self.clap_index, self.prosody_index = clap_index, prosody_index
+        self.clap_audio = ProjHead(audio_dim, proj_dim, 0.0)
+        self.clap_text = ProjHead(text_dim, proj_dim, 0.0)
+        for p in list(self.clap_audio.parameters()) + list(self.clap_text.parameters()):
+            p.requires_grad_(False)
+        self.layer_logits = nn.Parameter(torch.zeros(num_layers)) if prosody_index is None else None
+        self.prosody = nn.Linear(audio_dim, proj_dim)
+        self.w_q = nn.Linear(proj_dim, proj_dim)
+        self.w_k = nn.Linear(proj_dim, proj_dim)
+        self.w_v = nn.Linear(proj_dim, proj_dim)
+        self.head = nn.Sequential(nn.Linear(5 * proj_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout),
+                                  nn.Linear(hidden_dim, num_classes))
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.clap_audio.eval()  # frozen features: no dropout, ever
+        self.clap_text.eval()
+        return self
+
+    def fused(self, audio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        s_a = self.clap_audio(audio[:, self.clap_index])
+        s_t = self.clap_text(text)
+        if self.prosody_index is None:
+            w = torch.softmax(self.layer_logits, 0)
+            x_p = (w[None, :, None] * l2(audio)).sum(1)
+        else:
+            x_p = l2(audio[:, self.prosody_index])
+        p = self.prosody(x_p)
+        q, k, v = self.w_q(s_t), self.w_k(s_a), self.w_v(p)
+        gate = torch.sigmoid((q * k).sum(-1, keepdim=True) / math.sqrt(q.shape[-1]))
+        return torch.cat([gate * v, s_a, s_t, s_a * s_t, (s_a - s_t).abs()], dim=-1)
+
+    def forward(self, audio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.head(self.fused(audio, text))
+
+
+def slm_layers(clap_layer: str, spec: str, stored: list[str]) -> tuple[list[str], int, int | None]:
+    """(layers to load, index of the CLAP layer among them, index of the prosody layer or None = mix)."""
+    if spec == "weighted":
+        return list(stored), stored.index(clap_layer), None
+    prosody = clap_layer if spec == "clap" else resolve_layer(spec, stored)
+    layers = [clap_layer] + ([prosody] if prosody != clap_layer else [])
+    return layers, 0, layers.index(prosody)
+
+
+def classification_outputs(logits: torch.Tensor, batch: dict) -> dict:
+    return {"logits": logits, "label": batch["label"]}
+
+
+def classification_metrics_from(out: dict, taxonomy: list[str]) -> dict:
+    from trainers.metrics import classification_metrics, topk_accuracy
+
+    logits, y = out["logits"], out["label"]
+    m = classification_metrics(y, logits.argmax(1), len(taxonomy), taxonomy)
+    m["top3_accuracy"] = topk_accuracy(y, logits, 3)
+    m["top5_accuracy"] = topk_accuracy(y, logits, 5)
+    m["loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y).long()))
+    return m
+
+
+class SlmTask(Task):
+    stage, prefix, selection = "slm", "slm_stage3", "macro_f1"
+
+    def __init__(self, cfg: SlmConfig, shards):
+        super().__init__(cfg, shards)
+        m = shards.manifest
+        if cfg.num_emotions and cfg.num_emotions != m.num_classes:
+            raise LakeError(f"--num-emotions {cfg.num_emotions}, but {shards.root} has {m.num_classes} classes in its "
+                            f"taxonomy ({', '.join(m.taxonomy[:6])}{', ...' if m.num_classes > 6 else ''}); "
+                            f"pass --num-emotions {m.num_classes}")
+        self.proj = load_projectors(cfg.clap_ckpt)
+        dims = self.proj["dims"]
+        if (dims["audio"], dims["text"]) != (m.audio_dim, m.text_dim):
+            raise LakeError(f"{cfg.clap_ckpt}: projectors for audio {dims['audio']} / text {dims['text']} dims, but "
+                            f"{shards.root} stores audio {m.audio_dim} / text {m.text_dim}; use projectors trained "
+                            "on a set with the same encoders")
+        if self.proj["data"] and self.proj["data"]["encoders"] != m.encoders:
+            raise LakeError(f"{cfg.clap_ckpt}: trained on embeddings of other encoders than {shards.root}'s")
+        clap_layer = self.proj["audio_layer"] or resolve_layer("last", m.audio_layers)
+        if clap_layer not in m.audio_layers:
+            raise LakeError(f"{shards.root}: does not store {clap_layer!r}, the layer the CLAP projectors read")
+        self.clap_layer = clap_layer
+        self.layers, self.clap_index, self.prosody_index = slm_layers(clap_layer, cfg.audio_layer, m.audio_layers)
+        self.taxonomy = m.taxonomy
+
+    def arch(self) -> dict:
+        d = self.proj["dims"]
+        return {"audio_dim": d["audio"], "text_dim": d["text"], "proj_dim": d["proj"], "num_classes": len(self.taxonomy),
+                "taxonomy": self.taxonomy, "layers": self.layers, "clap_index": self.clap_index,
+                "prosody_index": self.prosody_index, "hidden_dim": self.cfg.hidden_dim}
+
+    def build(self) -> nn.Module:
+        return build_slm(self.arch(), self.cfg.dropout, self.proj)
+
+    def loss(self, model, batch):
+        logits = model(batch["audio"], batch["text"])
+        loss = F.cross_entropy(logits.float(), batch["label"])
+        return loss, {}
+
+    def outputs(self, model, batch):
+        return classification_outputs(model(batch["audio"], batch["text"]), batch)
+
+    def metrics(self, out):
+        return classification_metrics_from(out, self.taxonomy)
+
+    def headline(self, m):
+        return f"macro-F1 {m['macro_f1']:.4f}  acc {m['accuracy']:.4f}  top3 {m['top3_accuracy']:.4f}"
+
+    def extra_state(self):
+        return {"clap": {k: self.proj[k] for k in ("dims", "audio_layer", "data") if k in self.proj}}
+
+
+def build_slm(arch: dict, dropout: float = 0.1, proj: dict | None = None) -> ProsodySLM:
+    model = ProsodySLM(arch["audio_dim"], arch["text_dim"], arch["proj_dim"], arch["num_classes"],
+                       len(arch["layers"]), arch["clap_index"], arch["prosody_index"], arch["hidden_dim"], dropout)
+    if proj is not None:
+        projectors_into(model.clap_audio, model.clap_text, proj)
+    return model
+
+
+def load_slm(path: str) -> tuple[ProsodySLM, dict]:
+    """A trained SLM (eval mode) and its checkpoint, for the MELD stage and evaluation."""
+    from trainers.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path, "slm")
+    model = build_slm(ckpt["arch"], ckpt["config"].get("dropout", 0.1))
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+def parse_args(argv) -> SlmConfig:
+    p = argparse.ArgumentParser(prog="python -m trainers.slm", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description=__doc__.split("\n\n")[0] + ".",
+                                epilog="The reference's 150 epochs: --epochs 50, then --epochs 100 --resume, then "
+                                       "--epochs 150 --resume.")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="debug = seconds on a CPU; explicit flags still win")
+    add_dataclass_args(p, SlmConfig)
+    p.set_defaults(**DEFAULTS)
+    pre, _ = p.parse_known_args(argv)
+    if pre.preset:
+        p.set_defaults(**PRESETS[pre.preset])
+    return from_args(SlmConfig, p.parse_args(argv))
+
+
+def main(argv=None) -> int:
+    try:
+        train(SlmTask, parse_args(sys.argv[1:] if argv is None else argv))
+        return 0
+    except LakeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
