@@ -11,9 +11,28 @@ from __future__ import annotations
 
 import queue
 import threading
+from dataclasses import replace
 from typing import Callable, Iterable, Iterator
 
 _DONE = object()
+
+
+def _decode_one(clip, max_seconds: float):
+    from ingest.decode import DecodeError, decode_audio
+
+    try:
+        decoded = decode_audio(clip.audio if clip.audio is not None else clip.path, max_seconds=max_seconds or None)
+        reason = None
+    except DecodeError as e:
+        decoded, reason = None, str(e)
+    except Exception as e:  # noqa: BLE001 - a clip must never stop the run
+        decoded, reason = None, f"decode error: {type(e).__name__}: {e}"
+    return replace(clip, audio=None), decoded, reason
+
+
+def decode_chunk(items: list) -> list:
+    """Runs in a decode worker: [(Clip, max_seconds)] in, [(clip without its bytes, Decoded or None, reason)] out."""
+    return [_decode_one(clip, max_seconds) for clip, max_seconds in items]
 
 
 class OrderedDecoder:

@@ -15,14 +15,14 @@ import glob
 import multiprocessing as mp
 import os
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
 
 from lake.splits import assign_split
 from ingest.config import IngestConfig
-from ingest.decode_pool import OrderedDecoder
+from ingest.decode_pool import OrderedDecoder, decode_chunk
 from ingest.journal import Journal, JournalState
 from ingest.packer import BlockPacker
 from ingest.sources.base import Clip, Skip, Unit
@@ -52,24 +52,6 @@ def segments(units: list[Unit], checkpoint_bytes: float) -> Iterator[list[Unit]]
             seg, size = [], 0
     if seg:
         yield seg
-
-
-def _decode_one(clip: Clip, max_seconds: float):
-    from ingest.decode import DecodeError, decode_audio
-
-    try:
-        decoded = decode_audio(clip.audio if clip.audio is not None else clip.path, max_seconds=max_seconds or None)
-        reason = None
-    except DecodeError as e:
-        decoded, reason = None, str(e)
-    except Exception as e:  # noqa: BLE001 - a clip must never stop the run
-        decoded, reason = None, f"decode error: {type(e).__name__}: {e}"
-    return replace(clip, audio=None), decoded, reason
-
-
-def decode_chunk(items: list) -> list:
-    """Runs in a decode worker: [(Clip, max_seconds)] in, [(clip without its bytes, Decoded or None, reason)] out."""
-    return [_decode_one(clip, max_seconds) for clip, max_seconds in items]
 
 
 @dataclass

@@ -45,8 +45,13 @@ class ShardSet:
         if not storage.exists(path):
             raise LakeError(f"{path}: missing (the set's per-clip index); run `python -m shards verify {self.root}`")
         try:
-            with storage.open_file(path) as f:
-                return pq.read_table(f)
+            # by path (local) or from bytes (URL): never through a Python file object, whose buffers
+            # arrow's readahead threads would release during interpreter shutdown (std::terminate)
+            if storage.is_url(path):
+                import pyarrow as pa
+
+                return pq.read_table(pa.BufferReader(storage.read_bytes(path)))
+            return pq.read_table(storage.local_path(path))
         except Exception as e:  # pyarrow raises several types for a damaged file
             raise LakeError(f"{path}: cannot read the index ({type(e).__name__}: {e})") from None
 

@@ -58,64 +58,86 @@ class _BatchPlan(torch.utils.data.IterableDataset):
 
 
 class _Gather:
-    """Second stage: rows -> numpy arrays, block by block, in the batch's own order."""
+    """Second stage: rows -> numpy arrays, block by block.
+
+    Labels (2 bytes a row) are read once for the whole split and indexed per batch; the
+    embeddings are copied block by block, each block's rows being one contiguous slice of
+    the batch (rows are sorted into storage order: the order within a batch does not
+    matter to a mean loss, and the `row` tensor says which rows came).
+    """
 
     def __init__(self, loader: "ShardLoader"):
         self.paths, self.entries = loader.paths, loader.entries
         self.block_table = loader.block_table  # [n_blocks, 2]: shard index, block index in shard
         self.offsets = block_offsets(loader.block_rows)
-        self.layer_idx, self.fields = loader.layer_idx, loader.fields
-        self.members = tuple(f for f in self.fields if f != "row")
+        self.layer_idx = loader.layer_idx
+        self.members = tuple(f for f in loader.fields if f not in ("row", "label"))
+        self.with_label = "label" in loader.fields
+        self._labels = None
         self._maps: dict[int, ShardMap] = {}
         self._blocks: OrderedDict = OrderedDict()
         self._cache_size = 10**9 if all(not storage.is_url(p) for p in self.paths) else 2 * loader.window_blocks
 
-    def _block(self, b: int) -> dict:
+    def _map(self, s: int) -> ShardMap:
+        shard = self._maps.get(s)
+        if shard is None:
+            shard = self._maps[s] = ShardMap(self.paths[s], self.entries[s],
+                                             members=self.members + (("label",) if self.with_label else ()))
+        return shard
+
+    def _block(self, b: int) -> list:
+        """The block's member arrays, in `self.members` order (audio already cut to the selected layers)."""
         hit = self._blocks.get(b)
         if hit is not None:
             self._blocks.move_to_end(b)
             return hit
         s, i = self.block_table[b]
-        shard = self._maps.get(s)
-        if shard is None:
-            shard = self._maps[s] = ShardMap(self.paths[s], self.entries[s], members=self.members)
-        block = shard.block(int(i))
-        self._blocks[b] = block
+        block = self._map(int(s)).block(int(i))
+        hit = [self._audio_view(block[m]) if m == "audio" else block[m] for m in self.members]
+        self._blocks[b] = hit
         if len(self._blocks) > self._cache_size:
             self._blocks.popitem(last=False)
-        return block
+        return hit
+
+    def _audio_view(self, audio: np.ndarray) -> np.ndarray:
+        """[n, L, D] -> the selected layers: a view when it is one layer or all of them."""
+        idx = self.layer_idx
+        if len(idx) == audio.shape[1] and (idx == np.arange(audio.shape[1])).all():
+            return audio
+        if len(idx) == 1:
+            return audio[:, idx[0]:idx[0] + 1]
+        return audio[:, idx]
+
+    def labels(self) -> np.ndarray:
+        if self._labels is None:
+            parts = [self._map(int(s)).block(int(i))["label"] for s, i in self.block_table]
+            self._labels = np.concatenate(parts).astype(np.int64)
+        return self._labels
 
     def __call__(self, plans):
         for rows in plans:
+            rows = np.sort(rows)
             blocks = np.searchsorted(self.offsets, rows, side="right") - 1
-            out: dict[str, np.ndarray] = {}
-            order = np.argsort(blocks, kind="stable")
-            sorted_blocks = blocks[order]
-            cuts = np.flatnonzero(np.diff(sorted_blocks)) + 1
-            for group in np.split(order, cuts):
-                b = int(blocks[group[0]])
-                block = self._block(b)
-                local = rows[group] - self.offsets[b]
-                for name in self.members:
-                    src = block[name]
-                    if name == "audio":
-                        src = src[local][:, self.layer_idx]
-                    else:
-                        src = src[local]
-                    dst = out.get(name)
-                    if dst is None:
-                        dst = out[name] = np.empty((len(rows),) + src.shape[1:], dtype=src.dtype)
-                    dst[group] = src
+            cuts = np.flatnonzero(np.diff(blocks)) + 1
+            starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(rows)]])
+            outs = None
+            for start, end, b in zip(starts.tolist(), ends.tolist(), blocks[starts].tolist()):
+                arrays = self._block(b)
+                local = rows[start:end] - self.offsets[b]
+                if outs is None:
+                    outs = [np.empty((len(rows),) + a.shape[1:], dtype=a.dtype) for a in arrays]
+                for src, dst in zip(arrays, outs):
+                    src.take(local, axis=0, out=dst[start:end])
+            out = dict(zip(self.members, outs or []))
+            if self.with_label:
+                out["label"] = self.labels()[rows]
             out["row"] = rows
             yield out
 
 
 def _to_torch(batches):
     for b in batches:
-        out = {k: torch.from_numpy(v) for k, v in b.items()}
-        if "label" in out:
-            out["label"] = out["label"].long()
-        yield out
+        yield {k: torch.from_numpy(v) for k, v in b.items()}
 
 
 class ShardLoader:

@@ -45,7 +45,7 @@ def fix_text(text: str) -> str:
             text = text.replace("Â", "")
     for bad, good in {**_C1, **_TYPOGRAPHIC}.items():
         text = text.replace(bad, good)
-    return " ".join(text.split())
+    return text.strip()
 
 
 def read_csv(path: str) -> list[dict[str, str]]:

@@ -1,0 +1,95 @@
+"""Emotions of new audio files with a trained SLM (and optionally the MELD head).
+
+The files are decoded like ingest decodes (PyAV, 16 kHz mono, peak-normalised) and
+encoded with the encoders recorded in the SLM checkpoint's data manifest, rounded to
+float16 as the shards store them, so a prediction sees what training saw. A
+transcript comes from --transcript, else from a `FILE.txt` beside the audio, else
+is empty.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from lake.errors import LakeError
+
+
+def _transcript(path: str, given: str | None) -> str:
+    if given is not None:
+        return given
+    side = os.path.splitext(path)[0] + ".txt"
+    if os.path.exists(side):
+        return open(side, encoding="utf-8").read().strip()
+    return ""
+
+
+def _top(probs: np.ndarray, names: list[str], k: int) -> list[dict]:
+    order = np.argsort(-probs)[:k]
+    return [{"label": names[i], "prob": round(float(probs[i]), 4)} for i in order]
+
+
+def predict(files: list[str], stage3_ckpt: str, clap_ckpt: str | None = None, meld_ckpt: str | None = None,
+            transcript: str | None = None, top: int = 5, device: str = "cpu", text_model: str = "",
+            audio_model: str = "", audio_tokenizer: str = "") -> list[dict]:
+    from ingest.decode import DecodeError, decode_audio
+    from ingest.encoders import encoders_from_manifest
+    from trainers.slm import load_slm
+
+    slm, ckpt = load_slm(stage3_ckpt)
+    if clap_ckpt:
+        from trainers.clap import load_projectors
+
+        proj = load_projectors(clap_ckpt)
+        w = proj["audio_proj"]["fc.weight"]
+        if w.shape != slm.clap_audio.fc.weight.shape or not torch.equal(w, slm.clap_audio.fc.weight):
+            raise LakeError(f"{clap_ckpt}: not the CLAP projectors {stage3_ckpt} was trained with")
+    meld = None
+    if meld_ckpt:
+        from trainers.meld import load_meld
+
+        meld, meld_info = load_meld(meld_ckpt)
+        if meld_info["arch"]["slm_arch"] != ckpt["arch"]:
+            raise LakeError(f"{meld_ckpt}: its SLM differs from {stage3_ckpt}")
+    data = ckpt["data"]
+    audio_enc, text_enc = encoders_from_manifest(data["encoders"], device=device, text_model=text_model,
+                                                 audio_model=audio_model, audio_tokenizer=audio_tokenizer)
+    layer_idx = [data["audio_layers"].index(x) for x in ckpt["arch"]["layers"]]
+    taxonomy = ckpt["arch"]["taxonomy"]
+    results = []
+    for path in files:
+        item = {"file": path}
+        try:
+            dec = decode_audio(path)
+        except DecodeError as e:
+            item["error"] = str(e)
+            results.append(item)
+            continue
+        text = _transcript(path, transcript)
+        audio = audio_enc.encode([dec.wave])[:, layer_idx].astype(np.float16)
+        text_emb = text_enc.encode([text]).astype(np.float16)
+        a, t = torch.from_numpy(audio).float(), torch.from_numpy(text_emb).float()
+        with torch.no_grad():
+            probs = torch.softmax(slm(a, t), -1)[0].numpy()
+            item.update(duration_s=round(dec.duration_s, 3), transcript=text, slm=_top(probs, taxonomy, top))
+            if meld is not None:
+                mprobs = torch.softmax(meld(a, t), -1)[0].numpy()
+                item["meld"] = _top(mprobs, meld_info["arch"]["taxonomy"], len(mprobs))
+        results.append(item)
+    return results
+
+
+def format_predictions(results: list[dict]) -> str:
+    lines = []
+    for r in results:
+        if "error" in r:
+            lines.append(f"{r['file']}: cannot decode ({r['error']})")
+            continue
+        said = f'  "{r["transcript"]}"' if r["transcript"] else ""
+        lines.append(f"{r['file']} ({r['duration_s']:.2f} s){said}")
+        lines.append("  SLM:  " + " | ".join(f"{p['label']} {p['prob']:.3f}" for p in r["slm"]))
+        if "meld" in r:
+            lines.append("  MELD: " + " | ".join(f"{p['label']} {p['prob']:.3f}" for p in r["meld"]))
+    return "\n".join(lines)

