@@ -1,0 +1,244 @@
+"""Decode any audio FFmpeg reads to a 16 kHz mono, peak-normalised float32 wave, in-process.
+
+Decoding goes through PyAV (FFmpeg's libraries inside the process), not an `ffmpeg`
+subprocess per clip: ~1.2M clips make a process spawn and a pipe per clip the larger
+cost (`python -m benchmarks.decode` measures both). The input is either encoded bytes
+(an mp3 read out of a LAION tar; nothing is extracted to disk) or a path FFmpeg opens
+itself (a MELD mp4, whose first audio stream is taken and video ignored).
+
+The wave is what the reference run fed its encoders: **mono = mean over channels**
+(not FFmpeg's `-ac 1` downmix matrix, which weights a 5.1 centre channel differently),
+resampled with FFmpeg's resampler (`av.AudioResampler`, flushed so the tail is kept),
+then divided by its peak and clamped to +-1. The mean is taken before the rate change:
+the same wave as resampling every channel and then averaging (resampling is linear),
+for a sixth of the resampling work on 5.1. A clip that cannot be used raises
+`DecodeError("category: detail")`; ingest counts skips by the category, so every
+failure of FFmpeg, PyAV or numpy comes out as that one type.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+
+import av
+import numpy as np
+
+SAMPLE_RATE = 16000
+
+# FFmpeg skips a packet it cannot decode and goes on (as the `ffmpeg` CLI does); a clip
+# with more bad packets than this share of all its packets (and more than one) is garbage,
+# not a glitch.
+_MAX_BAD_PACKET_SHARE = 0.1
+_SILENCE_PEAK = 1e-8
+# A clip decoding to less than its header's duration by more than this (s, or share) was cut
+# short: its transcript and label describe audio that is not there.
+_TRUNCATED_S, _TRUNCATED_SHARE = 0.25, 0.05
+
+
+class DecodeError(Exception):
+    """A clip that cannot be decoded. Its message is `"category: detail"`; the category
+    (`not found`, `decode error`, `no audio stream`, `empty audio`, `truncated`) is what
+    ingest counts."""
+
+    @property
+    def category(self) -> str:
+        return str(self).split(":", 1)[0].strip()
+
+
+@dataclass
+class Decoded:
+    wave: np.ndarray  # [n] float32, mono, `sample_rate` Hz, peak 1 (all zeros for silence)
+    duration_s: float  # of the whole decoded clip, before any `max_seconds` cut
+    cut: bool  # True when `max_seconds` shortened the wave
+
+
+def _describe(src: bytes | str) -> str:
+    return f"{len(src)} bytes" if isinstance(src, (bytes, bytearray, memoryview)) else str(src)
+
+
+def _open(src: bytes | str):
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        if len(src) == 0:
+            raise DecodeError("empty audio: empty input (0 bytes)")
+        return av.open(io.BytesIO(src), mode="r")
+    path = os.fspath(src)
+    if not os.path.isfile(path):
+        raise DecodeError(f"not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise DecodeError(f"empty audio: {path} is an empty file (0 bytes)")
+    return av.open(path, mode="r")
+
+
+def _mp3_has_length_tag(head: bytes) -> bool:
+    """Whether an mp3 carries a Xing/Info/VBRI frame: only then is its declared duration
+    exact. Without one FFmpeg estimates it from the first frame's bitrate, which is far off
+    for a VBR file that starts quietly, so a length check would quarantine good clips."""
+    start = 0
+    if head[:3] == b"ID3" and len(head) >= 10:  # skip the ID3v2 tag (syncsafe size)
+        size = (head[6] << 21) | (head[7] << 14) | (head[8] << 7) | head[9]
+        start = 10 + size + (10 if head[5] & 0x10 else 0)
+    frame = head[start: start + 2048]
+    return any(tag in frame for tag in (b"Xing", b"Info", b"VBRI"))
+
+
+def _declared_seconds(container, src: bytes | str) -> float | None:
+    """The audio stream's duration as the header states it, where that is exact (else None).
+    The stream's own, not the container's: an mp4's video track may run longer."""
+    stream = container.streams.audio[0]
+    if stream.duration and stream.time_base:
+        declared = float(stream.duration * stream.time_base)
+    elif container.duration and len(container.streams) == 1:
+        declared = container.duration / 1e6
+    else:
+        return None
+    if container.format.name == "mp3":
+        if isinstance(src, (bytes, bytearray, memoryview)):
+            head = bytes(src[:65536])
+        else:
+            with open(src, "rb") as f:
+                head = f.read(65536)
+        if not _mp3_has_length_tag(head):
+            return None
+    elif container.format.name in ("aac", "wav", "ogg"):  # estimated, or clamped to the file's size
+        return None
+    return declared
+
+
+# Full scale of each sample format (its name without the planar `p`): ints become floats in +-1.
+_FULL_SCALE = {"u8": 128.0, "s16": 2.0 ** 15, "s32": 2.0 ** 31, "s64": 2.0 ** 63, "flt": 1.0, "dbl": 1.0}
+
+
+def _frame_mono(frame) -> np.ndarray:
+    """One decoded frame as float32 mono at its own rate: the mean over its channels.
+
+    Taking the mean before the rate change (not after, as in "resample, then mix") gives
+    the same wave to float rounding, because resampling is linear with one filter for
+    every channel, and it resamples 1 channel instead of 6 (3x faster on MELD's 5.1).
+    """
+    n, fmt = frame.samples, frame.format
+    if fmt.name == "fltp":  # mp3, aac, opus, vorbis: sum the planes in place, no stacked copy
+        planes = [np.frombuffer(p, dtype=np.float32, count=n) for p in frame.planes]
+        mono = planes[0].copy()
+        for p in planes[1:]:
+            mono += p
+        if len(planes) > 1:
+            mono *= np.float32(1.0 / len(planes))
+        return mono
+    x = frame.to_ndarray()  # planar: [channels, n]; packed: [1, n * channels], interleaved
+    if not fmt.is_planar:
+        x = x.reshape(n, -1).T
+    base = fmt.name.rstrip("p")
+    x = x.astype(np.float32) - (128.0 if base == "u8" else 0.0)
+    return (x.mean(axis=0) if len(x) > 1 else x[0]) / np.float32(_FULL_SCALE.get(base, 1.0))
+
+
+class _Runs:
+    """Decoded frames -> one mono wave at `rate`.
+
+    Each frame is mixed to mono at once; the mono samples of a run of same-rate frames go
+    through FFmpeg's resampler in one call, then its flush (`resample(None)`) releases the
+    filter's tail. Resampling frame by frame (an mp3 frame is 24 ms) costs several times
+    the decoding itself. A rate change mid-stream starts a new run.
+    """
+
+    def __init__(self, rate: int):
+        self.rate, self.source_rate = rate, None
+        self.pending: list[np.ndarray] = []  # mono, at source_rate
+        self.chunks: list[np.ndarray] = []  # mono, at rate
+
+    def add(self, frame) -> None:
+        if frame.sample_rate != self.source_rate:
+            self._flush()
+            self.source_rate = frame.sample_rate
+        self.pending.append(_frame_mono(frame))
+
+    def _flush(self) -> None:
+        if not self.pending:
+            return
+        mono = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+        self.pending = []
+        if self.source_rate == self.rate:
+            self.chunks.append(mono)
+            return
+        frame = av.AudioFrame.from_ndarray(mono[None, :], format="fltp", layout="mono")
+        frame.sample_rate = self.source_rate
+        resampler = av.AudioResampler(format="fltp", layout="mono", rate=self.rate)
+        self.chunks.extend(f.to_ndarray()[0] for f in resampler.resample(frame) + resampler.resample(None))
+
+    def wave(self) -> np.ndarray:
+        self._flush()
+        if not self.chunks:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
+
+
+def _decode_mono(container, sample_rate: int) -> np.ndarray:
+    """All samples of the first audio stream, mean over channels, float32 at `sample_rate`."""
+    if not container.streams.audio:
+        raise DecodeError("no audio stream: the container holds "
+                          + (", ".join(s.type for s in container.streams) or "no streams"))
+    stream = container.streams.audio[0]
+    runs = _Runs(sample_rate)
+    packets = bad = 0
+    for packet in container.demux(stream):
+        if packet.size == 0:  # the demuxer's end-of-stream marker
+            continue
+        packets += 1
+        try:
+            frames = packet.decode()
+        except av.error.FFmpegError:
+            bad += 1
+            continue
+        for frame in frames:
+            runs.add(frame)
+    try:  # frames the decoder still holds (codec delay)
+        for frame in stream.codec_context.decode(None):
+            runs.add(frame)
+    except av.error.FFmpegError:
+        pass
+    if bad > max(1, _MAX_BAD_PACKET_SHARE * packets):  # one: often a cut-off last packet (see truncated)
+        raise DecodeError(f"decode error: {bad} of {packets} packets could not be decoded")
+    return runs.wave()
+
+
+def decode_audio(src: bytes | str, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> Decoded:
+    """Decode `src` (encoded bytes, or a path) to a mono wave at `sample_rate`, peak 1.
+
+    `max_seconds` keeps only the first seconds (`cut=True`); `duration_s` stays the
+    whole clip's. The cut is taken before the peak division, so the returned wave always
+    peaks at exactly 1 (or is all zeros for a silent clip). Raises `DecodeError` only.
+    """
+    try:
+        with _open(src) as container:
+            wave = _decode_mono(container, sample_rate)
+            declared = _declared_seconds(container, src)
+    except DecodeError:
+        raise
+    except av.error.FileNotFoundError:
+        raise DecodeError(f"not found: {_describe(src)}") from None
+    except av.error.FFmpegError as e:
+        raise DecodeError(f"decode error: {_describe(src)}: {e.strerror or e}") from None
+    except Exception as e:  # PyAV raises plain ValueError/OSError for some broken inputs
+        raise DecodeError(f"decode error: {_describe(src)}: {type(e).__name__}: {e}") from None
+
+    n = len(wave)
+    if n == 0:
+        raise DecodeError(f"empty audio: {_describe(src)} decoded to 0 samples")
+    duration_s = n / sample_rate
+    if declared and declared - duration_s > max(_TRUNCATED_S, _TRUNCATED_SHARE * declared):
+        raise DecodeError(f"truncated: {_describe(src)} decoded to {duration_s:.2f} s of the {declared:.2f} s "
+                          "its header declares")
+    cut = max_seconds is not None and n > int(max_seconds * sample_rate)
+    if cut:
+        wave = wave[: max(1, int(max_seconds * sample_rate))]
+    if not np.isfinite(wave).all():
+        raise DecodeError(f"decode error: {_describe(src)} decoded to non-finite samples")
+    peak = float(np.abs(wave).max())
+    if peak < _SILENCE_PEAK:
+        wave[:] = 0.0
+    else:
+        wave /= np.float32(peak)
+        np.clip(wave, -1.0, 1.0, out=wave)
+    return Decoded(wave=wave, duration_s=duration_s, cut=bool(cut))

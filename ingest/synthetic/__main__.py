@@ -1,0 +1,5 @@
+import sys
+
+from ingest.synthetic.corpus import main
+
+sys.exit(main())
