@@ -8,8 +8,8 @@
    (`<key>.audio.npy`, `<key>.text.npy`, `<key>.cls`), decoded with np.load per member;
 3. a raw sequential read of the format-v1 shard files' bytes (the physical limit here).
 
-All three run on a warm page cache (each is read once before it is timed). Ends with one
-JSON line of the figures.
+All three run on a warm page cache (each is read once before it is timed); the raw read and
+the loader report the best of three passes. Ends with one JSON line of the figures.
 """
 
 from __future__ import annotations
@@ -84,12 +84,14 @@ def time_loader(root: str, batch: int, workers: int) -> tuple[int, float]:
     loader.set_epoch(0)
     for _ in loader:  # warm: page cache, workers started
         pass
-    loader.set_epoch(1)
-    t0 = time.perf_counter()
-    rows = 0
-    for b in loader:
-        rows += len(b["label"])
-    return rows, time.perf_counter() - t0
+    best = None
+    for epoch in (1, 2, 3):  # best of three epochs
+        loader.set_epoch(epoch)
+        t0 = time.perf_counter()
+        rows = sum(len(b["label"]) for b in loader)
+        secs = time.perf_counter() - t0
+        best = secs if best is None else min(best, secs)
+    return rows, best
 
 
 def time_per_row(urls: list[str], max_rows: int) -> tuple[int, float]:
@@ -133,9 +135,11 @@ def main(argv=None) -> dict:
         v1_bytes = sum(os.path.getsize(x) for x in shard_paths)
         pr_bytes = sum(os.path.getsize(x) for x in per_row)
         raw_read(shard_paths)  # warm
-        t0 = time.perf_counter()
-        nbytes = raw_read(shard_paths)
-        raw_s = time.perf_counter() - t0
+        raw_s = None
+        for _ in range(3):  # best of three
+            t0 = time.perf_counter()
+            nbytes = raw_read(shard_paths)
+            raw_s = min(raw_s or 1e9, time.perf_counter() - t0)
         raw_rows = args.rows / raw_s
         rows, secs = time_loader(v1, args.batch_size, args.workers)
         loader_rows = rows / secs

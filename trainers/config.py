@@ -20,7 +20,9 @@ class TrainConfig:
     grad_clip: float = arg(1.0, "clip the gradient norm to this (0 = off)")
     amp: str = arg("auto", "mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16 or off",
                    choices=["auto", "bf16", "fp16", "off"])
-    num_workers: int = arg(4, "DataLoader worker processes per rank for the streaming loader")
+    num_workers: int = arg(0, "loader worker processes per rank; 0 gathers rows in the training process, fastest "
+                           "for a local set (~1M rows/s here; processes pay a shared-memory copy per batch), "
+                           "workers help for sets behind a URL")
     eval_batch_size: int = arg(1024, "global batch size for validation and test passes")
     seed: int = arg(0, "seed of the model init, the data order and dropout")
     device: str = arg("auto", "auto, cuda or cpu", choices=["auto", "cuda", "cpu"])
