@@ -54,15 +54,6 @@ def _finish(out: str, stage: str, metrics: dict, context: dict, taxonomy: list[s
     return paths
 
 
-def _classify(model, loader: ShardLoader, device) -> dict[str, np.ndarray]:
-    logits, labels = [], []
-    with torch.no_grad():
-        for batch in loader:
-            logits.append(model(batch["audio"].to(device), batch["text"].to(device)).float().cpu())
-            labels.append(batch["label"])
-    return {"logits": torch.cat(logits).numpy(), "label": torch.cat(labels).numpy()}
-
-
 def _check_taxonomy(trained: list[str], shards: ShardSet, ckpt: str) -> None:
     if list(trained) != list(shards.taxonomy):
         raise LakeError(f"{ckpt}: trained on classes {trained[:5]}...; {shards.root} has {shards.taxonomy[:5]}...; "
@@ -74,40 +65,47 @@ def _with_normalized(metrics: dict) -> dict:
     return metrics
 
 
-def stage3(stage3_ckpt: str, data_root: str, out: str, split: str = "test", batch_size: int = 1024,
-           device: str = "auto", num_workers: int = 2) -> dict:
-    from trainers.slm import classification_metrics_from, load_slm
+def _classification_stage(stage: str, model, ckpt: dict, ckpt_path: str, layers: list[str], data_root: str,
+                          out: str, split: str, batch_size: int, device: str, num_workers: int, title: str,
+                          **context) -> dict:
+    """Classify a split with a frozen model (audio, text -> logits) and write the stage's report."""
+    from trainers.slm import classification_metrics_from
 
     dev = _device(device)
     shards = open_shard_set(data_root)
-    model, ckpt = load_slm(stage3_ckpt)
-    _check_taxonomy(ckpt["arch"]["taxonomy"], shards, stage3_ckpt)
-    loader = _loader(shards, split, batch_size, ckpt["arch"]["layers"], ("audio", "text", "label"), num_workers)
-    outputs = _classify(model.to(dev), loader, dev)
+    _check_taxonomy(ckpt["arch"]["taxonomy"], shards, ckpt_path)
+    loader = _loader(shards, split, batch_size, layers, ("audio", "text", "label"), num_workers)
+    model = model.to(dev)
+    logits, labels = [], []
+    with torch.no_grad():
+        for batch in loader:
+            logits.append(model(batch["audio"].to(dev), batch["text"].to(dev)).float().cpu())
+            labels.append(batch["label"])
+    outputs = {"logits": torch.cat(logits).numpy(), "label": torch.cat(labels).numpy()}
     metrics = _with_normalized(classification_metrics_from(outputs, shards.taxonomy))
-    context = _context(stage3_ckpt, shards, split, loader.num_rows, trained_on=ckpt["data"]["fingerprint"],
-                       epoch=ckpt["epoch"] + 1)
-    paths = _finish(out, "stage3", metrics, context, shards.taxonomy, f"SLM on {shards.name} {split}")
+    context = _context(ckpt_path, shards, split, loader.num_rows, trained_on=ckpt["data"]["fingerprint"],
+                       epoch=ckpt["epoch"] + 1, **context)
+    paths = _finish(out, stage, metrics, context, shards.taxonomy, f"{title} on {shards.name} {split}")
     return {"metrics": metrics, "paths": paths}
+
+
+def stage3(stage3_ckpt: str, data_root: str, out: str, split: str = "test", batch_size: int = 1024,
+           device: str = "auto", num_workers: int = 2) -> dict:
+    from trainers.slm import load_slm
+
+    model, ckpt = load_slm(stage3_ckpt)
+    return _classification_stage("stage3", model, ckpt, stage3_ckpt, ckpt["arch"]["layers"], data_root, out, split,
+                                 batch_size, device, num_workers, "SLM")
 
 
 def stage4(meld_ckpt: str, data_root: str, out: str, split: str = "test", batch_size: int = 1024,
            device: str = "auto", num_workers: int = 2) -> dict:
     from trainers.meld import load_meld
-    from trainers.slm import classification_metrics_from
 
-    dev = _device(device)
-    shards = open_shard_set(data_root)
     model, ckpt = load_meld(meld_ckpt)
-    _check_taxonomy(ckpt["arch"]["taxonomy"], shards, meld_ckpt)
-    layers = ckpt["arch"]["slm_arch"]["layers"]
-    loader = _loader(shards, split, batch_size, layers, ("audio", "text", "label"), num_workers)
-    outputs = _classify(model.to(dev), loader, dev)
-    metrics = _with_normalized(classification_metrics_from(outputs, shards.taxonomy))
-    context = _context(meld_ckpt, shards, split, loader.num_rows, trained_on=ckpt["data"]["fingerprint"],
-                       mode=ckpt["arch"]["mode"], epoch=ckpt["epoch"] + 1)
-    paths = _finish(out, "stage4", metrics, context, shards.taxonomy, f"MELD ({ckpt['arch']['mode']}) on {split}")
-    return {"metrics": metrics, "paths": paths}
+    mode = ckpt["arch"]["mode"]
+    return _classification_stage("stage4", model, ckpt, meld_ckpt, ckpt["arch"]["slm_arch"]["layers"], data_root, out,
+                                 split, batch_size, device, num_workers, f"MELD ({mode})", mode=mode)
 
 
 def stage2(clap_ckpt: str, data_root: str, out: str, split: str = "test", batch_size: int = 1024,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import glob
 import multiprocessing as mp
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
 
@@ -85,11 +84,12 @@ def run_demo(out: str, clips: int, meld_clips: int, seed: int, text_encoder: str
     _run(evaluate, ["stage4", "--meld-ckpt", os.path.join(meld_dir, "meld_slm_A_best.pt"), "--data-root", meld_set,
                     "--out", os.path.join(reports, "stage4"), *ev], "stage 4 evaluation")
 
-    m = {s: json.load(open(os.path.join(reports, s, "metrics.json")))["metrics"] for s in ("stage2", "stage3", "stage4")}
+    runs = {s: json.load(open(os.path.join(reports, s, "metrics.json"))) for s in ("stage2", "stage3", "stage4")}
+    m = {s: r["metrics"] for s, r in runs.items()}
     n3 = len(m["stage3"]["per_class"])
     rows = [
         ("stage 2 CLAP", "audio->text R@1 / text->audio R@1", f"{m['stage2']['audio_to_text']['R@1']:.3f} / "
-         f"{m['stage2']['text_to_audio']['R@1']:.3f}", f"{1 / m['stage3']['num_rows']:.4f}"),
+         f"{m['stage2']['text_to_audio']['R@1']:.3f}", f"{1 / runs['stage2']['context']['num_rows']:.4f}"),
         ("stage 2 CLAP", "zero-shot accuracy", f"{m['stage2']['zero_shot']['accuracy']:.3f}", f"{1 / n3:.3f}"),
         ("stage 3 SLM", "macro-F1 / accuracy", f"{m['stage3']['macro_f1']:.3f} / {m['stage3']['accuracy']:.3f}",
          f"{1 / n3:.3f}"),

@@ -91,9 +91,10 @@ def cmd_show(args) -> int:
         return 0
     for k in ("key", "split", "label_id", "label", "duration_s", "source_uri", "shard", "block", "row"):
         print(f"{k:>11}: {clip[k]}")
+    singular = {"transcripts": "transcript", "captions": "caption", "encoded_s": "encoded_s", "extra": "extra"}
     for k, v in clip["meta"].items():
         if k not in ("keys", "durations", "source_uris"):
-            print(f"{k:>11}: {v}")
+            print(f"{singular.get(k, k):>11}: {v}")
     print("      norms: " + ", ".join(f"{k} {v:.3f}" for k, v in clip["norms"].items()))
     return 0
 

@@ -10,7 +10,6 @@ import sys
 import time
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from lake.catalog import open_shard_set

@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from lake.catalog import open_shard_set
-from lake.errors import LakeError
 from shards.writer import SetWriter
 from trainers import clap, meld, slm
 from trainers.checkpoint import load_checkpoint

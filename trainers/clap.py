@@ -22,17 +22,17 @@ import math
 import sys
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lake.cliargs import add_dataclass_args, arg, from_args
+from lake.cliargs import arg
 from lake.errors import LakeError
 from trainers.checkpoint import load_checkpoint, save_atomic
 from trainers.config import TrainConfig
 from trainers.features import LAYER_HELP, l2, resolve_layer
-from trainers.loop import Task, train
+from trainers.cli import parse_stage_args, run_stage, stage_parser
+from trainers.loop import Task
 
 CLIP_SCALE_INIT = math.log(1 / 0.07)
 
@@ -49,8 +49,8 @@ class ClapConfig(TrainConfig):
 
 PRESETS = {
     "reference": dict(lr=3e-6, weight_decay=0.01, batch_size=4096, epochs=20, logit_scale_init=0.0, warmup_steps=0,
-                      schedule="constant"),
-    "debug": dict(epochs=2, batch_size=64, eval_batch_size=256, num_workers=0, log_every=5),
+                      schedule="constant", _help="the reference run: lr 3e-6, batch 4096, 20 epochs, scale init 0"),
+    "debug": dict(epochs=2, batch_size=64, eval_batch_size=256, num_workers=0, log_every=5, _help="seconds on a CPU"),
 }
 DEFAULTS = dict(epochs=20, batch_size=1024, lr=5e-4, warmup_steps=100, schedule="cosine")
 
@@ -188,19 +188,6 @@ def projectors_into(head_a: ProjHead, head_t: ProjHead, proj: dict) -> None:
 
 # -- command line -------------------------------------------------------------------
 
-def _train_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m trainers.clap", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train CLAP projectors on a shard set (stage 2). `python -m trainers.clap export --help` "
-                    "for writing clap_projectors.pt.",
-        epilog="Then: python -m trainers.clap export --checkpoint SAVE_DIR/clap_best.pt --out clap_projectors.pt")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="start from these settings: reference = the reference "
-                   "run's hyper-parameters; debug = seconds on a CPU. Explicit flags still win")
-    add_dataclass_args(p, ClapConfig)
-    p.set_defaults(**DEFAULTS)
-    return p
-
-
 def _export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainers.clap export",
                                 description="Write the projectors of a CLAP checkpoint alone (audio_proj, text_proj, "
@@ -210,29 +197,33 @@ def _export_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_train_args(argv):
-    p = _train_parser()
-    pre, _ = p.parse_known_args(argv)
-    if pre.preset:
-        p.set_defaults(**PRESETS[pre.preset])
-    return from_args(ClapConfig, p.parse_args(argv))
+def parse_train_args(argv) -> ClapConfig:
+    parser = stage_parser(
+        "python -m trainers.clap", ClapConfig,
+        "Train CLAP projectors on a shard set (stage 2). `python -m trainers.clap export --help` for writing "
+        "clap_projectors.pt.", DEFAULTS, PRESETS,
+        epilog="Then: python -m trainers.clap export --checkpoint SAVE_DIR/clap_best.pt --out clap_projectors.pt")
+    return parse_stage_args(parser, ClapConfig, PRESETS, argv)
+
+
+def export_main(argv) -> int:
+    args = _export_parser().parse_args(argv)
+    try:
+        proj = export_projectors(args.checkpoint, args.out)
+    except LakeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: audio {proj['dims']['audio']} -> {proj['dims']['proj']}, text "
+          f"{proj['dims']['text']} -> {proj['dims']['proj']}, audio layer {proj['audio_layer']}, "
+          f"scale {math.exp(float(proj['logit_scale'])):.2f}")
+    return 0
 
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    try:
-        if argv and argv[0] == "export":
-            args = _export_parser().parse_args(argv[1:])
-            proj = export_projectors(args.checkpoint, args.out)
-            print(f"wrote {args.out}: audio {proj['dims']['audio']} -> {proj['dims']['proj']}, text "
-                  f"{proj['dims']['text']} -> {proj['dims']['proj']}, audio layer {proj['audio_layer']}, "
-                  f"scale {math.exp(float(proj['logit_scale'])):.2f}")
-            return 0
-        train(ClapTask, parse_train_args(argv))
-        return 0
-    except LakeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if argv and argv[0] == "export":
+        return export_main(argv[1:])
+    return run_stage(ClapTask, parse_train_args, argv)
 
 
 if __name__ == "__main__":

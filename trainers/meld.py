@@ -13,7 +13,6 @@ precomputed MELD shards: no audio model, little GPU memory.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
 
@@ -22,10 +21,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lake.cliargs import REQUIRED, add_dataclass_args, arg, from_args
+from lake.cliargs import REQUIRED, arg
 from lake.errors import LakeError
 from trainers.config import TrainConfig
-from trainers.loop import Task, train
+from trainers.cli import parse_stage_args, run_stage, stage_parser
+from trainers.loop import Task
 from trainers.slm import ProsodySLM, classification_metrics_from, load_slm
 
 
@@ -42,7 +42,7 @@ class MeldConfig(TrainConfig):
 
 
 DEFAULTS = dict(epochs=60, batch_size=128, lr=1e-3, weight_decay=0.01, num_workers=4, seed=17)
-PRESETS = {"debug": dict(epochs=2, batch_size=32, eval_batch_size=256, num_workers=0, log_every=5)}
+PRESETS = {"debug": dict(epochs=2, batch_size=32, eval_batch_size=256, num_workers=0, log_every=5, _help="seconds on a CPU")}
 
 
 class MeldHead(nn.Module):
@@ -157,24 +157,12 @@ def load_meld(path: str) -> tuple[MeldHead, dict]:
 
 
 def parse_args(argv) -> MeldConfig:
-    p = argparse.ArgumentParser(prog="python -m trainers.meld", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description=__doc__.split("\n\n")[0] + ".")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="debug = seconds on a CPU; explicit flags still win")
-    add_dataclass_args(p, MeldConfig)
-    p.set_defaults(**DEFAULTS)
-    pre, _ = p.parse_known_args(argv)
-    if pre.preset:
-        p.set_defaults(**PRESETS[pre.preset])
-    return from_args(MeldConfig, p.parse_args(argv))
+    parser = stage_parser("python -m trainers.meld", MeldConfig, __doc__.split("\n\n")[0] + ".", DEFAULTS, PRESETS)
+    return parse_stage_args(parser, MeldConfig, PRESETS, argv)
 
 
 def main(argv=None) -> int:
-    try:
-        train(MeldTask, parse_args(sys.argv[1:] if argv is None else argv))
-        return 0
-    except LakeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_stage(MeldTask, parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -15,22 +15,21 @@ which trained 150 epochs as 50 + 50 + 50 with --resume. Selection: validation ma
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lake.cliargs import REQUIRED, add_dataclass_args, arg, from_args
+from lake.cliargs import REQUIRED, arg
 from lake.errors import LakeError
 from trainers.clap import ProjHead, load_projectors, projectors_into
 from trainers.config import TrainConfig
 from trainers.features import LAYER_HELP, l2, resolve_layer
-from trainers.loop import Task, train
+from trainers.cli import parse_stage_args, run_stage, stage_parser
+from trainers.loop import Task
 
 
 @dataclass(kw_only=True)
@@ -43,7 +42,7 @@ class SlmConfig(TrainConfig):
 
 
 DEFAULTS = dict(epochs=150, batch_size=512, lr=1e-4, weight_decay=0.01, grad_clip=0.0)
-PRESETS = {"debug": dict(epochs=2, batch_size=64, eval_batch_size=256, num_workers=0, log_every=5)}
+PRESETS = {"debug": dict(epochs=2, batch_size=64, eval_batch_size=256, num_workers=0, log_every=5, _help="seconds on a CPU")}
 
 
 class ProsodySLM(nn.Module):
@@ -187,26 +186,14 @@ def load_slm(path: str) -> tuple[ProsodySLM, dict]:
 
 
 def parse_args(argv) -> SlmConfig:
-    p = argparse.ArgumentParser(prog="python -m trainers.slm", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description=__doc__.split("\n\n")[0] + ".",
-                                epilog="The reference's 150 epochs: --epochs 50, then --epochs 100 --resume, then "
-                                       "--epochs 150 --resume.")
-    p.add_argument("--preset", choices=sorted(PRESETS), help="debug = seconds on a CPU; explicit flags still win")
-    add_dataclass_args(p, SlmConfig)
-    p.set_defaults(**DEFAULTS)
-    pre, _ = p.parse_known_args(argv)
-    if pre.preset:
-        p.set_defaults(**PRESETS[pre.preset])
-    return from_args(SlmConfig, p.parse_args(argv))
+    parser = stage_parser("python -m trainers.slm", SlmConfig, __doc__.split("\n\n")[0] + ".", DEFAULTS, PRESETS,
+                          epilog="The reference's 150 epochs: --epochs 50, then --epochs 100 --resume, then "
+                                 "--epochs 150 --resume.")
+    return parse_stage_args(parser, SlmConfig, PRESETS, argv)
 
 
 def main(argv=None) -> int:
-    try:
-        train(SlmTask, parse_args(sys.argv[1:] if argv is None else argv))
-        return 0
-    except LakeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_stage(SlmTask, parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from collections import defaultdict
 from typing import Iterator
 
 from lake.errors import LakeError
-from lake.taxonomy import (EMONET_CATEGORIES, is_extra_tar, map_prompt, ordered_classes, parse_annotation_scores,
+from lake.taxonomy import (EMONET_CATEGORIES, map_prompt, ordered_classes, parse_annotation_scores,
                            parse_tar_name, transcript_from_annotation)
 from ingest.sources.base import Clip, Skip, Unit
 
