@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--block", type=int, default=4096, help="queries scored at once (memory: block x rows)")
     s.add_argument("--template", default="{}", help="zero-shot prompt, {} = class name (default: the bare name)")
     s.add_argument("--no-zero-shot", action="store_true", help="skip zero-shot classification")
+    s.add_argument("--text-model", default="", help="local copy of the set's text encoder, for the zero-shot class "
+                   "names, if its recorded id is unreachable")
     s = sub.add_parser("stage3", help="SLM: accuracy, macro/weighted F1, top-k, per-class, confusion",
                        description="Classify a split with a trained SLM and report accuracy, macro and weighted F1, "
                                    "top-3/top-5 accuracy, per-class precision/recall/F1 and the confusion matrix.")
@@ -90,7 +92,7 @@ def main(argv=None) -> int:
                       device=args.device, num_workers=args.num_workers)
         if args.command == "stage2":
             res = stages.stage2(args.clap_ckpt, block=args.block, template=args.template,
-                                zero_shot=not args.no_zero_shot, **common)
+                                zero_shot=not args.no_zero_shot, text_model=args.text_model, **common)
         elif args.command == "stage3":
             res = stages.stage3(args.stage3_ckpt, **common)
         else:

@@ -54,10 +54,15 @@ def _finish(out: str, stage: str, metrics: dict, context: dict, taxonomy: list[s
     return paths
 
 
-def _check_taxonomy(trained: list[str], shards: ShardSet, ckpt: str) -> None:
+def _check_data(ckpt: dict, shards: ShardSet, path: str) -> None:
+    """The set must hold what the model was trained on: the same classes, the same embedding space."""
+    trained = ckpt["arch"]["taxonomy"]
     if list(trained) != list(shards.taxonomy):
-        raise LakeError(f"{ckpt}: trained on classes {trained[:5]}...; {shards.root} has {shards.taxonomy[:5]}...; "
+        raise LakeError(f"{path}: trained on classes {trained[:5]}...; {shards.root} has {shards.taxonomy[:5]}...; "
                         "evaluate on a set with the same taxonomy")
+    if ckpt["data"]["encoders"] != shards.manifest.encoders:
+        raise LakeError(f"{path}: trained on embeddings of other encoders than {shards.root}'s; evaluate on a set "
+                        "ingested with the same encoders")
 
 
 def _with_normalized(metrics: dict) -> dict:
@@ -73,7 +78,7 @@ def _classification_stage(stage: str, model, ckpt: dict, ckpt_path: str, layers:
 
     dev = _device(device)
     shards = open_shard_set(data_root)
-    _check_taxonomy(ckpt["arch"]["taxonomy"], shards, ckpt_path)
+    _check_data(ckpt, shards, ckpt_path)
     loader = _loader(shards, split, batch_size, layers, ("audio", "text", "label"), num_workers)
     model = model.to(dev)
     logits, labels = [], []
@@ -110,7 +115,7 @@ def stage4(meld_ckpt: str, data_root: str, out: str, split: str = "test", batch_
 
 def stage2(clap_ckpt: str, data_root: str, out: str, split: str = "test", batch_size: int = 1024,
            device: str = "auto", block: int = 4096, template: str = ZERO_SHOT_TEMPLATE, num_workers: int = 2,
-           zero_shot: bool = True) -> dict:
+           zero_shot: bool = True, text_model: str = "") -> dict:
     from trainers.clap import Clap, load_projectors, projectors_into
 
     dev = _device(device)
@@ -121,6 +126,8 @@ def stage2(clap_ckpt: str, data_root: str, out: str, split: str = "test", batch_
     if (dims["audio"], dims["text"]) != (m.audio_dim, m.text_dim):
         raise LakeError(f"{clap_ckpt}: projectors for {dims['audio']}/{dims['text']} dims; {data_root} stores "
                         f"{m.audio_dim}/{m.text_dim}")
+    if proj["data"] and proj["data"]["encoders"] != m.encoders:
+        raise LakeError(f"{clap_ckpt}: trained on embeddings of other encoders than {data_root}'s")
     layer = proj["audio_layer"] or resolve_layer("last", m.audio_layers)
     text_key = "caption" if proj.get("text_field") == "caption" else "text"
     model = Clap(dims["audio"], dims["text"], dims["proj"], dropout=0.0)
@@ -138,9 +145,9 @@ def stage2(clap_ckpt: str, data_root: str, out: str, split: str = "test", batch_
     metrics = retrieval_both_directions(a, t, block)
     sections = []
     if zero_shot:
-        from ingest.encoders import encoders_from_manifest
+        from ingest.encoders import text_encoder_from_manifest
 
-        _, text_encoder = encoders_from_manifest(m.encoders, device=str(dev))
+        text_encoder = text_encoder_from_manifest(m.encoders["text"], device=str(dev), text_model=text_model)
         prompts = [template.format(name) for name in shards.taxonomy]
         with torch.no_grad():
             classes = model.text_proj(torch.from_numpy(text_encoder.encode(prompts)).to(dev))

@@ -49,6 +49,8 @@ class IngestConfig:
                               "so far committed, so a killed run loses at most this much")
     synthetic_clips: int = _f(1000, "synthetic: LAION-layout clips to generate when --input holds no corpus")
     seed: int = _f(0, "synthetic: generator seed")
+    rank_timeout_hours: float = _f(72.0, "with several ranks: how long a rank that finished waits for the others "
+                                   "before giving up (ranks can finish hours apart on a resumed run)")
     overwrite: bool = _f(False, "delete an existing set at --out and start afresh")
 
     @property
@@ -63,6 +65,11 @@ class IngestConfig:
                 raise LakeError(f"--{name.replace('_', '-')} must be at least 1")
         if self.rows_per_shard < self.block_rows:
             raise LakeError("--rows-per-shard must be at least --block-rows")
+        from lake.storage import is_url
+
+        if is_url(self.out):
+            raise LakeError(f"--out {self.out}: ingest writes to a local or mounted directory; copy the finished set "
+                            "to the object store afterwards (readers take its URL)")
 
 
 def build_parser() -> argparse.ArgumentParser:

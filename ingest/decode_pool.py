@@ -4,13 +4,15 @@ A producer thread reads clips from the source (tar members, mp4 paths) and submi
 them to a process pool in small chunks; at most `max_pending` clips are in flight,
 so memory stays bounded however large a source unit is (Pool.imap would read the
 whole input ahead). The consumer (the encoding loop, on the GPU's thread) gets
-results in submission order and never reads or decodes itself.
+results in submission order and never reads or decodes itself. A worker that dies
+costs only the clip it died on.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import Callable, Iterable, Iterator
 
@@ -35,10 +37,49 @@ def decode_chunk(items: list) -> list:
     return [_decode_one(clip, max_seconds) for clip, max_seconds in items]
 
 
+def crashed(item) -> tuple:
+    """The record of a clip whose decode worker died (an FFmpeg crash, the OOM killer)."""
+    clip, _ = item
+    return replace(clip, audio=None), None, "decode error: the decoder process died on this clip (crash or out of memory)"
+
+
 class OrderedDecoder:
-    def __init__(self, pool, fn: Callable[[list], list], chunk: int = 4, max_pending: int = 1024):
-        self.pool, self.fn, self.chunk = pool, fn, chunk
+    """Ordered, bounded decoding in a process pool that survives a worker dying.
+
+    `new_pool()` makes a `concurrent.futures.ProcessPoolExecutor` (spawned workers: the parent holds
+    CUDA contexts and threads). When a worker dies the pool is broken: it is replaced, and the chunks
+    it held are decoded again one clip at a time, so only the clip that kills a worker is lost
+    (`on_crash(item)` gives its record).
+    """
+
+    def __init__(self, new_pool: Callable, fn: Callable[[list], list], chunk: int = 4, max_pending: int = 1024,
+                 on_crash: Callable = crashed):
+        self.new_pool, self.fn, self.chunk, self.on_crash = new_pool, fn, chunk, on_crash
+        self.pool = new_pool()
+        self._lock = threading.Lock()
         self._slots = threading.Semaphore(max(1, max_pending // chunk))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def terminate(self) -> None:
+        for proc in list(getattr(self.pool, "_processes", {}).values()):
+            proc.terminate()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def _replace(self, broken) -> None:
+        with self._lock:
+            if self.pool is broken:
+                broken.shutdown(wait=False, cancel_futures=True)
+                self.pool = self.new_pool()
+
+    def _run_alone(self, item) -> tuple:
+        pool = self.pool
+        try:
+            return pool.submit(self.fn, [item]).result()[0]
+        except BrokenProcessPool:
+            self._replace(pool)
+            return self.on_crash(item)
 
     def map(self, items: Iterable) -> Iterator:
         results: queue.Queue = queue.Queue()
@@ -70,10 +111,16 @@ class OrderedDecoder:
                     break
                 if isinstance(r, BaseException):
                     raise r
+                pool, future, batch = r
                 try:
-                    out = r.get()
+                    out = future.result() if future is not None else None
+                except BrokenProcessPool:
+                    out = None
                 finally:
                     self._slots.release()
+                if out is None:  # its worker died: a fresh pool, one clip at a time
+                    self._replace(pool)
+                    out = [self._run_alone(item) for item in batch]
                 yield from out
         finally:
             stop.set()
@@ -83,4 +130,9 @@ class OrderedDecoder:
 
     def _submit(self, batch: list, results: queue.Queue) -> None:
         self._slots.acquire()
-        results.put(self.pool.apply_async(self.fn, (batch,)))
+        pool = self.pool
+        try:
+            future = pool.submit(self.fn, batch)
+        except BrokenProcessPool:  # broken since; the consumer replaces it and retries
+            future = None
+        results.put((pool, future, batch))

@@ -33,6 +33,20 @@ def rows_path(root: str, shard_path: str) -> str:
     return os.path.join(work_dir(root), ROWS_DIR, os.path.basename(shard_path) + ".parquet")
 
 
+def _complete_prefix(data: bytes) -> int:
+    """Length of the leading complete, parseable lines (a kill or a full disk can cut the last one)."""
+    end = 0
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        try:
+            json.loads(line)
+        except ValueError:
+            break
+        end += len(line)
+    return end
+
+
 class Journal:
     """Append-only, one file per rank."""
 
@@ -40,6 +54,11 @@ class Journal:
         os.makedirs(os.path.join(work_dir(root), ROWS_DIR), exist_ok=True)
         self.root = root
         self.path = os.path.join(work_dir(root), f"journal-{rank:04d}.jsonl")
+        if os.path.exists(self.path):
+            # drop a torn last line, or everything appended after it would be unreadable
+            with open(self.path, "r+b") as f:
+                end = _complete_prefix(f.read())
+                f.truncate(end)
         self._f = open(self.path, "a", encoding="utf-8")
 
     def append(self, record: dict) -> None:
@@ -51,7 +70,7 @@ class Journal:
         """Rows sidecar first, then the line: the line commits both."""
         from shards.writer import write_index_file
 
-        write_index_file(rows_path(self.root, entry.path), rows)
+        write_index_file(rows_path(self.root, entry.path), rows, fsync=True)
         self.append({"type": "shard", "entry": entry.to_dict()})
 
     def close(self) -> None:
@@ -85,20 +104,23 @@ class JournalState:
 
 
 def read_journals(root: str) -> JournalState:
+    from lake.errors import LakeError
+
     state = JournalState()
     for path in sorted(glob.glob(os.path.join(work_dir(root), "journal-*.jsonl"))):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a line cut by the kill: nothing after it was committed
-                if rec["type"] == "shard":
-                    entry = ShardEntry.from_dict(rec["entry"])
-                    if os.path.exists(os.path.join(root, entry.path)) and os.path.exists(rows_path(root, entry.path)):
-                        state.shards[entry.path] = entry
-                elif rec["type"] == "units_done":
-                    state.units_done.update(rec["units"])
-                elif rec["type"] == "quarantine":
-                    state.quarantine.extend(rec["records"])
+        with open(path, "rb") as f:
+            data = f.read()
+        for line in data[:_complete_prefix(data)].splitlines():
+            rec = json.loads(line)
+            if rec["type"] == "shard":
+                entry = ShardEntry.from_dict(rec["entry"])
+                missing = [p for p in (os.path.join(root, entry.path), rows_path(root, entry.path)) if not os.path.exists(p)]
+                if missing:
+                    raise LakeError(f"{path}: journals {entry.path} as committed, but {missing[0]} is gone; the "
+                                    "unfinished set cannot be resumed safely: re-run with --overwrite")
+                state.shards[entry.path] = entry
+            elif rec["type"] == "units_done":
+                state.units_done.update(rec["units"])
+            elif rec["type"] == "quarantine":
+                state.quarantine.extend(rec["records"])
     return state

@@ -14,11 +14,13 @@ from __future__ import annotations
 import glob
 import multiprocessing as mp
 import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
 
+from lake.errors import LakeError
 from lake.splits import assign_split
 from ingest.config import IngestConfig
 from ingest.decode_pool import OrderedDecoder, decode_chunk
@@ -28,6 +30,9 @@ from ingest.sources.base import Clip, Skip, Unit
 from ingest.writer_thread import BackgroundWriter
 from shards.format import TMP_SUFFIX
 from shards.writer import RotatingWriter
+
+
+MAX_FAILURES_IN_A_ROW = 64
 
 
 def assign_units(units: list[Unit], world_size: int) -> list[list[Unit]]:
@@ -73,6 +78,7 @@ class RankWorker:
         self.stats = RankStats()
         self.quarantine: list[dict] = []
         self.limit = -(-cfg.limit // world_size) if cfg.limit else 0
+        self._failures_in_a_row = 0
 
     # -- setup ------------------------------------------------------------------
     def clean_leftovers(self) -> None:
@@ -104,10 +110,11 @@ class RankWorker:
                                   rows_per_shard=cfg.rows_per_shard, next_seq=self.state.next_seq(self.rank))
         writer = BackgroundWriter(rotating)
         packer = BlockPacker(cfg.block_rows, writer.submit, with_caption=self.source.has_captions)
-        workers = cfg.decode_workers if cfg.decode_workers > 0 else max(1, (os.cpu_count() or 2) // self.world_size - 1)
+        local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))  # ranks sharing this machine
+        workers = cfg.decode_workers if cfg.decode_workers > 0 else max(1, (os.cpu_count() or 2) // local_ranks - 1)
         # spawn, not fork: the parent holds CUDA contexts and a writer thread
-        pool = mp.get_context("spawn").Pool(workers)
-        decoder = OrderedDecoder(pool, decode_chunk, chunk=4, max_pending=cfg.batch_size * 32)
+        decoder = OrderedDecoder(lambda: ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")),
+                                 decode_chunk, chunk=4, max_pending=cfg.batch_size * 32)
         try:
             for seg in segments(todo, cfg.checkpoint_mb * 1e6):
                 clips = self._clips(seg, committed)
@@ -122,12 +129,11 @@ class RankWorker:
             writer.stop()
         except BaseException:
             writer.abort()
-            pool.terminate()
+            decoder.terminate()
             raise
         finally:
             journal.close()
-        pool.close()
-        pool.join()
+        decoder.close()
         return self.stats
 
     def _clips(self, seg: list[Unit], committed: set[str]) -> Iterator[Clip]:
@@ -200,16 +206,24 @@ class RankWorker:
                     self.progress.update(1)
 
     def _encode_audio(self, batch: list) -> list:
-        """Per clip: float32 [L, D], or None (quarantined). A failing batch is retried clip by clip."""
+        """Per clip: float32 [L, D], or None (quarantined). A failing batch is retried clip by clip;
+        an encoder that fails on every clip (a lost GPU, a broken model) stops the run instead."""
         waves = [d.wave for _, d in batch]
         try:
             out = list(self.audio_enc.encode(waves))
+            self._failures_in_a_row = 0
         except Exception:  # noqa: BLE001
             out = []
             for clip, d in batch:
                 try:
                     out.append(self.audio_enc.encode([d.wave])[0])
+                    self._failures_in_a_row = 0
                 except Exception as e:  # noqa: BLE001
+                    self._failures_in_a_row += 1
+                    if self._failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                        raise LakeError(f"the audio encoder failed on {self._failures_in_a_row} clips in a row "
+                                        f"(last: {type(e).__name__}: {e}); stopping. Finished shards are kept: "
+                                        "fix the cause and re-run the same command") from e
                     self._quarantine(clip.key, "encode", f"encode error: {type(e).__name__}: {e}",
                                      clip.source_uri, self.split_of(clip))
                     out.append(None)

@@ -3,6 +3,7 @@ and (rank 0) merge and summarise."""
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -54,7 +55,7 @@ def build_encoders(cfg: IngestConfig, device: str):
     return audio, text
 
 
-def make_plan(cfg: IngestConfig, source, taxonomy: list[str], audio, text) -> dict:
+def make_plan(cfg: IngestConfig, source, taxonomy: list[str], audio, text, world_size: int = 1) -> dict:
     """Everything that decides which rows a set holds and what they mean; a resume must match it."""
     src = {"kind": cfg.source, "input": os.path.abspath(cfg.input)}
     if source.name == "laion":
@@ -70,6 +71,8 @@ def make_plan(cfg: IngestConfig, source, taxonomy: list[str], audio, text) -> di
         "fields": ["audio", "text"] + (["caption"] if source.has_captions else []) + ["label"],
         "max_seconds": cfg.max_seconds or None,
         "limit": cfg.limit or None,
+        # --limit is per rank, so a limited run resumes only on as many ranks
+        **({"limit_ranks": world_size} if cfg.limit else {}),
     }
 
 
@@ -90,6 +93,15 @@ def _differences(old: dict, new: dict) -> list[str]:
 def prepare_output(cfg: IngestConfig, plan: dict, world: World) -> str:
     """'complete' (nothing to do), 'resume' or 'new'. Refuses a set made with other settings."""
     root = cfg.out
+    if world.distributed:
+        import torch.distributed as dist
+
+        plans = [None] * world.world_size
+        dist.all_gather_object(plans, plan)
+        for r, other in enumerate(plans):
+            diff = _differences(other, plan)
+            if diff:  # e.g. another model revision in one machine's cache
+                raise LakeError(f"rank {r} would write other rows than rank {world.rank}:\n" + "\n".join(diff))
     manifest_path = os.path.join(root, MANIFEST_NAME)
     plan_path = os.path.join(work_dir(root), PLAN_NAME)
     ours = os.path.exists(manifest_path) or os.path.exists(plan_path)
@@ -98,10 +110,16 @@ def prepare_output(cfg: IngestConfig, plan: dict, world: World) -> str:
     if cfg.overwrite and ours:
         barrier()
         if world.is_main:
-            for name in (MANIFEST_NAME, "index.parquet", "quarantine.jsonl"):
+            # the manifest (or the plan) goes last: until then an interrupted --overwrite can be re-run
+            shutil.rmtree(os.path.join(root, SHARDS_DIR), ignore_errors=True)
+            for name in ("index.parquet", "quarantine.jsonl"):
                 if os.path.exists(os.path.join(root, name)):
                     os.remove(os.path.join(root, name))
-            shutil.rmtree(os.path.join(root, SHARDS_DIR), ignore_errors=True)
+            for path in glob.glob(os.path.join(work_dir(root), "*")):
+                if os.path.basename(path) != PLAN_NAME:
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+            if os.path.exists(manifest_path):
+                os.remove(manifest_path)
             shutil.rmtree(work_dir(root), ignore_errors=True)
         barrier()
         ours = False
@@ -112,6 +130,11 @@ def prepare_output(cfg: IngestConfig, plan: dict, world: World) -> str:
         if diff:
             raise LakeError(f"{root}: a finished set made with other settings:\n" + "\n".join(diff)
                             + "\nwrite to another --out, or pass --overwrite to replace it")
+        barrier()
+        if world.is_main:  # leftovers of a run killed after its manifest was written
+            shutil.rmtree(work_dir(root), ignore_errors=True)
+            for tmp in glob.glob(os.path.join(root, "*.tmp-*")):
+                os.remove(tmp)
         return "complete"
     if os.path.exists(plan_path):
         diff = _differences(json.load(open(plan_path, encoding="utf-8")), plan)
@@ -167,20 +190,20 @@ def run(cfg: IngestConfig) -> int:
 
     t0 = time.time()
     check_fractions(cfg.val_fraction, cfg.test_fraction)
-    world, device = init_distributed(cfg.device, backend="gloo")
+    world, device = init_distributed(cfg.device, backend="gloo", timeout_s=cfg.rank_timeout_hours * 3600)
     try:
-        if cfg.source == "synthetic" and not os.path.isdir(os.path.join(cfg.input, "laion")):
-            if world.is_main:
+        if cfg.source == "synthetic":
+            if world.is_main and not os.path.isdir(os.path.join(cfg.input, "laion")):
                 from ingest.synthetic import generate
 
                 print(f"generating a synthetic corpus in {cfg.input} ({cfg.synthetic_clips} clips, seed {cfg.seed})",
                       file=sys.stderr)
                 generate(cfg.input, clips=cfg.synthetic_clips, seed=cfg.seed)
-            barrier()
+            barrier()  # every rank, whether or not the corpus was already there
         source = open_source(cfg)
         taxonomy = source.taxonomy()
         audio, text = build_encoders(cfg, str(device))
-        plan = make_plan(cfg, source, taxonomy, audio, text)
+        plan = make_plan(cfg, source, taxonomy, audio, text, world.world_size)
         status = prepare_output(cfg, plan, world)
         if status == "complete":
             if world.is_main:

@@ -36,12 +36,13 @@ def detect_world() -> World:
     )
 
 
-def init_distributed(device: str = "auto", backend: str | None = None):
+def init_distributed(device: str = "auto", backend: str | None = None, timeout_s: float | None = None):
     """Set up the process group (if under torchrun) and pick this rank's device.
 
     Returns (world, device). NCCL when the device is CUDA, gloo on CPU; `backend`
     overrides (ingest uses gloo for its barrier even on GPUs: it only exchanges a
-    few bytes). `device`: 'auto' (CUDA if available), 'cuda' or 'cpu'.
+    few bytes). `device`: 'auto' (CUDA if available), 'cuda' or 'cpu'. `timeout_s`: how long a
+    collective may wait (torch's default is 30 min; ingest ranks can finish hours apart).
     """
     import torch
 
@@ -67,6 +68,10 @@ def init_distributed(device: str = "auto", backend: str | None = None):
         if not dist.is_initialized():
             chosen = backend or ("nccl" if dev.type == "cuda" else "gloo")
             kwargs = {"device_id": dev} if chosen == "nccl" else {}
+            if timeout_s:
+                import datetime
+
+                kwargs["timeout"] = datetime.timedelta(seconds=timeout_s)
             dist.init_process_group(backend=chosen, **kwargs)
     return world, dev
 

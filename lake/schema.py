@@ -29,7 +29,7 @@ QUARANTINE_NAME = "quarantine.jsonl"
 SHARDS_DIR = "shards"
 
 SPLITS = ("train", "val", "test")
-"""Canonical split names; MELD's `dev` is stored as `val` (see lake.splits)."""
+"""Hash-split names; MELD keeps its official `dev` (lake.splits.validation_split finds either)."""
 
 # Block members: name -> (dtype, number of dims). The shapes are checked against
 # the manifest's encoder dims: audio [n, L, Da], text/caption [n, Dt], label [n].

@@ -71,6 +71,9 @@ class _Gather:
         self.block_table = loader.block_table  # [n_blocks, 2]: shard index, block index in shard
         self.offsets = block_offsets(loader.block_rows)
         self.layer_idx = loader.layer_idx
+        stored = len(loader.shards.manifest.audio_layers)
+        all_layers = len(self.layer_idx) == stored and (self.layer_idx == np.arange(stored)).all()
+        self.audio_parts = 1 if all_layers else len(self.layer_idx)  # views per block: one, or one per layer
         self.members = tuple(f for f in loader.fields if f not in ("row", "label"))
         self.with_label = "label" in loader.fields
         self._labels = None
@@ -81,36 +84,55 @@ class _Gather:
     def _map(self, s: int) -> ShardMap:
         shard = self._maps.get(s)
         if shard is None:
-            shard = self._maps[s] = ShardMap(self.paths[s], self.entries[s],
-                                             members=self.members + (("label",) if self.with_label else ()))
+            shard = self._maps[s] = ShardMap(self.paths[s], self.entries[s], members=self.members)
         return shard
 
     def _block(self, b: int) -> list:
-        """The block's member arrays, in `self.members` order (audio already cut to the selected layers)."""
+        """Views of the block's arrays, one per output part (see `_parts`); never copies."""
         hit = self._blocks.get(b)
         if hit is not None:
             self._blocks.move_to_end(b)
             return hit
         s, i = self.block_table[b]
         block = self._map(int(s)).block(int(i))
-        hit = [self._audio_view(block[m]) if m == "audio" else block[m] for m in self.members]
+        hit = []
+        for m in self.members:
+            if m == "audio":
+                hit += self._audio_views(block[m])
+            else:
+                hit.append(block[m])
         self._blocks[b] = hit
         if len(self._blocks) > self._cache_size:
             self._blocks.popitem(last=False)
         return hit
 
-    def _audio_view(self, audio: np.ndarray) -> np.ndarray:
-        """[n, L, D] -> the selected layers: a view when it is one layer or all of them."""
-        idx = self.layer_idx
-        if len(idx) == audio.shape[1] and (idx == np.arange(audio.shape[1])).all():
-            return audio
-        if len(idx) == 1:
-            return audio[:, idx[0]:idx[0] + 1]
-        return audio[:, idx]
+    def _audio_views(self, audio: np.ndarray) -> list[np.ndarray]:
+        """[n, L, D] -> the selected layers as views: the whole array, or one [n, 1, D] view per layer
+        (fancy-indexing layers would copy, and the cache would then hold a copy of the split)."""
+        if self.audio_parts == 1 and len(self.layer_idx) == audio.shape[1]:
+            return [audio]
+        return [audio[:, j:j + 1] for j in self.layer_idx]
+
+    def _outputs(self, arrays: list[np.ndarray], n: int, out: dict) -> list[np.ndarray]:
+        """Allocate the batch arrays into `out`; return one destination per block array (see `_block`)."""
+        dsts, k = [], 0
+        for m in self.members:
+            if m == "audio":
+                dim = arrays[k].shape[2]
+                full = out["audio"] = np.empty((n, len(self.layer_idx), dim), dtype=arrays[k].dtype)
+                dsts += [full] if self.audio_parts == 1 else [full[:, j:j + 1] for j in range(self.audio_parts)]
+                k += self.audio_parts
+            else:
+                out[m] = np.empty((n,) + arrays[k].shape[1:], dtype=arrays[k].dtype)
+                dsts.append(out[m])
+                k += 1
+        return dsts
 
     def labels(self) -> np.ndarray:
+        """All labels of the split, read once (label members only: behind a URL, a few bytes per block)."""
         if self._labels is None:
-            parts = [self._map(int(s)).block(int(i))["label"] for s, i in self.block_table]
+            maps = [ShardMap(p, e, members=("label",)) for p, e in zip(self.paths, self.entries)]
+            parts = [maps[int(s)].block(int(i))["label"] for s, i in self.block_table]
             self._labels = np.concatenate(parts).astype(np.int64)
         return self._labels
 
@@ -120,15 +142,15 @@ class _Gather:
             blocks = np.searchsorted(self.offsets, rows, side="right") - 1
             cuts = np.flatnonzero(np.diff(blocks)) + 1
             starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(rows)]])
-            outs = None
+            out: dict[str, np.ndarray] = {}
+            dsts = None
             for start, end, b in zip(starts.tolist(), ends.tolist(), blocks[starts].tolist()):
                 arrays = self._block(b)
                 local = rows[start:end] - self.offsets[b]
-                if outs is None:
-                    outs = [np.empty((len(rows),) + a.shape[1:], dtype=a.dtype) for a in arrays]
-                for src, dst in zip(arrays, outs):
+                if dsts is None:
+                    dsts = self._outputs(arrays, len(rows), out)
+                for src, dst in zip(arrays, dsts):
                     src.take(local, axis=0, out=dst[start:end])
-            out = dict(zip(self.members, outs or []))
             if self.with_label:
                 out["label"] = self.labels()[rows]
             out["row"] = rows
@@ -162,9 +184,10 @@ class ShardLoader:
         missing = [f for f in fields if f not in m.fields and f != "row"]
         if missing:
             raise LakeError(f"{shards.root}: the set has no {', '.join(missing)} embeddings (fields: {', '.join(m.fields)})")
-        if batch_size % world:
+        if training and batch_size % world:
             raise LakeError(f"--batch-size {batch_size} is the global batch and must divide by the {world} ranks")
-        self.batch_size, self.local_batch = batch_size, batch_size // world
+        # evaluation needs no equal batches (no collective per batch): round the per-rank batch up
+        self.batch_size, self.local_batch = batch_size, -(-batch_size // world)
         self.fields = tuple(fields)
         names = m.audio_layers
         layers = layers or names

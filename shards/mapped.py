@@ -84,7 +84,10 @@ class ShardMap:
             else:
                 buf, off = storage.read_range(self.path, offset, offset + size), 0
             if name == META_MEMBER:
-                out[name] = json.loads(bytes(memoryview(buf)[off:off + size]).decode("utf-8"))
+                try:
+                    out[name] = json.loads(bytes(memoryview(buf)[off:off + size]).decode("utf-8"))
+                except (ValueError, UnicodeDecodeError) as e:
+                    raise LakeError(f"{where} meta.json: not readable JSON ({e}); run `python -m shards verify`") from None
             else:
                 out[name] = npy_view(buf, off, size, where=f"{where} {MEMBER_SUFFIX[name]}")
         return out

@@ -104,6 +104,9 @@ def _check_shard(shards: ShardSet, entry: ShardEntry) -> ShardReport:
                 if block_entry.members[member] != [offset, len(data)]:
                     bad(f"{where}: {suffix} at [{offset}, {len(data)}], the manifest says {block_entry.members[member]}")
             if member == META_MEMBER:
+                if not isinstance(value, dict):
+                    bad(f"{where}: meta.json is not a JSON object")
+                    continue
                 for k in META_LISTS:
                     if not isinstance(value.get(k), list):
                         bad(f"{where}: meta.json lacks the list {k!r}")

@@ -86,9 +86,9 @@ class RotatingWriter:
         self._open.clear()
 
 
-def write_index_file(path: str, rows) -> int:
+def write_index_file(path: str, rows, fsync: bool = False) -> int:
     """Index rows (dicts, or a pyarrow Table) to a parquet file (atomically), sorted by
-    (shard, block, row). Returns the row count."""
+    (shard, block, row). Returns the row count. `fsync`: durable before the rename (journals)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -101,6 +101,9 @@ def write_index_file(path: str, rows) -> int:
     table = table.sort_by([("shard", "ascending"), ("block", "ascending"), ("row", "ascending")])
     tmp = f"{path}.tmp-{os.getpid()}"
     pq.write_table(table, tmp, compression="zstd")
+    if fsync:
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
     os.replace(tmp, path)
     return table.num_rows
 

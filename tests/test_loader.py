@@ -181,3 +181,22 @@ def test_two_gloo_ranks_on_uneven_shards(uneven_set, tmp_path):
         assert len(rows) == len(set(rows))  # disjoint across ranks
         assert n - len(rows) < 2 * 16 + 2  # all covered up to the dropped remainder
     assert r0[0]["rows"] != r0[1]["rows"]  # a new order each epoch
+
+
+def test_non_adjacent_layers_and_uneven_eval_batches(uneven_set):
+    shards, written = uneven_set
+    truth = _split_rows(written, "val")
+    index = shards.index.to_pydict()
+    keys = [k for k, s in zip(index["key"], index["split"]) if s == "val"]
+    pos = {k: i for i, k in enumerate(truth["keys"])}
+    rows = []
+    for rank in range(3):  # 10 does not divide by 3 ranks: evaluation does not need it to
+        loader = ShardLoader(shards, "val", 10, rank=rank, world=3, training=False, layers=["h2", "h0"])
+        for batch in loader:
+            src = [pos[keys[r]] for r in batch["row"].tolist()]
+            assert np.array_equal(batch["audio"].numpy(), truth["audio"][src][:, [2, 0]])
+            rows += batch["row"].tolist()
+    assert rows == list(range(38))
+    gather = ShardLoader(shards, "val", 10, layers=["h2", "h0"])._pipeline().pipeline[1]
+    block = gather._block(0)
+    assert all(a.base is not None for a in block)  # views of the mapped shard, never cached copies

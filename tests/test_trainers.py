@@ -169,3 +169,18 @@ def test_contrastive_gradients_across_two_ranks_equal_one_process(tmp_path):
         grads = torch.load(tmp_path / f"g{rank}.pt")
         for n, p in single.named_parameters():
             assert torch.allclose(grads[n], p.grad, atol=1e-5), n
+
+
+def test_pruning_keeps_other_runs_files(tmp_path):
+    from trainers.checkpoint import Checkpointer
+
+    for old in (47, 48, 49):  # an earlier, longer run in the same directory
+        (tmp_path / f"slm_stage3_epoch{old:03d}.pt").write_bytes(b"old")
+    ck = Checkpointer(str(tmp_path), "slm_stage3", keep_epochs=2)
+    for epoch in range(4):
+        ck.save_epoch({"epoch": epoch}, epoch, is_best=epoch == 1)
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["slm_stage3_best.pt", "slm_stage3_epoch002.pt", "slm_stage3_epoch003.pt",
+                     "slm_stage3_epoch047.pt", "slm_stage3_epoch048.pt", "slm_stage3_epoch049.pt",
+                     "slm_stage3_last.pt"]
+    assert torch.load(tmp_path / "slm_stage3_best.pt")["epoch"] == 1

@@ -14,9 +14,9 @@ Files per stage prefix P: `P_epoch{EEE}.pt` after each epoch (0-based, the newes
 
 from __future__ import annotations
 
-import glob
 import os
 import random
+import re
 import shutil
 
 import numpy as np
@@ -91,13 +91,16 @@ class Checkpointer:
             return
         path = self.path(epoch)
         save_atomic(state, path)
-        _copy(path, self.path("last"))
-        if is_best:
+        if is_best:  # best before last: a kill in between must not leave `last` naming a best that is not on disk
             _copy(path, self.path("best"))
+        _copy(path, self.path("last"))
         if self.keep_epochs > 0:
-            epochs = sorted(glob.glob(os.path.join(self.save_dir, f"{self.prefix}_epoch[0-9][0-9][0-9]*.pt")))
-            for old in epochs[: -self.keep_epochs]:
-                os.remove(old)
+            # only this run's older epochs: files of a later-numbered earlier run in the same dir stay
+            pattern = re.compile(re.escape(self.prefix) + r"_epoch(\d{3,})\.pt$")
+            for name in os.listdir(self.save_dir):
+                m = pattern.match(name)
+                if m and int(m.group(1)) <= epoch - self.keep_epochs:
+                    os.remove(os.path.join(self.save_dir, name))
 
     def resolve_resume(self, resume: str, checkpoint: str) -> str:
         if resume not in ("", "last"):

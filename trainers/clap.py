@@ -93,9 +93,12 @@ def contrastive_loss(a: torch.Tensor, t: torch.Tensor, scale: torch.Tensor) -> t
         all_a, all_t = torch.cat(all_gather(a)), torch.cat(all_gather(t))
         offset = dist.get_rank() * a.shape[0]
     labels = torch.arange(a.shape[0], device=a.device) + offset
-    logits_a = scale * a.float() @ all_t.float().T
-    logits_t = scale * t.float() @ all_a.float().T
-    return 0.5 * (F.cross_entropy(logits_a, labels) + F.cross_entropy(logits_t, labels))
+    # fp32 scores even under AMP: autocast would run these matmuls in bf16, whose ~0.5-1.0 steps at a
+    # scale of up to e^5 blur the ranking the loss is about
+    with torch.autocast(a.device.type, enabled=False):
+        logits_a = scale.float() * a.float() @ all_t.float().T
+        logits_t = scale.float() * t.float() @ all_a.float().T
+        return 0.5 * (F.cross_entropy(logits_a, labels) + F.cross_entropy(logits_t, labels))
 
 
 class ClapTask(Task):

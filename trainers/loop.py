@@ -113,7 +113,8 @@ def evaluate(task: Task, model: torch.nn.Module, loader: ShardLoader, device, dt
 
         parts = [None] * world.world_size
         dist.all_gather_object(parts, local)  # rank chunks are contiguous, in rank order
-        local = {k: np.concatenate([p[k] for p in parts if len(p.get("row", ()))]) for k in local}
+        parts = [p for p in parts if len(p.get("row", ()))]  # a rank may have had no rows
+        local = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     model.train(was_training)
     return task.metrics(local)
 
@@ -180,6 +181,10 @@ def _train(task_cls, cfg: TrainConfig, world: World, device: torch.device) -> di
         set_rng_state(state["rng"][world.rank] if isinstance(state["rng"], list) else state["rng"])
         step, metrics = state["step"], state.get("metrics", {})
         best, best_epoch = state["best"]["value"], state["best"]["epoch"]
+        old = state["config"]
+        if cfg.schedule != "constant" and (old.get("epochs"), old.get("schedule")) != (cfg.epochs, cfg.schedule):
+            log(f"warning: the {cfg.schedule} schedule now spans {cfg.epochs} epochs (was {old.get('epochs')} "
+                f"{old.get('schedule')}); the learning rate continues on the new curve")
         log(f"resumed {path}: epoch {train_loader.epoch}, batch {train_loader.consumed}/{steps_per_epoch}, step {step}")
     elif cfg.checkpoint:
         state = load_checkpoint(cfg.checkpoint, task.stage)

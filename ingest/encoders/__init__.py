@@ -40,18 +40,41 @@ def build_text_encoder(name: str, device: str = "cpu", **options) -> TextEncoder
     raise LakeError(f"unknown text encoder {name!r}; choose hashing, minilm, embeddinggemma or st:ID_OR_PATH")
 
 
+def text_encoder_from_manifest(record: dict, device: str = "cpu", text_model: str = "") -> TextEncoder:
+    """Rebuild a set's text encoder from its manifest record (pinned to the recorded revision)."""
+    import re
+
+    from lake.errors import LakeError
+
+    if record["id"] == "hashing":
+        text = build_text_encoder("hashing", dim=record["dim"])
+    else:
+        cfg = record.get("config", {})
+        opts = {"prompt": cfg.get("prompt") or "none", "normalize": cfg.get("normalize", True)}
+        model = text_model or (record.get("model") if record["id"] != "minilm" else None)
+        if model and model != record["id"]:
+            opts["model"] = model
+        if not text_model and re.fullmatch(r"[0-9a-f]{40}", str(record.get("revision") or "")):
+            opts["revision"] = record["revision"]
+        text = build_text_encoder(record["id"], device=device, **opts)
+    if text.dim != record["dim"]:
+        raise LakeError(f"the rebuilt text encoder {record['id']} gives {text.dim} dims, the set recorded "
+                        f"{record['dim']}; point it at the same model")
+    return text
+
+
 def encoders_from_manifest(encoders: dict, device: str = "cpu", text_model: str = "", audio_model: str = "",
                            audio_tokenizer: str = ""):
     """Rebuild the encoders a shard set was made with, from its manifest's `encoders` record.
 
-    Used where new audio must land in a set's embedding space (prediction, zero-shot class
-    prompts). `*_model` / `audio_tokenizer` point at local copies when the recorded hub ids
-    are not reachable. The rebuilt dims must match the record.
+    Used where new audio must land in a set's embedding space (prediction). `*_model` /
+    `audio_tokenizer` point at local copies when the recorded hub ids are not reachable. The
+    rebuilt dims must match the record; recorded commit revisions are pinned.
     """
     from lake.errors import LakeError
 
-    a, t = encoders["audio"], encoders["text"]
-    acfg, tcfg = a.get("config", {}), t.get("config", {})
+    a = encoders["audio"]
+    acfg = a.get("config", {})
     layers = ",".join(a["layers"])
     if a["id"] == "fbank":
         audio = build_audio_encoder("fbank", layers=layers, n_mels=acfg.get("n_mels", 64))
@@ -62,16 +85,7 @@ def encoders_from_manifest(encoders: dict, device: str = "cpu", text_model: str 
         if not audio_tokenizer and acfg.get("tokenizer_revision"):
             opts["tokenizer_revision"] = acfg["tokenizer_revision"]
         audio = build_audio_encoder(a["id"], device=device, layers=layers, **{k: v for k, v in opts.items() if v})
-    if t["id"] == "hashing":
-        text = build_text_encoder("hashing", dim=t["dim"])
-    else:
-        opts = {"prompt": tcfg.get("prompt") or "none", "normalize": tcfg.get("normalize", True)}
-        model = text_model or (t.get("model") if t["id"] != "minilm" else None)
-        if model and model != t["id"]:
-            opts["model"] = model
-        text = build_text_encoder(t["id"], device=device, **opts)
-    for what, enc, rec in (("audio", audio, a), ("text", text, t)):
-        if enc.dim != rec["dim"]:
-            raise LakeError(f"the rebuilt {what} encoder {rec['id']} gives {enc.dim} dims, the set recorded "
-                            f"{rec['dim']}; point it at the same model")
-    return audio, text
+    if audio.dim != a["dim"]:
+        raise LakeError(f"the rebuilt audio encoder {a['id']} gives {audio.dim} dims, the set recorded "
+                        f"{a['dim']}; point it at the same model")
+    return audio, text_encoder_from_manifest(encoders["text"], device, text_model)

@@ -71,6 +71,7 @@ class MeldSource:
                             "archives; expected *_sent_emo.csv and the clip folders)")
         self.root, self.unit_rows = root, unit_rows
         self._rows: dict[str, list[dict[str, str]]] = {}
+        self._first_row: dict[str, dict[tuple[int, int], int]] = {}  # split -> (dia, utt) -> first CSV row
         self._files: dict[str, dict[tuple[int, int], str]] = {}  # split -> (dia, utt) -> path
         self._orphans: dict[str, list[str]] = {}
         self._units: list[Unit] = []
@@ -81,6 +82,11 @@ class MeldSource:
             if csv_path is None:
                 raise LakeError(f"{root}: no {csv_name} (the MELD CSVs sit at the top of MELD.Raw)")
             self._rows[split] = read_csv(csv_path)
+            self._first_row[split] = {}
+            for n, r in enumerate(self._rows[split]):
+                du = self._du(r)
+                if du is not None:
+                    self._first_row[split].setdefault(du, n)
             folder = folders.get(folder_name)
             files: dict[tuple[int, int], str] = {}
             prefixed: dict[tuple[int, int], str] = {}
@@ -151,18 +157,17 @@ class MeldSource:
                            source_uri=path)
             return
         start = int(part) * self.unit_rows
-        seen: set[tuple[int, int]] = set()
-        for row in self._rows[split][start:start + self.unit_rows]:
+        first = self._first_row[split]
+        for n, row in enumerate(self._rows[split][start:start + self.unit_rows], start):
             du = self._du(row)
             if du is None:
                 yield Skip(key=f"meld/{split}/row{row.get('Sr No.', '?')}", reason="bad csv row: no dialogue/utterance id")
                 continue
             key = f"meld/{split}/dia{du[0]}_utt{du[1]}"
             emotion = (row.get("Emotion") or "").strip().lower()
-            if du in seen:
+            if first[du] != n:  # a (dialogue, utterance) listed twice, possibly in another unit
                 yield Skip(key=key, reason="duplicate csv row")
                 continue
-            seen.add(du)
             path = self._files[split].get(du)
             if path is None:
                 yield Skip(key=key, reason=f"missing clip: no dia{du[0]}_utt{du[1]}.mp4 in {SPLITS[split][1]}/")
