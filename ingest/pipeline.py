@@ -15,7 +15,6 @@ import glob
 import multiprocessing as mp
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -58,15 +57,6 @@ def segments(units: list[Unit], checkpoint_bytes: float) -> Iterator[list[Unit]]
         yield seg
 
 
-@dataclass
-class RankStats:
-    rows: dict[str, int] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
-    quarantined: int = 0
-    already_done: int = 0
-    clips_read: int = 0
-
-
 class RankWorker:
     def __init__(self, cfg: IngestConfig, source, taxonomy: list[str], audio_enc, text_enc, rank: int,
                  world_size: int, state: JournalState, progress=None):
@@ -75,7 +65,7 @@ class RankWorker:
         self.rank, self.world_size, self.state = rank, world_size, state
         self.label_id = {name: i for i, name in enumerate(taxonomy)}
         self.progress = progress
-        self.stats = RankStats()
+        self.clips_read = 0  # clips read from the source, committed ones included (what --limit counts)
         self.quarantine: list[dict] = []
         self.limit = -(-cfg.limit // world_size) if cfg.limit else 0
         self._failures_in_a_row = 0
@@ -89,18 +79,14 @@ class RankWorker:
                 os.remove(path)
 
     def split_of(self, clip: Clip | Skip) -> str:
-        if isinstance(clip, Clip) and clip.split:
-            return clip.split
-        if self.source.name == "meld":
-            return clip.key.split("/")[1]
-        return assign_split(clip.key, self.cfg.val_fraction, self.cfg.test_fraction)
+        return clip.split or assign_split(clip.key, self.cfg.val_fraction, self.cfg.test_fraction)
 
     # -- the loop ---------------------------------------------------------------
-    def run(self, units: list[Unit]) -> RankStats:
+    def run(self, units: list[Unit]) -> None:
         cfg = self.cfg
         todo = [u for u in units if u.id not in self.state.units_done]
         # clips read by earlier runs count towards --limit, so a resumed run takes the same clips
-        self.stats.clips_read = sum(self.state.units_done.get(u.id, 0) for u in units)
+        self.clips_read = sum(self.state.units_done.get(u.id, 0) for u in units)
         self._unit_clips: dict[str, int] = {}
         self._bytes_total = sum(u.size for u in todo) or 1
         self._bytes_read = 0
@@ -134,24 +120,22 @@ class RankWorker:
         finally:
             journal.close()
         decoder.close()
-        return self.stats
 
     def _clips(self, seg: list[Unit], committed: set[str]) -> Iterator[Clip]:
         """Clips to decode; skip records go straight to quarantine."""
         for unit in seg:
-            if self.limit and self.stats.clips_read >= self.limit:
+            if self.limit and self.clips_read >= self.limit:
                 continue  # excluded by --limit: journalled as done with 0 clips
             for item in self.source.read(unit):
                 if isinstance(item, Skip):
                     if item.key not in committed:
                         self._quarantine(item.key, "read", item.reason, item.source_uri, self.split_of(item))
                     continue
-                if self.limit and self.stats.clips_read >= self.limit:
+                if self.limit and self.clips_read >= self.limit:
                     break
-                self.stats.clips_read += 1
+                self.clips_read += 1
                 self._unit_clips[unit.id] = self._unit_clips.get(unit.id, 0) + 1
                 if item.key in committed:
-                    self.stats.already_done += 1
                     continue
                 yield item
             self._bytes_read += unit.size
@@ -161,7 +145,6 @@ class RankWorker:
 
     def _quarantine(self, key: str, stage: str, reason: str, source_uri: str, split: str | None) -> None:
         self.quarantine.append({"key": key, "stage": stage, "reason": reason, "source_uri": source_uri, "split": split})
-        self.stats.quarantined += 1
         if self.progress is not None:
             self.progress.update(1)
 
@@ -200,8 +183,6 @@ class RankWorker:
                 meta["extra"] = clip.extra
                 packer.add(split, audio[i], text[i], None if caption is None else caption[i],
                            self.label_id[clip.label], meta)
-                self.stats.rows[split] = self.stats.rows.get(split, 0) + 1
-                self.stats.seconds[split] = self.stats.seconds.get(split, 0.0) + float(dec.duration_s)
                 if self.progress is not None:
                     self.progress.update(1)
 

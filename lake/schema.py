@@ -173,11 +173,6 @@ class Manifest:
         blob = json.dumps(core, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
-    def encoder_fingerprint(self) -> str:
-        """A hash of the encoders alone: sets that share it live in one embedding space."""
-        blob = json.dumps(self.encoders, sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(blob).hexdigest()[:16]
-
     # -- (de)serialisation ----------------------------------------------------
     def to_dict(self) -> dict:
         return {

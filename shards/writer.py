@@ -69,9 +69,6 @@ class RotatingWriter:
             self.close_split(split)
         return writer.relpath
 
-    def open_shards(self) -> dict[str, str]:
-        return {split: w.relpath for split, (w, _) in self._open.items()}
-
     def close_split(self, split: str) -> None:
         writer, rows = self._open.pop(split)
         self.on_complete(writer.close(), rows)

@@ -100,18 +100,16 @@ def slm_layers(clap_layer: str, spec: str, stored: list[str]) -> tuple[list[str]
     return layers, 0, layers.index(prosody)
 
 
-def classification_outputs(logits: torch.Tensor, batch: dict) -> dict:
-    return {"logits": logits, "label": batch["label"]}
-
-
-def classification_metrics_from(out: dict, taxonomy: list[str]) -> dict:
+def classification_metrics_from(out: dict, taxonomy: list[str], weight: torch.Tensor | None = None,
+                                label_smoothing: float = 0.0) -> dict:
     from trainers.metrics import classification_metrics, topk_accuracy
 
     logits, y = out["logits"], out["label"]
     m = classification_metrics(y, logits.argmax(1), len(taxonomy), taxonomy)
     m["top3_accuracy"] = topk_accuracy(y, logits, 3)
     m["top5_accuracy"] = topk_accuracy(y, logits, 5)
-    m["loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y).long()))
+    m["loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y).long(), weight=weight,
+                                      label_smoothing=label_smoothing))
     return m
 
 
@@ -155,7 +153,7 @@ class SlmTask(Task):
         return loss, {}
 
     def outputs(self, model, batch):
-        return classification_outputs(model(batch["audio"], batch["text"]), batch)
+        return {"logits": model(batch["audio"], batch["text"]), "label": batch["label"]}
 
     def metrics(self, out):
         return classification_metrics_from(out, self.taxonomy)

@@ -32,9 +32,7 @@ class Skip:
     key: str
     reason: str  # a short category first ("malformed json: ..."), counted in the summary
     source_uri: str = ""
-
-    def record(self, stage: str = "read") -> dict:
-        return {"key": self.key, "stage": stage, "reason": self.reason, "source_uri": self.source_uri}
+    split: str | None = None  # an official split (MELD); None = hash split from lake.splits
 
 
 @dataclass(frozen=True)

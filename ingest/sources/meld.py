@@ -154,26 +154,28 @@ class MeldSource:
             for path in self._orphans[split]:
                 m = _CLIP_NAME.match(os.path.basename(path))
                 yield Skip(key=f"meld/{split}/dia{m.group(1)}_utt{m.group(2)}", reason="no csv row: clip has no label",
-                           source_uri=path)
+                           source_uri=path, split=split)
             return
         start = int(part) * self.unit_rows
         first = self._first_row[split]
         for n, row in enumerate(self._rows[split][start:start + self.unit_rows], start):
             du = self._du(row)
             if du is None:
-                yield Skip(key=f"meld/{split}/row{row.get('Sr No.', '?')}", reason="bad csv row: no dialogue/utterance id")
+                yield Skip(key=f"meld/{split}/row{row.get('Sr No.', '?')}", reason="bad csv row: no dialogue/utterance id",
+                           split=split)
                 continue
             key = f"meld/{split}/dia{du[0]}_utt{du[1]}"
             emotion = (row.get("Emotion") or "").strip().lower()
             if first[du] != n:  # a (dialogue, utterance) listed twice, possibly in another unit
-                yield Skip(key=key, reason="duplicate csv row")
+                yield Skip(key=key, reason="duplicate csv row", split=split)
                 continue
             path = self._files[split].get(du)
             if path is None:
-                yield Skip(key=key, reason=f"missing clip: no dia{du[0]}_utt{du[1]}.mp4 in {SPLITS[split][1]}/")
+                yield Skip(key=key, reason=f"missing clip: no dia{du[0]}_utt{du[1]}.mp4 in {SPLITS[split][1]}/",
+                           split=split)
                 continue
             if emotion not in MELD_CLASSES:
-                yield Skip(key=key, reason=f"unknown emotion: {emotion!r}", source_uri=path)
+                yield Skip(key=key, reason=f"unknown emotion: {emotion!r}", source_uri=path, split=split)
                 continue
             extra = {"speaker": fix_text(row.get("Speaker", "")), "sentiment": row.get("Sentiment", "").strip(),
                      "season": row.get("Season", "").strip(), "episode": row.get("Episode", "").strip(),
