@@ -152,6 +152,7 @@ def _gather_rank(rank, world, a_full, t_full, out_dir):
     a, t, scale = ddp(a_full[rank * b:(rank + 1) * b], t_full[rank * b:(rank + 1) * b])
     clap.contrastive_loss(a, t, scale).backward()
     torch.save({n: p.grad for n, p in model.named_parameters()}, os.path.join(out_dir, f"g{rank}.pt"))
+    del ddp, a, t, scale  # DDP's reducer and the gathered graph go before the group they use
     dist.destroy_process_group()
 
 
