@@ -8,12 +8,13 @@ from dataclasses import dataclass
 
 from lake.cliargs import REQUIRED, add_dataclass_args, from_args
 from lake.cliargs import arg as _f
+from ingest.sources import SOURCES
 
 
 @dataclass
 class IngestConfig:
     source: str = _f(REQUIRED, "laion (LAION's Got Talent tars), meld (MELD.Raw) or synthetic (the built-in "
-                     "corpus: generated into --input if absent, then read as LAION)", choices=["laion", "meld", "synthetic"])
+                     "corpus: generated into --input if absent, then read as LAION)", choices=list(SOURCES))
     input: str = _f(REQUIRED, "the source directory: LAION tars, MELD.Raw, or the synthetic corpus")
     out: str = _f(REQUIRED, "the shard set to write, ROOT/NAME; re-running the same command resumes it")
     audio_encoder: str = _f("fbank", "audio encoder: fbank (offline log-mel statistics) or auristream "

@@ -20,7 +20,6 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from lake.errors import LakeError
-from lake.splits import assign_split
 from ingest.config import IngestConfig
 from ingest.decode_pool import OrderedDecoder, decode_chunk
 from ingest.journal import Journal, JournalState
@@ -79,7 +78,7 @@ class RankWorker:
                 os.remove(path)
 
     def split_of(self, clip: Clip | Skip) -> str:
-        return clip.split or assign_split(clip.key, self.cfg.val_fraction, self.cfg.test_fraction)
+        return self.source.split_policy.split_of(clip)
 
     # -- the loop ---------------------------------------------------------------
     def run(self, units: list[Unit]) -> None:
@@ -139,7 +138,7 @@ class RankWorker:
                     continue
                 yield item
             self._bytes_read += unit.size
-            if self.progress is not None and self.progress.estimate:
+            if self.progress is not None and self._bytes_read:  # clips to come, estimated from the bytes read
                 done = self.progress.n
                 self.progress.total = max(done, int(done * self._bytes_total / self._bytes_read))
 

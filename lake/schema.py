@@ -30,6 +30,12 @@ SHARDS_DIR = "shards"
 
 SPLITS = ("train", "val", "test")
 """Hash-split names; MELD keeps its official `dev` (lake.splits.validation_split finds either)."""
+_SPLIT_ORDER = ("train", "val", "dev", "test")
+
+
+def split_sort_key(split: str) -> tuple[int, str]:
+    """Splits in reading order: train, val, dev, test, then any other name alphabetically."""
+    return (_SPLIT_ORDER.index(split) if split in _SPLIT_ORDER else len(_SPLIT_ORDER), split)
 
 # Block members: name -> (dtype, number of dims). The shapes are checked against
 # the manifest's encoder dims: audio [n, L, Da], text/caption [n, Dt], label [n].
@@ -234,7 +240,7 @@ class Manifest:
 def split_summary(shards: list[ShardEntry]) -> dict[str, dict[str, int]]:
     """{split: {rows, shards}} in canonical split order."""
     out: dict[str, dict[str, int]] = {}
-    for s in sorted(shards, key=lambda s: (SPLITS.index(s.split) if s.split in SPLITS else 99, s.path)):
+    for s in sorted(shards, key=lambda s: (split_sort_key(s.split), s.path)):
         d = out.setdefault(s.split, {"rows": 0, "shards": 0})
         d["rows"] += s.rows
         d["shards"] += 1

@@ -1,8 +1,8 @@
 """Label taxonomies: the EmoNet-Voice categories behind LAION's Got Talent, MELD's 7 emotions,
-and the mapping from a LAION tar name's emotion prompt to a canonical category.
+and the mapping from a free-word emotion prompt to a canonical category.
 
-A LAION tar is named `{lang}_{voice}_intense_{prompt words}[_vocalbursts_fixed].tar`, e.g.
-`de_alloy_intense_anger_rage_fury_hatred_and_annoyance_vocalbursts_fixed.tar`. Its class
+A LAION tar's name carries an emotion prompt (its parsing is the source's:
+ingest/sources/laion.py), e.g. `anger_rage_fury_hatred_and_annoyance`. Its class
 comes from the words of the prompt, not from their position (the first word is often
 not the category: `lighthearted` -> Amusement, `physical` -> Pain, `sympathy` -> Affection):
 each category has cue words (those of its published prompt), and the prompt maps to the
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 
 from lake.errors import LakeError
 
@@ -67,11 +66,7 @@ EMONET_CATEGORIES: list[str] = list(EMONET_PROMPTS)
 MELD_CLASSES: list[str] = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
 """MELD's 7 emotions in alphabetical order (the reference run's order)."""
 
-LANGUAGES = {"en": "en", "english": "en", "de": "de", "german": "de", "es": "es", "spanish": "es",
-             "fr": "fr", "french": "fr"}
-
 _STOP = {"and", "a", "an", "the", "in", "of", "with", "being", "having", "feelings", "feeling", "intense"}
-_SUFFIXES = ("_vocalbursts_fixed",)
 
 
 def _words(prompt: str) -> list[str]:
@@ -100,70 +95,16 @@ def map_prompt(prompt: str, overrides: dict[str, str] | None = None) -> str | No
     return winners[0] if len(winners) == 1 else None
 
 
-@dataclass(frozen=True)
-class LaionTarName:
-    """The parts of a LAION tar name."""
-
-    stem: str
-    language: str  # en, de, es, fr (or the raw prefix, lowercased, if unknown)
-    voice: str  # lowercased: some tars spell `Nova`
-    prompt: str  # the emotion prompt words, without `intense_` and `_vocalbursts_fixed`
-
-
-def is_extra_tar(name: str) -> bool:
-    """`ADDITIONAL_STUFF*` tars (spelled `ADDITONAL_STUFF` on the hub): not emotion prompts."""
-    return name.upper().startswith("ADDIT")
-
-
-def parse_tar_name(name: str) -> LaionTarName | None:
-    """Split `{lang}_{voice}_{prompt}.tar`; None when the name does not have that shape."""
-    stem = name.rsplit("/", 1)[-1]
-    if stem.endswith(".tar"):
-        stem = stem[:-4]
-    parts = stem.split("_")
-    if len(parts) < 3 or is_extra_tar(stem):
-        return None
-    prompt = "_".join(parts[2:])
-    for suffix in _SUFFIXES:
-        if prompt.endswith(suffix):
-            prompt = prompt[: -len(suffix)]
-    if prompt.startswith("intense_"):
-        prompt = prompt[len("intense_"):]
-    lang = LANGUAGES.get(parts[0].lower(), parts[0].lower())
-    return LaionTarName(stem=stem, language=lang, voice=parts[1].lower(), prompt=prompt)
-
-
 def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
-_TAG_TO_CATEGORY = {_norm(c): c for c in EMONET_CATEGORIES}
-_ANNOTATION_LINE = re.compile(r"<([A-Za-z][^<>#]*?)>\s*(-?\d+(?:\.\d+)?)\s*#")
+_NORMALISED = {_norm(c): c for c in EMONET_CATEGORIES}
 
 
-def parse_annotation_scores(annotation: str) -> dict[str, float]:
-    """Per-tag scores from Gemini annotation text: `<Elation>1#Slight elation ...</Elation>`.
-
-    Emotion tags are renamed to their canonical category (tag spellings of multi-word
-    categories vary: `Pleasure_Ecstasy`, `Pleasure/Ecstasy`); other tags (Valence,
-    Arousal, ...) keep their own name. Unparseable lines are skipped.
-    """
-    scores: dict[str, float] = {}
-    for tag, value in _ANNOTATION_LINE.findall(annotation or ""):
-        tag = tag.strip()
-        if tag.lower().startswith("transcription"):
-            continue
-        scores[_TAG_TO_CATEGORY.get(_norm(tag), tag)] = float(value)
-    return scores
-
-
-_TRANSCRIPT = re.compile(r"<transcription_start>(.*?)(?:</?transcription[^>]*>|$)", re.DOTALL)
-
-
-def transcript_from_annotation(annotation: str) -> str:
-    """The text of the `<transcription_start>` block (its closing tag varies; parse defensively)."""
-    m = _TRANSCRIPT.search(annotation or "")
-    return " ".join(m.group(1).split()) if m else ""
+def canonical_category(name: str) -> str | None:
+    """The EmoNet category a spelling names (`Pleasure_Ecstasy`, `pleasure/ecstasy`), or None."""
+    return _NORMALISED.get(_norm(name))
 
 
 def ordered_classes(present: set[str], order: list[str] = EMONET_CATEGORIES) -> list[str]:

@@ -8,12 +8,8 @@ import numpy as np
 
 from lake.catalog import ShardSet
 from lake.errors import LakeError
-from lake.schema import SPLITS
+from lake.schema import split_sort_key
 from shards.mapped import ShardMap
-
-
-def _split_order(split: str) -> tuple[int, str]:
-    return (SPLITS.index(split) if split in SPLITS else len(SPLITS), split)
 
 
 def list_shards(shards: ShardSet) -> list[dict]:
@@ -26,7 +22,7 @@ def set_stats(shards: ShardSet) -> dict:
     m = shards.manifest
     index = shards.index.select(["split", "label_id", "duration_s"]).to_pydict()
     splits: dict[str, dict] = {}
-    for split in sorted({s.split for s in m.shards}, key=_split_order):
+    for split in sorted({s.split for s in m.shards}, key=split_sort_key):
         entries = m.shards_of(split)
         splits[split] = {"rows": sum(s.rows for s in entries), "shards": len(entries),
                          "bytes": sum(s.bytes for s in entries), "duration_s": 0.0}

@@ -20,8 +20,9 @@ from ingest.synthetic.meld import readable
 from ingest.synthetic.spec import EXTRA_TAR, MELD_FOLDERS, MELD_HEADER, UNKNOWN_PROMPT_TAR
 from ingest.synthetic.voice import VOICES, syllables
 from lake.errors import LakeError
-from lake.taxonomy import (EMONET_CATEGORIES, is_extra_tar, map_prompt, parse_annotation_scores, parse_tar_name,
-                           transcript_from_annotation)
+from lake.taxonomy import EMONET_CATEGORIES, map_prompt
+from ingest.sources.laion import (is_extra_tar, parse_annotation_scores, parse_tar_name,
+                                  transcript_from_annotation)
 
 ARGS = dict(clips=72, meld_clips=30, seed=3, languages=("en", "de"))
 JSON_KEYS = {"duration", "detailed_caption", "flash_transcription", "annotation"}

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 
+from lake.splits import assign_split, check_fractions
+
 
 @dataclass
 class Clip:
@@ -41,9 +43,38 @@ class Unit:
     size: int  # a cost estimate (bytes) for balancing units over ranks
 
 
+@dataclass(frozen=True)
+class SplitPolicy:
+    """How a source's clips get their split: the split the source gives a clip (MELD's official
+    train/dev/test, a manifest's split column), else a hash of the clip's key (lake.splits).
+    `official`: every clip must come with its split."""
+
+    method: str  # "official" or "hash"
+    val_fraction: float = 0.0
+    test_fraction: float = 0.0
+
+    def __post_init__(self):
+        if self.method not in ("official", "hash"):
+            raise ValueError(f"split method {self.method!r}")
+        if self.method == "hash":
+            check_fractions(self.val_fraction, self.test_fraction)
+
+    def split_of(self, item: "Clip | Skip") -> str:
+        if item.split or self.method == "official":
+            return item.split or "-"
+        return assign_split(item.key, self.val_fraction, self.test_fraction)
+
+    def record(self) -> dict:
+        """What the plan (and the manifest) records: a resume must split the same way."""
+        if self.method == "official":
+            return {"method": "official"}
+        return {"method": "hash", "val_fraction": self.val_fraction, "test_fraction": self.test_fraction}
+
+
 class Source(Protocol):
     name: str
     has_captions: bool
+    split_policy: SplitPolicy
 
     def units(self) -> list[Unit]: ...
 
@@ -55,6 +86,11 @@ class Source(Protocol):
 
     def notes(self) -> list[str]:
         """Things to report at the end (ignored tars, unknown prompts with their tars, ...)."""
+        ...
+
+    def plan(self) -> dict:
+        """What else about the source decides which rows a set holds (e.g. LAION's languages):
+        recorded in the ingest plan, so a resume with other values is refused."""
         ...
 
 

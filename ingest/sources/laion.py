@@ -5,7 +5,7 @@ comes from its name's emotion prompt (lake.taxonomy); its clips' transcripts fro
 `flash_transcription`, falling back to the `<transcription_start>` block of
 `annotation`; captions from `detailed_caption`; the per-emotion intensities of
 `annotation`, when they parse, go to the block meta as soft labels.
-Splits are hash splits of the clip key (lake.splits), decided later by ingest.
+Splits are hash splits of the clip key (lake.splits).
 """
 
 from __future__ import annotations
@@ -13,16 +13,87 @@ from __future__ import annotations
 import json
 import os
 import posixpath
+import re
 import tarfile
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Iterator
 
 from lake.errors import LakeError
-from lake.taxonomy import (EMONET_CATEGORIES, map_prompt, ordered_classes, parse_annotation_scores,
-                           parse_tar_name, transcript_from_annotation)
-from ingest.sources.base import Clip, Skip, Unit
+from lake.taxonomy import EMONET_CATEGORIES, canonical_category, map_prompt, ordered_classes
+from ingest.sources.base import Clip, Skip, SplitPolicy, Unit
 
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg", ".opus", ".m4a")
+LANGUAGES = {"en": "en", "english": "en", "de": "de", "german": "de", "es": "es", "spanish": "es",
+             "fr": "fr", "french": "fr"}
+_SUFFIXES = ("_vocalbursts_fixed",)
+
+
+# -- the tar names and the JSON's annotation text -----------------------------------------------
+
+@dataclass(frozen=True)
+class LaionTarName:
+    """The parts of a tar name `{lang}_{voice}_intense_{prompt words}[_vocalbursts_fixed].tar`, e.g.
+    `de_alloy_intense_anger_rage_fury_hatred_and_annoyance_vocalbursts_fixed.tar`."""
+
+    stem: str
+    language: str  # en, de, es, fr (or the raw prefix, lowercased, if unknown)
+    voice: str  # lowercased: some tars spell `Nova`
+    prompt: str  # the emotion prompt words, without `intense_` and `_vocalbursts_fixed`
+
+
+def is_extra_tar(name: str) -> bool:
+    """`ADDITIONAL_STUFF*` tars (spelled `ADDITONAL_STUFF` on the hub): not emotion prompts."""
+    return name.upper().startswith("ADDIT")
+
+
+def parse_tar_name(name: str) -> LaionTarName | None:
+    """Split `{lang}_{voice}_{prompt}.tar`; None when the name does not have that shape."""
+    stem = name.rsplit("/", 1)[-1]
+    if stem.endswith(".tar"):
+        stem = stem[:-4]
+    parts = stem.split("_")
+    if len(parts) < 3 or is_extra_tar(stem):
+        return None
+    prompt = "_".join(parts[2:])
+    for suffix in _SUFFIXES:
+        if prompt.endswith(suffix):
+            prompt = prompt[: -len(suffix)]
+    if prompt.startswith("intense_"):
+        prompt = prompt[len("intense_"):]
+    lang = LANGUAGES.get(parts[0].lower(), parts[0].lower())
+    return LaionTarName(stem=stem, language=lang, voice=parts[1].lower(), prompt=prompt)
+
+
+_ANNOTATION_LINE = re.compile(r"<([A-Za-z][^<>#]*?)>\s*(-?\d+(?:\.\d+)?)\s*#")
+
+
+def parse_annotation_scores(annotation: str) -> dict[str, float]:
+    """Per-tag scores from Gemini annotation text: `<Elation>1#Slight elation ...</Elation>`.
+
+    Emotion tags are renamed to their canonical category (tag spellings of multi-word
+    categories vary: `Pleasure_Ecstasy`, `Pleasure/Ecstasy`); other tags (Valence,
+    Arousal, ...) keep their own name. Unparseable lines are skipped.
+    """
+    scores: dict[str, float] = {}
+    for tag, value in _ANNOTATION_LINE.findall(annotation or ""):
+        tag = tag.strip()
+        if tag.lower().startswith("transcription"):
+            continue
+        scores[canonical_category(tag) or tag] = float(value)
+    return scores
+
+
+_TRANSCRIPT = re.compile(r"<transcription_start>(.*?)(?:</?transcription[^>]*>|$)", re.DOTALL)
+
+
+def transcript_from_annotation(annotation: str) -> str:
+    """The text of the `<transcription_start>` block (its closing tag varies; parse defensively)."""
+    m = _TRANSCRIPT.search(annotation or "")
+    return " ".join(m.group(1).split()) if m else ""
+
+
+# -- the source --------------------------------------------------------------------------------
 
 
 class LaionSource:
@@ -30,13 +101,14 @@ class LaionSource:
     has_captions = True
 
     def __init__(self, root: str, languages=("en",), taxonomy: list[str] | None = None,
-                 label_overrides: dict[str, str] | None = None):
+                 label_overrides: dict[str, str] | None = None, split_policy: SplitPolicy | None = None):
         if not os.path.isdir(root):
             raise LakeError(f"{root}: not a directory of LAION tars (download with "
                             "`hf download laion/laions_got_talent_enhanced_flash_annotations_and_long_captions "
                             "--repo-type dataset --local-dir DIR`)")
         self.root = root
         self.languages = tuple(languages)
+        self.split_policy = split_policy or SplitPolicy("hash", 0.02, 0.02)
         self.ignored: list[str] = []  # ADDITIONAL_STUFF tars and names of another shape
         self.other_language: int = 0
         self.unknown_prompts: dict[str, list[str]] = defaultdict(list)  # prompt -> tar names
@@ -64,8 +136,31 @@ class LaionSource:
         present = {label for _, label in self._tars.values() if label is not None}
         self._taxonomy = list(taxonomy) if taxonomy else ordered_classes(present, EMONET_CATEGORIES)
 
+    @classmethod
+    def from_config(cls, cfg, world=None) -> "LaionSource":
+        return cls.at(cfg.input, cfg)
+
+    @classmethod
+    def at(cls, root: str, cfg) -> "LaionSource":
+        """The tars under `root`, with the languages, taxonomy, label map and split fractions of `cfg`."""
+        from lake.taxonomy import load_taxonomy_file
+
+        taxonomy = load_taxonomy_file(cfg.taxonomy) if cfg.taxonomy else None
+        overrides = None
+        if cfg.label_map:
+            try:
+                overrides = json.load(open(cfg.label_map, encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as e:
+                raise LakeError(f"{cfg.label_map}: cannot read the label map ({e})") from None
+        languages = [x.strip() for x in cfg.languages.split(",") if x.strip()]
+        return cls(root, languages=languages, taxonomy=taxonomy, label_overrides=overrides,
+                   split_policy=SplitPolicy("hash", cfg.val_fraction, cfg.test_fraction))
+
     def units(self) -> list[Unit]:
         return list(self._units)
+
+    def plan(self) -> dict:
+        return {"languages": list(self.languages)}
 
     def taxonomy(self) -> list[str]:
         return list(self._taxonomy)

@@ -19,7 +19,7 @@ from typing import Iterator
 
 from lake.errors import LakeError
 from lake.taxonomy import MELD_CLASSES
-from ingest.sources.base import Clip, Skip, Unit
+from ingest.sources.base import Clip, Skip, SplitPolicy, Unit
 
 SPLITS = {
     "train": ("train_sent_emo.csv", "train_splits"),
@@ -64,6 +64,7 @@ def read_csv(path: str) -> list[dict[str, str]]:
 class MeldSource:
     name = "meld"
     has_captions = False
+    split_policy = SplitPolicy("official")
 
     def __init__(self, root: str, unit_rows: int = 1024, splits=tuple(SPLITS)):
         if not os.path.isdir(root):
@@ -134,8 +135,15 @@ class MeldSource:
         except (ValueError, TypeError):
             return None
 
+    @classmethod
+    def from_config(cls, cfg, world=None) -> "MeldSource":
+        return cls(cfg.input)
+
     def units(self) -> list[Unit]:
         return list(self._units)
+
+    def plan(self) -> dict:
+        return {}
 
     def taxonomy(self) -> list[str]:
         return list(MELD_CLASSES)
