@@ -12,44 +12,46 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
-from lake.errors import LakeError
+from lake.cli import run_cli
+from lake.cliargs import HelpFormatter, at_least, bounded
 
 
 def _common(p: argparse.ArgumentParser, ckpt_flag: str, ckpt_help: str) -> None:
     p.add_argument(ckpt_flag, required=True, help=ckpt_help)
     p.add_argument("--data-root", required=True, help="the shard set to evaluate on (directory or fsspec URL)")
-    p.add_argument("--split", default="test", help="which split (default: test)")
+    p.add_argument("--split", default="test", help="which split")
     p.add_argument("--out", required=True, help="directory for metrics.json, report.md and confusion.png")
-    p.add_argument("--batch-size", type=int, default=1024, help="rows per evaluation batch (default: 1024)")
-    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="default: auto")
-    p.add_argument("--num-workers", type=int, default=2, help="loader worker processes (default: 2)")
+    p.add_argument("--batch-size", type=bounded(int, at_least(1)), default=1024, help="rows per evaluation batch")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="where the model runs")
+    p.add_argument("--num-workers", type=bounded(int, at_least(0)), default=0,
+                   help="loader worker processes (0: in this process, fastest for a local set)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    s = sub.add_parser("stage2", help="CLAP: retrieval both ways and zero-shot emotion classification",
+    s = sub.add_parser("stage2", formatter_class=HelpFormatter, help="CLAP: retrieval both ways and zero-shot emotion classification",
                        description="Audio->text and text->audio R@1/5/10, MRR and median rank on a split (blocks of "
                                    "--block queries at a time), plus zero-shot classification by similarity to the "
                                    "class names embedded with the set's own text encoder.")
-    _common(s, "--clap-ckpt", "CLAP projectors (clap_projectors.pt; the reference layout also loads)")
-    s.add_argument("--block", type=int, default=4096, help="queries scored at once (memory: block x rows)")
+    _common(s, "--clap-ckpt", "CLAP projectors (clap_projectors.pt; the reference layout also loads) or a CLAP "
+            "training checkpoint")
+    s.add_argument("--block", type=bounded(int, at_least(1)), default=4096,
+                   help="queries scored at once (memory: block x rows)")
     s.add_argument("--template", default="{}", help="zero-shot prompt, {} = class name (default: the bare name)")
     s.add_argument("--no-zero-shot", action="store_true", help="skip zero-shot classification")
     s.add_argument("--text-model", default="", help="local copy of the set's text encoder, for the zero-shot class "
                    "names, if its recorded id is unreachable")
-    s = sub.add_parser("stage3", help="SLM: accuracy, macro/weighted F1, top-k, per-class, confusion",
+    s = sub.add_parser("stage3", formatter_class=HelpFormatter, help="SLM: accuracy, macro/weighted F1, top-k, per-class, confusion",
                        description="Classify a split with a trained SLM and report accuracy, macro and weighted F1, "
                                    "top-3/top-5 accuracy, per-class precision/recall/F1 and the confusion matrix.")
     _common(s, "--stage3-ckpt", "the SLM checkpoint (e.g. checkpoints/slm_stage3_best.pt)")
-    s = sub.add_parser("stage4", help="MELD: weighted F1 (the benchmark number), accuracy, macro F1, confusion",
+    s = sub.add_parser("stage4", formatter_class=HelpFormatter, help="MELD: weighted F1 (the benchmark number), accuracy, macro F1, confusion",
                        description="Classify MELD's test split with a trained MELD head and report weighted F1 "
                                    "(MELD's standard metric), accuracy, macro F1, per-class and confusions.")
     _common(s, "--meld-ckpt", "the MELD checkpoint (e.g. checkpoints/meld_slm_A_best.pt)")
-    s = sub.add_parser("predict", help="top emotions of audio files",
+    s = sub.add_parser("predict", formatter_class=HelpFormatter, help="top emotions of audio files",
                        description="Decode and encode audio files with the encoders recorded in the SLM's data "
                                    "manifest, then print the top emotions with probabilities.")
     s.add_argument("files", nargs="+", metavar="FILE", help="audio files in any format FFmpeg reads")
@@ -57,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--clap-ckpt", help="the CLAP projectors; checked against those inside the SLM checkpoint")
     s.add_argument("--meld-ckpt", help="also give MELD's 7 emotions with this MELD checkpoint")
     s.add_argument("--transcript", help="what is said (all files); default: FILE.txt beside each file, else empty")
-    s.add_argument("--top", type=int, default=5, help="how many emotions to list (default: 5)")
-    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default: cpu")
+    s.add_argument("--top", type=bounded(int, at_least(1)), default=5, help="how many emotions to list")
+    s.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the encoders and models run")
     s.add_argument("--text-model", default="", help="local copy of the text encoder, if its recorded id is unreachable")
     s.add_argument("--audio-model", default="", help="local copy of the audio model (auristream)")
     s.add_argument("--audio-tokenizer", default="", help="local copy of the audio tokenizer (auristream)")
@@ -66,41 +68,31 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _headline(stage: str, metrics: dict) -> str:
-    if stage == "stage2":
-        zs = metrics.get("zero_shot")
-        return (f"mean R@1 {metrics['mean_R@1']:.4f}  a->t R@1 {metrics['audio_to_text']['R@1']:.4f} "
-                f"MRR {metrics['audio_to_text']['MRR']:.4f}  t->a R@1 {metrics['text_to_audio']['R@1']:.4f}"
-                + (f"  zero-shot acc {zs['accuracy']:.4f}" if zs else ""))
-    return (f"weighted F1 {metrics['weighted_f1']:.4f}  accuracy {metrics['accuracy']:.4f}  "
-            f"macro F1 {metrics['macro_f1']:.4f}" + (f"  top-3 {metrics['top3_accuracy']:.4f}" if stage == "stage3" else ""))
+def _run(args) -> int:
+    if args.command == "predict":
+        from evaluation.predict import format_predictions, predict
+
+        results = predict(args.files, args.stage3_ckpt, args.clap_ckpt, args.meld_ckpt, args.transcript,
+                          args.top, args.device, args.text_model, args.audio_model, args.audio_tokenizer)
+        print(json.dumps(results, ensure_ascii=False) if args.json else format_predictions(results))
+        return 0 if all("error" not in r for r in results) else 1
+    from evaluation import stages
+
+    common = dict(data_root=args.data_root, out=args.out, split=args.split, batch_size=args.batch_size,
+                  device=args.device, num_workers=args.num_workers)
+    if args.command == "stage2":
+        res = stages.stage2(args.clap_ckpt, block=args.block, template=args.template,
+                            zero_shot=not args.no_zero_shot, text_model=args.text_model, **common)
+    elif args.command == "stage3":
+        res = stages.stage3(args.stage3_ckpt, **common)
+    else:
+        res = stages.stage4(args.meld_ckpt, **common)
+    print(f"{args.command} on {args.data_root} [{args.split}]: {res['headline']}")
+    for name, path in res["paths"].items():
+        print(f"  {name}: {path}")
+    return 0
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        if args.command == "predict":
-            from evaluation.predict import format_predictions, predict
-
-            results = predict(args.files, args.stage3_ckpt, args.clap_ckpt, args.meld_ckpt, args.transcript,
-                              args.top, args.device, args.text_model, args.audio_model, args.audio_tokenizer)
-            print(json.dumps(results, ensure_ascii=False) if args.json else format_predictions(results))
-            return 0 if all("error" not in r for r in results) else 1
-        from evaluation import stages
-
-        common = dict(data_root=args.data_root, out=args.out, split=args.split, batch_size=args.batch_size,
-                      device=args.device, num_workers=args.num_workers)
-        if args.command == "stage2":
-            res = stages.stage2(args.clap_ckpt, block=args.block, template=args.template,
-                                zero_shot=not args.no_zero_shot, text_model=args.text_model, **common)
-        elif args.command == "stage3":
-            res = stages.stage3(args.stage3_ckpt, **common)
-        else:
-            res = stages.stage4(args.meld_ckpt, **common)
-        print(f"{args.command} on {args.data_root} [{args.split}]: {_headline(args.command, res['metrics'])}")
-        for name, path in res["paths"].items():
-            print(f"  {name}: {path}")
-        return 0
-    except LakeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: _run(args))

@@ -1,5 +1,9 @@
 """Evaluate each stage on a split of a shard set; write metrics.json, report.md, a confusion PNG.
 
+Each stage is: open the set, rebuild the stage's Task and model from the checkpoint, run the
+training loop's own `evaluate` (fp32, every row once), write the report. The numbers are the
+ones the trainer's `--test-at-end` prints for the same checkpoint.
+
 stage2 (CLAP): audio->text and text->audio R@1/5/10, MRR, median rank (in blocks: 24k x 24k
 fits), and zero-shot emotion classification by similarity to the projected text embeddings
 of the class names (the set's own text encoder embeds them).
@@ -15,12 +19,13 @@ import numpy as np
 import torch
 
 from lake.catalog import ShardSet, open_shard_set
+from lake.distributed import World
 from lake.errors import LakeError
-from shards.loader import ShardLoader
-from trainers.features import resolve_layer
-from trainers.metrics import classification_metrics, normalized_confusion, retrieval_both_directions
+from trainers.loop import Task, evaluate, gather_outputs
+from trainers.metrics import classification_metrics, normalized_confusion
 
 ZERO_SHOT_TEMPLATE = "{}"
+ONE = World()  # evaluation runs as one process
 
 
 def _device(name: str) -> torch.device:
@@ -29,11 +34,6 @@ def _device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise LakeError("--device cuda, but no CUDA GPU is visible; use --device cpu")
     return torch.device(name)
-
-
-def _loader(shards: ShardSet, split: str, batch_size: int, layers, fields, num_workers: int) -> ShardLoader:
-    return ShardLoader(shards, split, batch_size, training=False, layers=layers, fields=fields,
-                       num_workers=num_workers)
 
 
 def _context(checkpoint: str, shards: ShardSet, split: str, rows: int, **extra) -> dict:
@@ -54,95 +54,64 @@ def _finish(out: str, stage: str, metrics: dict, context: dict, taxonomy: list[s
     return paths
 
 
-def _check_data(ckpt: dict, shards: ShardSet, path: str) -> None:
-    """The set must hold what the model was trained on: the same classes, the same embedding space."""
-    trained = ckpt["arch"]["taxonomy"]
-    if list(trained) != list(shards.taxonomy):
-        raise LakeError(f"{path}: trained on classes {trained[:5]}...; {shards.root} has {shards.taxonomy[:5]}...; "
-                        "evaluate on a set with the same taxonomy")
-    if ckpt["data"]["encoders"] != shards.manifest.encoders:
-        raise LakeError(f"{path}: trained on embeddings of other encoders than {shards.root}'s; evaluate on a set "
-                        "ingested with the same encoders")
-
-
-def _with_normalized(metrics: dict) -> dict:
-    metrics["confusion_matrix_normalized"] = normalized_confusion(np.asarray(metrics["confusion_matrix"])).round(4).tolist()
-    return metrics
-
-
-def _classification_stage(stage: str, model, ckpt: dict, ckpt_path: str, layers: list[str], data_root: str,
-                          out: str, split: str, batch_size: int, device: str, num_workers: int, title: str,
-                          **context) -> dict:
-    """Classify a split with a frozen model (audio, text -> logits) and write the stage's report."""
-    from trainers.slm import classification_metrics_from
-
+def _classification_stage(stage: str, task_cls, ckpt_path: str, data_root: str, out: str, split: str,
+                          batch_size: int, device: str, num_workers: int, title: str) -> dict:
+    """Classify a split with a trained stage-3/4 model and write the stage's report."""
     dev = _device(device)
     shards = open_shard_set(data_root)
-    _check_data(ckpt, shards, ckpt_path)
-    loader = _loader(shards, split, batch_size, layers, ("audio", "text", "label"), num_workers)
-    model = model.to(dev)
-    logits, labels = [], []
-    with torch.no_grad():
-        for batch in loader:
-            logits.append(model(batch["audio"].to(dev), batch["text"].to(dev)).float().cpu())
-            labels.append(batch["label"])
-    outputs = {"logits": torch.cat(logits).numpy(), "label": torch.cat(labels).numpy()}
-    metrics = _with_normalized(classification_metrics_from(outputs, shards.taxonomy))
+    task, model = task_cls.from_checkpoint(ckpt_path, shards)
+    loader = task.loader(split, batch_size, ONE, num_workers=num_workers)
+    metrics = evaluate(task, model.to(dev), loader, dev, ONE)
+    metrics["confusion_matrix_normalized"] = normalized_confusion(np.asarray(metrics["confusion_matrix"])).round(4).tolist()
+    ckpt = task.checkpoint
+    extra = {"mode": ckpt["arch"]["mode"]} if "mode" in ckpt["arch"] else {}
     context = _context(ckpt_path, shards, split, loader.num_rows, trained_on=ckpt["data"]["fingerprint"],
-                       epoch=ckpt["epoch"] + 1, **context)
+                       epoch=ckpt["train"]["epoch"], **extra)
     paths = _finish(out, stage, metrics, context, shards.taxonomy, f"{title} on {shards.name} {split}")
-    return {"metrics": metrics, "paths": paths}
+    return {"metrics": metrics, "paths": paths, "headline": task.headline(metrics)}
 
 
 def stage3(stage3_ckpt: str, data_root: str, out: str, split: str = "test", batch_size: int = 1024,
-           device: str = "auto", num_workers: int = 2) -> dict:
-    from trainers.slm import load_slm
+           device: str = "auto", num_workers: int = 0) -> dict:
+    from trainers.slm import SlmTask
 
-    model, ckpt = load_slm(stage3_ckpt)
-    return _classification_stage("stage3", model, ckpt, stage3_ckpt, ckpt["arch"]["layers"], data_root, out, split,
-                                 batch_size, device, num_workers, "SLM")
+    return _classification_stage("stage3", SlmTask, stage3_ckpt, data_root, out, split, batch_size, device,
+                                 num_workers, "SLM")
 
 
 def stage4(meld_ckpt: str, data_root: str, out: str, split: str = "test", batch_size: int = 1024,
-           device: str = "auto", num_workers: int = 2) -> dict:
-    from trainers.meld import load_meld
+           device: str = "auto", num_workers: int = 0) -> dict:
+    from trainers.meld import MeldTask
 
-    model, ckpt = load_meld(meld_ckpt)
-    mode = ckpt["arch"]["mode"]
-    return _classification_stage("stage4", model, ckpt, meld_ckpt, ckpt["arch"]["slm_arch"]["layers"], data_root, out,
-                                 split, batch_size, device, num_workers, f"MELD ({mode})", mode=mode)
+    return _classification_stage("stage4", MeldTask, meld_ckpt, data_root, out, split, batch_size, device,
+                                 num_workers, "MELD")
+
+
+def _clap(clap_ckpt: str, shards: ShardSet) -> tuple[Task, torch.nn.Module]:
+    """Exported projectors (ours or the reference's), or a CLAP training checkpoint."""
+    from trainers.checkpoint import read_checkpoint_file
+    from trainers.clap import ClapTask
+
+    obj = read_checkpoint_file(clap_ckpt)
+    if isinstance(obj, dict) and "format" in obj:
+        return ClapTask.from_checkpoint(clap_ckpt, shards)
+    return ClapTask.from_projectors(clap_ckpt, shards)
 
 
 def stage2(clap_ckpt: str, data_root: str, out: str, split: str = "test", batch_size: int = 1024,
-           device: str = "auto", block: int = 4096, template: str = ZERO_SHOT_TEMPLATE, num_workers: int = 2,
+           device: str = "auto", block: int = 4096, template: str = ZERO_SHOT_TEMPLATE, num_workers: int = 0,
            zero_shot: bool = True, text_model: str = "") -> dict:
-    from trainers.clap import Clap, load_projectors, projectors_into
+    from trainers.metrics import retrieval_both_directions
 
     dev = _device(device)
     shards = open_shard_set(data_root)
     m = shards.manifest
-    proj = load_projectors(clap_ckpt)
-    dims = proj["dims"]
-    if (dims["audio"], dims["text"]) != (m.audio_dim, m.text_dim):
-        raise LakeError(f"{clap_ckpt}: projectors for {dims['audio']}/{dims['text']} dims; {data_root} stores "
-                        f"{m.audio_dim}/{m.text_dim}")
-    if proj["data"] and proj["data"]["encoders"] != m.encoders:
-        raise LakeError(f"{clap_ckpt}: trained on embeddings of other encoders than {data_root}'s")
-    layer = proj["audio_layer"] or resolve_layer("last", m.audio_layers)
-    text_key = "caption" if proj.get("text_field") == "caption" else "text"
-    model = Clap(dims["audio"], dims["text"], dims["proj"], dropout=0.0)
-    projectors_into(model.audio_proj, model.text_proj, proj)
-    model.to(dev).eval()
-    loader = _loader(shards, split, batch_size, [layer], ("audio", text_key, "label"), num_workers)
-    a, t, y = [], [], []
-    with torch.no_grad():
-        for batch in loader:
-            ea, et, _ = model(batch["audio"][:, 0].to(dev), batch[text_key].to(dev))
-            a.append(ea)
-            t.append(et)
-            y.append(batch["label"])
-    a, t, y = torch.cat(a), torch.cat(t), torch.cat(y).numpy()
-    metrics = retrieval_both_directions(a, t, block)
+    task, model = _clap(clap_ckpt, shards)
+    model.to(dev)
+    loader = task.loader(split, batch_size, ONE, num_workers=num_workers)
+    outputs = gather_outputs(task, model, loader, dev, ONE)
+    a = torch.from_numpy(outputs["audio"]).to(dev)
+    metrics = retrieval_both_directions(a, torch.from_numpy(outputs["text"]).to(dev), block)
     sections = []
     if zero_shot:
         from ingest.encoders import text_encoder_from_manifest
@@ -152,7 +121,7 @@ def stage2(clap_ckpt: str, data_root: str, out: str, split: str = "test", batch_
         with torch.no_grad():
             classes = model.text_proj(torch.from_numpy(text_encoder.encode(prompts)).to(dev))
         pred = (a @ classes.T).argmax(1).cpu().numpy()
-        zs = classification_metrics(y, pred, m.num_classes, shards.taxonomy)
+        zs = classification_metrics(outputs["label"], pred, m.num_classes, shards.taxonomy)
         metrics["zero_shot"] = {k: zs[k] for k in ("accuracy", "macro_f1", "weighted_f1")}
         metrics["zero_shot_template"] = template
         metrics["zero_shot_chance"] = 1.0 / m.num_classes
@@ -163,6 +132,8 @@ def stage2(clap_ckpt: str, data_root: str, out: str, split: str = "test", batch_
                          f"({m.encoders['text']['id']}) with the template `{template}` and projected by the text "
                          f"head, is closest to its projected audio. Chance: {1 / m.num_classes:.3f}. "
                          "The confusion matrix and per-class table below are for this classification."))
-    context = _context(clap_ckpt, shards, split, len(y), audio_layer=layer, text_field=proj.get("text_field") or "transcript")
+    arch = task.arch()
+    context = _context(clap_ckpt, shards, split, len(outputs["label"]), audio_layer=arch["audio_layer"],
+                       text_field=arch["text_field"])
     paths = _finish(out, "stage2", metrics, context, shards.taxonomy, f"CLAP zero-shot on {split}", sections)
-    return {"metrics": metrics, "paths": paths}
+    return {"metrics": metrics, "paths": paths, "headline": task.headline(metrics)}

@@ -67,14 +67,14 @@ def test_slm_interrupted_mid_epoch_then_resumed_equals_uninterrupted(trained):
     # 7 steps per epoch: save at step 10 (mid-epoch 2), die at step 12 without saving, resume from step 10
     assert slm.main(_slm_args(root, proj, broken, "--save-every-steps", "5", "--max-steps", "12")) == 0
     last = load_checkpoint(os.path.join(broken, "slm_stage3_last.pt"))
-    assert last["step"] == 10 and 0 < last["loader"]["consumed"] < 7
+    assert last["train"]["step"] == 10 and 0 < last["loader"]["consumed"] < 7
     assert slm.main(_slm_args(root, proj, broken, "--resume")) == 0
     a = load_checkpoint(os.path.join(full, "slm_stage3_last.pt"))
     b = load_checkpoint(os.path.join(broken, "slm_stage3_last.pt"))
-    assert a["step"] == b["step"] == 21
+    assert a["train"]["step"] == b["train"]["step"] == 21
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    assert a["best"] == b["best"]
+    assert a["train"]["best"] == b["train"]["best"]
 
 
 def test_slm_learns_and_files_are_named_as_the_reference(trained):
@@ -177,11 +177,19 @@ def test_pruning_keeps_other_runs_files(tmp_path):
 
     for old in (47, 48, 49):  # an earlier, longer run in the same directory
         (tmp_path / f"slm_stage3_epoch{old:03d}.pt").write_bytes(b"old")
-    ck = Checkpointer(str(tmp_path), "slm_stage3", keep_epochs=2)
+    class Epoch:
+        value = 0
+
+        def state_dict(self):
+            return {"epoch": self.value}
+
+    part = Epoch()
+    ck = Checkpointer(str(tmp_path), "slm_stage3", {"train": part}, dict, keep_epochs=2)
     for epoch in range(4):
-        ck.save_epoch({"epoch": epoch}, epoch, is_best=epoch == 1)
+        part.value = epoch
+        ck.save_epoch(epoch, is_best=epoch == 1)
     names = sorted(os.listdir(tmp_path))
     assert names == ["slm_stage3_best.pt", "slm_stage3_epoch002.pt", "slm_stage3_epoch003.pt",
                      "slm_stage3_epoch047.pt", "slm_stage3_epoch048.pt", "slm_stage3_epoch049.pt",
                      "slm_stage3_last.pt"]
-    assert torch.load(tmp_path / "slm_stage3_best.pt")["epoch"] == 1
+    assert torch.load(tmp_path / "slm_stage3_best.pt")["train"]["epoch"] == 1

@@ -1,34 +1,96 @@
-"""Checkpoints: one dict of named parts, written atomically by rank 0.
+"""Checkpoints: named stateful parts written together by rank 0, restored on every rank.
 
-    {"format", "stage", "model", "optimizer", "scheduler", "scaler", "loader", "rng",
-     "epoch", "step", "best", "config", "arch", "data", "metrics"}
+    {"format", "stage", "arch", "config", "data",                     what the run is
+     "model", "optimizer", "scheduler", "scaler", "loader", "rng",    its stateful parts
+     "train": {"epoch", "step", "best", "metrics"}, ...task extras}
 
-`arch` holds what defines the model's shapes (dims, class count, taxonomy); `data`
-holds the fingerprint and encoders of the shard set it was trained on. Resuming
-checks both, and loads every state dict strictly.
+Each part is an object with `state_dict()` / `load_state_dict()` (torchtitan's checkpointer
+pattern): resuming loads every part strictly, after checking that the stage, the model's
+`arch` (dims, class count, taxonomy) and the data fingerprint are the checkpoint's.
+
+Files are read with `torch.load(weights_only=True)`: tensors and plain containers only, so a
+downloaded checkpoint cannot run code (numpy's RNG state is stored as a tensor for that).
 
 Files per stage prefix P: `P_epoch{EEE}.pt` after each epoch (0-based, the newest
-`keep_epochs` kept), `P_best.pt` (best by the stage's selection metric) and
-`P_last.pt` (the latest state, also written every `save_every_steps`).
+`keep_epochs` kept), `P_best.pt` (best by the stage's selection metric) and `P_last.pt`
+(the latest state, also written every `save_every_steps` and on preemption).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import pickle
 import random
 import re
 import shutil
+from typing import Any
 
 import numpy as np
 import torch
 
 from lake.errors import LakeError
 
-FORMAT = "emolake-checkpoint-v1"
+FORMAT = "emolake-checkpoint-v2"
+_V1 = "emolake-checkpoint-v1"  # epoch/step/best/metrics at the top level; read and upgraded
+_SAFE_GLOBALS = [argparse.Namespace]  # the reference tooling's `config`
 
+
+# -- reading files ---------------------------------------------------------------------------
+
+def read_checkpoint_file(path: str) -> Any:
+    """`torch.load` of a file a user passes, as data only; every failure is one LakeError."""
+    if not os.path.exists(path):
+        raise LakeError(f"{path}: no such checkpoint")
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL ([\w.]+)", str(e))
+        what = f" (found {found.group(1)})" if found else ""
+        raise LakeError(f"{path}: holds Python objects other than tensors and plain containers{what}; refusing to "
+                        "load it, since unpickling such a file can run arbitrary code. Use a checkpoint written by "
+                        "this project or the reference tooling") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise LakeError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+
+
+def _upgrade(ckpt: dict) -> dict:
+    if ckpt.get("format") == _V1:
+        ckpt = dict(ckpt)
+        ckpt["train"] = {k: ckpt.pop(k) for k in ("epoch", "step", "best", "metrics") if k in ckpt}
+        ckpt["format"] = FORMAT
+    return ckpt
+
+
+def load_checkpoint(path: str, stage: str | None = None) -> dict:
+    """A checkpoint of this project's trainers (on CPU); a wrong file gets one clear message."""
+    ckpt = read_checkpoint_file(path)
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in (FORMAT, _V1):
+        raise LakeError(f"{path}: not a checkpoint of this project's trainers")
+    if stage is not None and ckpt.get("stage") != stage:
+        raise LakeError(f"{path}: a {ckpt.get('stage')} checkpoint, but a {stage} checkpoint is needed here")
+    return _upgrade(ckpt)
+
+
+def save_atomic(obj: dict, path: str) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+# -- the RNG part ------------------------------------------------------------------------------
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """This process's RNG states as tensors and plain values (loadable with weights_only=True)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)]}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -36,33 +98,35 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.int64).astype(np.uint32), pos, has_gauss, gauss))
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_atomic(obj: dict, path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+class RNGPart:
+    """Every rank's RNG states (dropout differs across ranks): gathered to rank 0 on save."""
+
+    def __init__(self, world):
+        self.world = world
+
+    def state_dict(self) -> list:
+        local = rng_state()
+        if not self.world.distributed:
+            return [local]
+        import torch.distributed as dist
+
+        gathered = [None] * self.world.world_size
+        dist.all_gather_object(gathered, local)  # a collective: every rank calls state_dict()
+        return gathered
+
+    def load_state_dict(self, state) -> None:
+        set_rng_state(state[self.world.rank] if isinstance(state, list) else state)
 
 
-def load_checkpoint(path: str, stage: str | None = None) -> dict:
-    """Load a checkpoint of this project (on CPU); a wrong file gets one clear message."""
-    if not os.path.exists(path):
-        raise LakeError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        raise LakeError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise LakeError(f"{path}: not a checkpoint of this project's trainers")
-    if stage is not None and ckpt.get("stage") != stage:
-        raise LakeError(f"{path}: a {ckpt.get('stage')} checkpoint, but a {stage} checkpoint is needed here")
-    return ckpt
-
+# -- the checkpointer ------------------------------------------------------------------------
 
 def _copy(src: str, dst: str) -> None:
     """dst becomes a copy of src (a hard link where the filesystem allows), atomically."""
@@ -75,18 +139,30 @@ def _copy(src: str, dst: str) -> None:
 
 
 class Checkpointer:
-    def __init__(self, save_dir: str, prefix: str, keep_epochs: int = 3, enabled: bool = True):
-        self.save_dir, self.prefix, self.keep_epochs, self.enabled = save_dir, prefix, keep_epochs, enabled
+    """Saves `parts` (name -> object with state_dict/load_state_dict) plus `meta()` (what the run is).
+
+    `state()` is collective (the RNG part gathers from every rank): every rank calls `save_*`,
+    only the one with `enabled` writes.
+    """
+
+    def __init__(self, save_dir: str, prefix: str, parts: dict, meta, keep_epochs: int = 3, enabled: bool = True):
+        self.save_dir, self.prefix, self.parts, self.meta = save_dir, prefix, parts, meta
+        self.keep_epochs, self.enabled = keep_epochs, enabled
 
     def path(self, which: str | int) -> str:
         name = f"{self.prefix}_epoch{which:03d}.pt" if isinstance(which, int) else f"{self.prefix}_{which}.pt"
         return os.path.join(self.save_dir, name)
 
-    def save_last(self, state: dict) -> None:
+    def state(self) -> dict:
+        return {"format": FORMAT, **self.meta(), **{name: part.state_dict() for name, part in self.parts.items()}}
+
+    def save_last(self) -> None:
+        state = self.state()
         if self.enabled:
             save_atomic(state, self.path("last"))
 
-    def save_epoch(self, state: dict, epoch: int, is_best: bool) -> None:
+    def save_epoch(self, epoch: int, is_best: bool) -> None:
+        state = self.state()
         if not self.enabled:
             return
         path = self.path(epoch)
@@ -102,12 +178,35 @@ class Checkpointer:
                 if m and int(m.group(1)) <= epoch - self.keep_epochs:
                     os.remove(os.path.join(self.save_dir, name))
 
-    def resolve_resume(self, resume: str, checkpoint: str) -> str:
-        if resume not in ("", "last"):
-            return resume
-        if checkpoint:
-            return checkpoint
-        path = self.path("last")
-        if not os.path.exists(path):
-            raise LakeError(f"--resume: no {os.path.basename(path)} in {self.save_dir}; pass the checkpoint to continue")
-        return path
+    def restore(self, path: str, stage: str, arch: dict, fingerprint: str | None, only: tuple[str, ...] = ()) -> dict:
+        """Load the parts from `path` (all, or `only` these) after checking what the run is."""
+        ckpt = load_checkpoint(path, stage)
+        check_arch(ckpt, arch, path)
+        if fingerprint is not None and ckpt["data"]["fingerprint"] != fingerprint:
+            raise LakeError(f"{path}: trained on shard set {ckpt['data']['name']!r} (fingerprint "
+                            f"{ckpt['data']['fingerprint']}), but --data-root has fingerprint {fingerprint}; "
+                            "resume on the same data")
+        for name, part in self.parts.items():
+            if not only or name in only:
+                part.load_state_dict(ckpt[name])
+        return ckpt
+
+
+def resume_path(resume: str, checkpoint: str, save_dir: str, prefix: str) -> str | None:
+    """The checkpoint `--resume` continues: --resume PATH, else --checkpoint, else SAVE_DIR/PREFIX_last.pt."""
+    if not resume:
+        return None
+    if resume != "last":
+        return resume
+    if checkpoint:
+        return checkpoint
+    path = os.path.join(save_dir, f"{prefix}_last.pt")
+    if not os.path.exists(path):
+        raise LakeError(f"--resume: no {os.path.basename(path)} in {save_dir}; pass the checkpoint to continue")
+    return path
+
+
+def check_arch(ckpt: dict, arch: dict, path: str) -> None:
+    if ckpt["arch"] != arch:
+        diff = sorted(k for k in set(ckpt["arch"]) | set(arch) if ckpt["arch"].get(k) != arch.get(k))
+        raise LakeError(f"{path}: the checkpoint's model differs from this one in {', '.join(diff)}")

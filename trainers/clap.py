@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from dataclasses import dataclass
 
@@ -26,9 +27,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lake.cliargs import arg
+from lake.cli import run_cli
+from lake.cliargs import HelpFormatter, arg, at_least, between
 from lake.errors import LakeError
-from trainers.checkpoint import load_checkpoint, save_atomic
+from trainers.checkpoint import load_checkpoint, read_checkpoint_file, save_atomic
 from trainers.config import TrainConfig
 from trainers.features import LAYER_HELP, l2, resolve_layer
 from trainers.cli import parse_stage_args, run_stage, stage_parser
@@ -41,8 +43,9 @@ CLIP_SCALE_INIT = math.log(1 / 0.07)
 class ClapConfig(TrainConfig):
     text_field: str = arg("transcript", "which text to align audio with", choices=["transcript", "caption"])
     audio_layer: str = arg("last", LAYER_HELP)
-    proj_dim: int = arg(0, "projection width (0 = the text embedding width, as the reference's 768 -> 768)")
-    dropout: float = arg(0.1, "dropout after each projection")
+    proj_dim: int = arg(0, "projection width (0 = the text embedding width, as the reference's 768 -> 768)",
+                        range=at_least(0))
+    dropout: float = arg(0.1, "dropout after each projection", range=between(0, 1, hi_open=True))
     logit_scale_init: float = arg(CLIP_SCALE_INIT, "initial log logit scale (CLIP: log(1/0.07); the reference: 0)")
     max_logit_scale: float = arg(5.0, "clamp of the log logit scale (the reference's 5)")
 
@@ -103,18 +106,27 @@ def contrastive_loss(a: torch.Tensor, t: torch.Tensor, scale: torch.Tensor) -> t
 
 class ClapTask(Task):
     stage, prefix, selection = "clap", "clap", "mean_R@1"
+    config_cls = ClapConfig
 
-    def __init__(self, cfg: ClapConfig, shards):
+    def __init__(self, cfg: ClapConfig, shards, ckpt: dict | None = None):
         super().__init__(cfg, shards)
         m = shards.manifest
-        self.text_key = "text" if cfg.text_field == "transcript" else "caption"
+        text_field = ckpt["arch"]["text_field"] if ckpt else cfg.text_field
+        self.text_key = "text" if text_field == "transcript" else "caption"
         if self.text_key not in m.fields:
-            raise LakeError(f"{shards.root}: --text-field {cfg.text_field}, but the set has no caption embeddings "
+            raise LakeError(f"{shards.root}: --text-field {text_field}, but the set has no caption embeddings "
                             f"(fields: {', '.join(m.fields)})")
-        self.layer = resolve_layer(cfg.audio_layer, m.audio_layers)
+        self.text_field = text_field
+        self.layer = ckpt["arch"]["audio_layer"] if ckpt else resolve_layer(cfg.audio_layer, m.audio_layers)
+        if self.layer not in m.audio_layers:
+            raise LakeError(f"{shards.root}: does not store {self.layer!r}, the audio layer the CLAP model reads")
         self.layers = [self.layer]
         self.fields = ("audio", self.text_key, "label")
-        self.dims = {"audio": m.audio_dim, "text": m.text_dim, "proj": cfg.proj_dim or m.text_dim}
+        self.dims = dict(ckpt["arch"]["dims"]) if ckpt else {"audio": m.audio_dim, "text": m.text_dim,
+                                                              "proj": cfg.proj_dim or m.text_dim}
+        if (self.dims["audio"], self.dims["text"]) != (m.audio_dim, m.text_dim):
+            raise LakeError(f"CLAP projectors for audio {self.dims['audio']} / text {self.dims['text']} dims, but "
+                            f"{shards.root} stores audio {m.audio_dim} / text {m.text_dim}")
 
     def build(self) -> nn.Module:
         c = self.cfg
@@ -122,11 +134,11 @@ class ClapTask(Task):
                     c.max_logit_scale)
 
     def arch(self) -> dict:
-        return {"dims": self.dims, "audio_layer": self.layer, "text_field": self.cfg.text_field}
+        return {"dims": self.dims, "audio_layer": self.layer, "text_field": self.text_field}
 
     def loss(self, model, batch):
         a, t, scale = model(batch["audio"][:, 0], batch[self.text_key])
-        return contrastive_loss(a, t, scale), {"logit_scale": float(scale.detach())}
+        return contrastive_loss(a, t, scale), {"logit_scale": scale.detach()}
 
     def outputs(self, model, batch):
         a, t, _ = model(batch["audio"][:, 0], batch[self.text_key])
@@ -138,8 +150,28 @@ class ClapTask(Task):
         return retrieval_both_directions(torch.from_numpy(out["audio"]), torch.from_numpy(out["text"]))
 
     def headline(self, m):
+        zs = m.get("zero_shot")
         return (f"mean R@1 {m['mean_R@1']:.4f} (a->t {m['audio_to_text']['R@1']:.3f}, "
-                f"t->a {m['text_to_audio']['R@1']:.3f}, MRR {m['audio_to_text']['MRR']:.3f})")
+                f"t->a {m['text_to_audio']['R@1']:.3f}, MRR {m['audio_to_text']['MRR']:.3f})"
+                + (f"  zero-shot acc {zs['accuracy']:.4f}" if zs else ""))
+
+    @classmethod
+    def from_projectors(cls, path: str, shards) -> tuple["ClapTask", nn.Module]:
+        """The task and model of exported projectors (clap_projectors.pt, ours or the reference's), eval mode."""
+        proj = load_projectors(path)
+        m = shards.manifest
+        if proj["data"] and proj["data"]["encoders"] != m.encoders:
+            raise LakeError(f"{path}: trained on embeddings of other encoders than {shards.root}'s; evaluate on a set "
+                            "ingested with the same encoders")
+        arch = {"dims": proj["dims"], "audio_layer": proj["audio_layer"] or resolve_layer("last", m.audio_layers),
+                "text_field": proj.get("text_field") or "transcript"}
+        cfg = ClapConfig(data_root=shards.root, dropout=0.0)
+        task = cls(cfg, shards, ckpt={"arch": arch})
+        model = task.build()
+        projectors_into(model.audio_proj, model.text_proj, proj)
+        with torch.no_grad():
+            model.logit_scale.copy_(torch.as_tensor(proj["logit_scale"], dtype=torch.float32))
+        return task, model.eval()
 
 
 # -- the exported projectors ---------------------------------------------------------
@@ -156,7 +188,7 @@ def export_projectors(checkpoint: str, out: str) -> dict:
         "audio_layer": ckpt["arch"]["audio_layer"],
         "text_field": ckpt["arch"]["text_field"],
         "data": {k: ckpt["data"][k] for k in ("name", "fingerprint", "encoders", "audio_layers")},
-        "checkpoint": {"path": checkpoint, "epoch": ckpt["epoch"], "best": ckpt["best"]},
+        "checkpoint": {"path": checkpoint, "epoch": ckpt["train"]["epoch"], "best": ckpt["train"]["best"]},
     }
     save_atomic(proj, out)
     return proj
@@ -164,12 +196,9 @@ def export_projectors(checkpoint: str, out: str) -> dict:
 
 def load_projectors(path: str) -> dict:
     """Read clap_projectors.pt: ours, or the reference's {audio_proj: {fc.weight, fc.bias}, text_proj: {...}}."""
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise LakeError(f"{path}: no such file (make it with `python -m trainers.clap export`)") from None
-    except Exception as e:  # noqa: BLE001
-        raise LakeError(f"{path}: not readable as CLAP projectors ({type(e).__name__}: {e})") from None
+    if not os.path.exists(path):
+        raise LakeError(f"{path}: no such file (make it with `python -m trainers.clap export`)")
+    obj = read_checkpoint_file(path)
     if not isinstance(obj, dict) or not all(isinstance(obj.get(k), dict) and "fc.weight" in obj[k]
                                             for k in ("audio_proj", "text_proj")):
         raise LakeError(f"{path}: not CLAP projectors (expected audio_proj and text_proj with fc.weight/fc.bias)")
@@ -194,9 +223,10 @@ def projectors_into(head_a: ProjHead, head_t: ProjHead, proj: dict) -> None:
 def _export_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainers.clap export",
                                 description="Write the projectors of a CLAP checkpoint alone (audio_proj, text_proj, "
-                                            "logit_scale, dims, audio layer, data fingerprint).")
+                                            "logit_scale, dims, audio layer, data fingerprint).",
+                                formatter_class=HelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a CLAP checkpoint, e.g. checkpoints/clap_best.pt")
-    p.add_argument("--out", default="clap_projectors.pt", help="where to write them (default: clap_projectors.pt)")
+    p.add_argument("--out", default="clap_projectors.pt", help="where to write them")
     return p
 
 
@@ -211,15 +241,15 @@ def parse_train_args(argv) -> ClapConfig:
 
 def export_main(argv) -> int:
     args = _export_parser().parse_args(argv)
-    try:
+
+    def work() -> int:
         proj = export_projectors(args.checkpoint, args.out)
-    except LakeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}: audio {proj['dims']['audio']} -> {proj['dims']['proj']}, text "
-          f"{proj['dims']['text']} -> {proj['dims']['proj']}, audio layer {proj['audio_layer']}, "
-          f"scale {math.exp(float(proj['logit_scale'])):.2f}")
-    return 0
+        print(f"wrote {args.out}: audio {proj['dims']['audio']} -> {proj['dims']['proj']}, text "
+              f"{proj['dims']['text']} -> {proj['dims']['proj']}, audio layer {proj['audio_layer']}, "
+              f"scale {math.exp(float(proj['logit_scale'])):.2f}")
+        return 0
+
+    return run_cli(work)
 
 
 def main(argv=None) -> int:

@@ -5,14 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lake.cliargs import add_dataclass_args, from_args
-from lake.errors import LakeError
+from lake.cli import run_cli
+from lake.cliargs import HelpFormatter, add_dataclass_args, from_args
 
 
 def stage_parser(prog: str, config_cls, description: str, defaults: dict, presets: dict,
                  epilog: str | None = None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--preset", choices=sorted(presets), help="start from these settings ("
                    + "; ".join(f"{k}: {v.get('_help', k)}" for k, v in sorted(presets.items()))
                    + "); explicit flags still win")
@@ -30,12 +30,13 @@ def parse_stage_args(parser: argparse.ArgumentParser, config_cls, presets: dict,
 
 
 def run_stage(task_cls, parse, argv=None) -> int:
-    """main() of a trainer: parse, train, and turn a LakeError into one line and exit status 2."""
+    """main() of a trainer: parse, train; failures and stop signals end in one line (lake.cli)."""
     from trainers.loop import train
 
-    try:
-        train(task_cls, parse(sys.argv[1:] if argv is None else argv))
+    args = sys.argv[1:] if argv is None else argv
+
+    def work() -> int:
+        train(task_cls, parse(args))
         return 0
-    except LakeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+    return run_cli(work, kept="the checkpoints written so far are kept (--resume continues from the last one)")

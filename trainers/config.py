@@ -1,39 +1,49 @@
-"""Settings every trainer shares; each trainer's config extends this dataclass."""
+"""Settings every trainer shares; each trainer's config extends this dataclass.
+
+Every numeric field declares its range; `__post_init__` checks them (and the few
+cross-field rules), so a bad value fails at parse time or at construction with one
+line naming the flag, never later inside torch.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lake.cliargs import REQUIRED, arg
-
+from lake.cliargs import REQUIRED, above, arg, at_least, check_ranges
 
 @dataclass(kw_only=True)
 class TrainConfig:
     data_root: str = arg(REQUIRED, "the shard set to train on (a directory or fsspec URL holding manifest.json)")
     save_dir: str = arg("checkpoints", "where checkpoints (epoch, best, last) and TensorBoard logs go")
-    epochs: int = arg(10, "total epochs; resuming with a larger value continues the run")
-    batch_size: int = arg(512, "GLOBAL batch size, split evenly across ranks")
-    lr: float = arg(1e-4, "AdamW learning rate (peak, after warmup)")
-    weight_decay: float = arg(0.01, "AdamW weight decay")
-    warmup_steps: int = arg(0, "linear warmup steps")
+    epochs: int = arg(10, "total epochs; resuming with a larger value continues the run", range=at_least(1))
+    batch_size: int = arg(512, "GLOBAL batch size, split evenly across ranks", range=at_least(1))
+    lr: float = arg(1e-4, "AdamW learning rate (peak, after warmup)", range=above(0))
+    weight_decay: float = arg(0.01, "AdamW weight decay", range=at_least(0))
+    warmup_steps: int = arg(0, "linear warmup steps", range=at_least(0))
     schedule: str = arg("constant", "learning-rate schedule after warmup", choices=["constant", "cosine"])
-    grad_clip: float = arg(1.0, "clip the gradient norm to this (0 = off)")
-    amp: str = arg("auto", "mixed precision: auto (bf16 on CUDA, off on CPU), bf16, fp16 or off",
-                   choices=["auto", "bf16", "fp16", "off"])
+    grad_clip: float = arg(1.0, "clip the gradient norm to this (0 = off)", range=at_least(0))
+    amp: str = arg("auto", "mixed precision of the training steps: auto (bf16 on CUDA, off on CPU), bf16, fp16 "
+                   "or off; validation and test passes always run in fp32", choices=["auto", "bf16", "fp16", "off"])
     num_workers: int = arg(0, "loader worker processes per rank; 0 gathers rows in the training process, fastest "
                            "for a local set (~1M rows/s here; processes pay a shared-memory copy per batch), "
-                           "workers help for sets behind a URL")
-    eval_batch_size: int = arg(1024, "global batch size for validation and test passes")
-    seed: int = arg(0, "seed of the model init, the data order and dropout")
+                           "workers help for sets behind a URL", range=at_least(0))
+    eval_batch_size: int = arg(1024, "global batch size for validation and test passes", range=at_least(1))
+    seed: int = arg(0, "seed of the model init, the data order and dropout", range=at_least(0))
     device: str = arg("auto", "auto, cuda or cpu", choices=["auto", "cuda", "cpu"])
     checkpoint: str = arg("", "a checkpoint to start from: with --resume, the run to continue; without, "
-                          "weights only (a warm start with a fresh optimizer)")
+                          "weights only (a warm start with a fresh optimizer); empty: a fresh start")
     resume: str = arg("", "continue an interrupted run: --resume alone takes --checkpoint or the last checkpoint "
                       "in --save-dir; --resume PATH takes PATH", nargs="?", const="last", metavar="CKPT")
-    save_every_steps: int = arg(0, "also save the last checkpoint every N steps inside an epoch (0 = epoch ends only)")
-    keep_epochs: int = arg(3, "per-epoch checkpoints to keep, newest first (0 = all); best and last are always kept")
+    save_every_steps: int = arg(0, "also save the last checkpoint every N steps inside an epoch (0 = epoch ends only)",
+                                range=at_least(0))
+    keep_epochs: int = arg(3, "per-epoch checkpoints to keep, newest first (0 = all); best and last are always kept",
+                           range=at_least(0))
     max_steps: int = arg(0, "stop after this many optimizer steps in total, without saving (0 = no limit); "
-                         "for tests of interrupted runs")
-    log_every: int = arg(20, "print and log the training loss every N steps")
+                         "for tests of interrupted runs", range=at_least(0))
+    log_every: int = arg(20, "print and log the training loss every N steps", range=at_least(1))
     test_at_end: bool = arg(True, "evaluate the best checkpoint on the test split at the end, if there is one")
-    progress: bool = arg(True, "show progress bars (rank 0)")
+    progress: bool = arg(True, "show progress (a bar on a terminal; a line every 30 s in a log file)")
+
+    def __post_init__(self):
+        check_ranges(self)
+

@@ -1,10 +1,15 @@
-"""The one training loop every stage shares (CLAP, SLM, MELD).
+"""The one training loop every stage shares (CLAP, SLM, MELD), and the evaluation pass.
 
-A stage supplies a `Task`: its model, `loss(model, batch)`, per-row outputs for
-evaluation, its metrics and selection metric, its checkpoint prefix. The loop does
-the rest, the same for all: distributed init (NCCL on GPU, gloo on CPU), AdamW,
+A stage supplies a `Task`: its model, `loss(model, batch)`, per-row outputs, metrics and
+selection metric, its checkpoint prefix, and how to rebuild itself from a checkpoint. The
+loop does the rest, the same for all: distributed init (NCCL on GPU, gloo on CPU), AdamW,
 warmup/schedule, optional AMP, gradient clipping, the streaming loader, per-epoch
-validation, checkpoints (epoch/best/last, resumable mid-epoch), TensorBoard, progress.
+validation, checkpoints (epoch/best/last, resumable mid-epoch), preemption, logs.
+
+    train(task_cls, cfg):  build -> restore -> for each epoch: steps, validate, save -> finish
+
+`evaluate` is the one evaluation pass: validation during training, the test pass at its
+end and `python -m evaluation` all call it, in fp32, so their numbers are the same numbers.
 """
 
 from __future__ import annotations
@@ -12,44 +17,53 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from collections import defaultdict
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from typing import Any
 
 import numpy as np
 import torch
 
 from lake.catalog import ShardSet, open_shard_set
-from lake.distributed import World, close_distributed, init_distributed
-from lake.errors import LakeError
+from lake.distributed import World, barrier, close_distributed, init_distributed
+from lake.errors import LakeError, Preempted
+from lake.progress import Progress
+from lake.signals import preemption_signals
 from lake.splits import validation_split
 from shards.loader import ShardLoader
-from trainers.checkpoint import FORMAT, Checkpointer, load_checkpoint, rng_state, set_rng_state
+from trainers.checkpoint import Checkpointer, RNGPart, check_arch, load_checkpoint, resume_path
 from trainers.config import TrainConfig
+from trainers.logs import RunLog
+from trainers.state import TrainState
 
 
 class Task:
-    """What a stage plugs into the loop. Subclasses set the class attributes and the methods."""
+    """What a stage plugs into the loop. Subclasses set the class attributes and the methods.
+
+    `ckpt`: a checkpoint of this stage to rebuild the task from (evaluation, prediction): the
+    model's `arch` then comes from it, and no other file (projectors, the SLM) is read.
+    """
 
     stage = ""  # "clap", "slm", "meld": recorded in checkpoints
     prefix = ""  # checkpoint file prefix
     selection = ""  # metric maximised for the best checkpoint
+    config_cls = TrainConfig
     fields: tuple[str, ...] = ("audio", "text", "label")
     layers: list[str] | None = None  # stored audio layers the loader reads (None: all)
 
-    def __init__(self, cfg: TrainConfig, shards: ShardSet):
+    def __init__(self, cfg: TrainConfig, shards: ShardSet, ckpt: dict | None = None):
         self.cfg, self.shards = cfg, shards
-
-    def build(self) -> torch.nn.Module:
-        raise NotImplementedError
 
     def arch(self) -> dict:
         """What defines the model's shapes; must match to resume."""
         raise NotImplementedError
 
-    def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]:
+    def build(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss and any other scalars to log, as tensors (read with .item() only at log steps)."""
         raise NotImplementedError
 
     def outputs(self, model, batch: dict) -> dict[str, torch.Tensor]:
@@ -65,6 +79,36 @@ class Task:
     def extra_state(self) -> dict:
         """Anything else a checkpoint must carry for evaluation or the next stage."""
         return {}
+
+    def loader(self, split: str, batch_size: int, world: World, training: bool = False, num_workers: int = 0,
+               pin_memory: bool = False) -> ShardLoader:
+        return ShardLoader(self.shards, split, batch_size, world.rank, world.world_size, training=training,
+                           seed=self.cfg.seed, num_workers=num_workers, layers=self.layers, fields=self.fields,
+                           pin_memory=pin_memory)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, shards: ShardSet) -> tuple["Task", torch.nn.Module]:
+        """The task and its trained model (eval mode, CPU) from a checkpoint of this stage."""
+        ckpt = load_checkpoint(path, cls.stage)
+        names = {f.name for f in fields(cls.config_cls)}
+        cfg = cls.config_cls(**{**{k: v for k, v in ckpt["config"].items() if k in names}, "data_root": shards.root})
+        task = cls(cfg, shards, ckpt=ckpt)
+        check_data(ckpt, shards, path)
+        model = task.build()
+        model.load_state_dict(ckpt["model"])
+        task.checkpoint = ckpt
+        return task, model.eval()
+
+
+def check_data(ckpt: dict, shards: ShardSet, path: str) -> None:
+    """The set must hold what the model was trained on: the same classes, the same embedding space."""
+    trained = ckpt["arch"].get("taxonomy")
+    if trained is not None and list(trained) != list(shards.taxonomy):
+        raise LakeError(f"{path}: trained on classes {trained[:5]}...; {shards.root} has {shards.taxonomy[:5]}...; "
+                        "evaluate on a set with the same taxonomy")
+    if ckpt["data"]["encoders"] != shards.manifest.encoders:
+        raise LakeError(f"{path}: trained on embeddings of other encoders than {shards.root}'s; evaluate on a set "
+                        "ingested with the same encoders")
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -88,25 +132,27 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
     return f
 
 
-@torch.no_grad()
-def evaluate(task: Task, model: torch.nn.Module, loader: ShardLoader, device, dtype, world: World,
+def evaluate(task: Task, model: torch.nn.Module, loader: ShardLoader, device, world: World,
              desc: str = "eval", progress: bool = False) -> dict:
-    """Metrics of `model` on the loader's whole split: every row once, gathered from all ranks."""
+    """Metrics of `model` on the loader's whole split, in fp32: every row once, gathered from all ranks."""
+    return task.metrics(gather_outputs(task, model, loader, device, world, desc, progress))
+
+
+@torch.no_grad()
+def gather_outputs(task: Task, model: torch.nn.Module, loader: ShardLoader, device, world: World,
+                   desc: str = "eval", progress: bool = False) -> dict[str, np.ndarray]:
+    """`task.outputs` of every row of the loader's split (fp32, in row order), from all ranks."""
     was_training = model.training
     model.eval()
     outs: dict[str, list] = defaultdict(list)
-    batches = loader
-    if progress and world.is_main:
-        from tqdm import tqdm
-
-        batches = tqdm(loader, desc=desc, leave=False, disable=None, file=sys.stderr)
-    for batch in batches:
+    bar = Progress(desc, total=len(loader), unit="batch", enabled=progress and world.is_main)
+    for batch in loader:
         batch = to_device(batch, device)
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            o = task.outputs(model, batch)
-        for k, v in o.items():
+        for k, v in task.outputs(model, batch).items():
             outs[k].append(v.float().cpu() if v.is_floating_point() else v.cpu())
         outs["row"].append(batch["row"].cpu())
+        bar.update()
+    bar.close()
     local = {k: torch.cat(v).numpy() for k, v in outs.items()}
     if world.distributed:
         import torch.distributed as dist
@@ -116,190 +162,183 @@ def evaluate(task: Task, model: torch.nn.Module, loader: ShardLoader, device, dt
         parts = [p for p in parts if len(p.get("row", ()))]  # a rank may have had no rows
         local = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     model.train(was_training)
-    return task.metrics(local)
+    return local
 
 
-def _check_resume(ckpt: dict, task: Task, shards: ShardSet, path: str) -> None:
-    if ckpt["arch"] != task.arch():
-        diff = [k for k in set(ckpt["arch"]) | set(task.arch()) if ckpt["arch"].get(k) != task.arch().get(k)]
-        raise LakeError(f"{path}: the checkpoint's model differs from this one in {', '.join(sorted(diff))}")
-    fp = shards.manifest.fingerprint()
-    if ckpt["data"]["fingerprint"] != fp:
-        raise LakeError(f"{path}: trained on shard set {ckpt['data']['name']!r} (fingerprint "
-                        f"{ckpt['data']['fingerprint']}), but --data-root is {shards.name!r} ({fp}); "
-                        "resume on the same data")
+class Run:
+    """One training run: the built parts, their checkpointer, and the loop over them."""
+
+    def __init__(self, task_cls, cfg: TrainConfig, world: World, device: torch.device, preempted):
+        self.cfg, self.world, self.device, self.preempted = cfg, world, device, preempted
+        self.shards = open_shard_set(cfg.data_root)
+        self.val_split = validation_split(self.shards.manifest.splits)
+        torch.manual_seed(cfg.seed)  # the same init on every rank
+        self.task = task = task_cls(cfg, self.shards)
+        self.resume_from = resume_path(cfg.resume, cfg.checkpoint, cfg.save_dir, task.prefix)
+        self.raw = task.build().to(device)
+        self.params = [p for p in self.raw.parameters() if p.requires_grad]
+        self.model = self.raw
+        if world.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(self.raw, device_ids=[device.index] if device.type == "cuda" else None)
+        torch.manual_seed(cfg.seed + 1000 * world.rank)  # dropout differs across ranks
+        self.dtype = amp_dtype(cfg.amp, device)
+        pin = device.type == "cuda"
+        self.train_loader = task.loader("train", cfg.batch_size, world, True, cfg.num_workers, pin)
+        self.val_loader = task.loader(self.val_split, cfg.eval_batch_size, world, False, min(cfg.num_workers, 2), pin)
+        self.steps_per_epoch = len(self.train_loader)
+        self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambda(cfg, cfg.epochs * self.steps_per_epoch))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.state = TrainState(task.selection)
+        parts = {"model": self.raw, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler,
+                 "loader": self.train_loader, "rng": RNGPart(world), "train": self.state}
+        self.ckpt = Checkpointer(cfg.save_dir, task.prefix, parts, self._meta, cfg.keep_epochs, world.is_main)
+        self.log = RunLog(os.path.join(cfg.save_dir, "tb", task.prefix), world.is_main)
+
+    def _meta(self) -> dict:
+        s = self.shards
+        return {"stage": self.task.stage, "config": asdict(self.cfg), "arch": self.task.arch(),
+                "data": {"name": s.name, "root": s.root, "fingerprint": s.fingerprint, "encoders": s.manifest.encoders,
+                         "taxonomy": s.taxonomy, "audio_layers": s.manifest.audio_layers},
+                **self.task.extra_state()}
+
+    def restore(self) -> None:
+        """Continue an interrupted run (--resume), or start from given weights (--checkpoint)."""
+        cfg, log = self.cfg, self.log.line
+        if self.resume_from:
+            path = self.resume_from
+            old = self.ckpt.restore(path, self.task.stage, self.task.arch(), self.shards.fingerprint)["config"]
+            if cfg.schedule != "constant" and (old.get("epochs"), old.get("schedule")) != (cfg.epochs, cfg.schedule):
+                log(f"warning: the {cfg.schedule} schedule now spans {cfg.epochs} epochs (was {old.get('epochs')} "
+                    f"{old.get('schedule')}); the learning rate continues on the new curve")
+            loader = self.train_loader
+            log(f"resumed {path}: epoch {loader.epoch:03d}, batch {loader.consumed}/{self.steps_per_epoch}, "
+                f"step {self.state.step}")
+            if loader.consumed >= self.steps_per_epoch:  # saved at an epoch's end
+                loader.set_epoch(loader.epoch + 1)
+        elif cfg.checkpoint:
+            self.ckpt.restore(cfg.checkpoint, self.task.stage, self.task.arch(), None, only=("model",))
+            log(f"initialised the weights from {cfg.checkpoint} (fresh optimizer)")
+        else:
+            self.train_loader.set_epoch(0)
+        self.state.epoch = self.train_loader.epoch
+
+    def fit(self) -> dict:
+        cfg, t_run = self.cfg, time.time()
+        self.log.line(f"{self.task.stage}: {self.shards.name} ({self.shards.fingerprint}), train "
+                      f"{self.train_loader.num_rows} rows, {self.val_split} {self.val_loader.num_rows} rows; "
+                      f"{self.steps_per_epoch} steps/epoch, epochs {self.state.epoch:03d}..{cfg.epochs - 1:03d}; "
+                      f"{self.world.world_size} rank(s) on {self.device}; "
+                      f"{sum(p.numel() for p in self.params):,} trainable parameters")
+        self.model.train()
+        for epoch in range(self.state.epoch, cfg.epochs):
+            self.state.epoch = epoch
+            if epoch != self.train_loader.epoch:
+                self.train_loader.set_epoch(epoch)
+            t0 = time.time()
+            losses = self._train_epoch(epoch)
+            if losses is None:  # --max-steps
+                return {"stopped_at_step": self.state.step}
+            self._end_epoch(epoch, losses, time.time() - t0)
+        return self._finish(time.time() - t_run)
+
+    def _train_epoch(self, epoch: int) -> list[float] | None:
+        """One epoch's steps from the loader's position; the losses read at log steps (None: --max-steps hit)."""
+        cfg, state, loader = self.cfg, self.state, self.train_loader
+        losses: list[float] = []
+        bar = Progress(f"epoch {epoch:03d}", total=self.steps_per_epoch, unit="step", initial=loader.consumed,
+                       enabled=cfg.progress and self.world.is_main)
+        try:
+            for batch in loader:
+                loss, logs = self._step(to_device(batch, self.device))
+                state.step += 1
+                bar.update()
+                at_log = state.step % cfg.log_every == 0 or loader.consumed == self.steps_per_epoch
+                if at_log:
+                    value = loss.item()  # a device sync, only every log_every steps
+                    losses.append(value)
+                    self.log.step(state.step, value, self.scheduler.get_last_lr()[0], logs, bar)
+                if cfg.max_steps and state.step >= cfg.max_steps:
+                    self.log.line(f"stopped at step {state.step} (--max-steps), without saving")
+                    return None
+                if (at_log or not self.world.distributed) and self.preempted.agreed(self.world, self.device):
+                    self._preempt(epoch)
+                if cfg.save_every_steps and state.step % cfg.save_every_steps == 0 and loader.consumed < self.steps_per_epoch:
+                    self.ckpt.save_last()
+        finally:
+            bar.close()
+        return losses
+
+    def _step(self, batch: dict):
+        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None):
+            loss, logs = self.task.loss(self.model, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.detach(), logs
+
+    def _preempt(self, epoch: int) -> None:
+        self.ckpt.save_last()
+        raise Preempted(f"{self.preempted.name or 'a stop signal'} received: saved {self.ckpt.path('last')} at step "
+                        f"{self.state.step} (epoch {epoch:03d}, batch {self.train_loader.consumed}/"
+                        f"{self.steps_per_epoch}); continue with the same command and --resume")
+
+    def _end_epoch(self, epoch: int, losses: list[float], seconds: float) -> None:
+        metrics = evaluate(self.task, self.raw, self.val_loader, self.device, self.world,
+                           desc=f"{self.val_split} {epoch:03d}", progress=self.cfg.progress)
+        is_best = self.state.observe(epoch, metrics)
+        self.ckpt.save_epoch(epoch, is_best)
+        self.log.scalars(self.val_split, metrics, epoch)
+        train_loss = f"{np.mean(losses):.4f}" if losses else "-"
+        self.log.line(f"epoch {epoch:03d}/{self.cfg.epochs - 1:03d}  train loss {train_loss}  {self.val_split} "
+                      f"{self.task.headline(metrics)}  lr {self.scheduler.get_last_lr()[0]:.2e}  {seconds:.1f} s"
+                      + ("  *best*" if is_best else ""))
+        if self.preempted.agreed(self.world, self.device):
+            raise Preempted(f"{self.preempted.name} received: epoch {epoch:03d} is saved ({self.ckpt.path('last')}); "
+                            "continue with the same command and --resume")
+
+    def _finish(self, seconds: float) -> dict:
+        cfg, state = self.cfg, self.state
+        summary = {"stage": self.task.stage, "best": state.best, "best_checkpoint": self.ckpt.path("best"),
+                   "last_checkpoint": self.ckpt.path("last"), "val": state.metrics, "seconds": round(seconds, 2)}
+        if cfg.test_at_end and "test" in self.shards.manifest.splits and state.best_epoch >= 0:
+            barrier()  # rank 0 has written the best checkpoint
+            best = load_checkpoint(self.ckpt.path("best"), self.task.stage)
+            check_arch(best, self.task.arch(), self.ckpt.path("best"))
+            self.raw.load_state_dict(best["model"])
+            test_loader = self.task.loader("test", cfg.eval_batch_size, self.world, False, min(cfg.num_workers, 2))
+            summary["test"] = evaluate(self.task, self.raw, test_loader, self.device, self.world, desc="test",
+                                       progress=cfg.progress)
+            self.log.line(f"test (best checkpoint, epoch {state.best_epoch:03d}): {self.task.headline(summary['test'])}")
+        if self.world.is_main:
+            self.log.line(f"best {self.task.selection} {state.best_value:.4f} at epoch {state.best_epoch:03d}: "
+                          f"{self.ckpt.path('best')}")
+            with open(os.path.join(cfg.save_dir, f"{self.task.prefix}_summary.json"), "w") as f:
+                json.dump(summary, f, indent=1, default=float)
+        return summary
+
+    def close(self) -> None:
+        self.log.close()
 
 
 def train(task_cls, cfg: TrainConfig) -> dict:
-    """Run a stage's training to the end (or to max_steps). Returns the final summary."""
+    """Run a stage's training to the end (or to max_steps, or to a preemption signal). Returns the summary."""
     world, device = init_distributed(cfg.device)
     try:
-        return _train(task_cls, cfg, world, device)
+        with preemption_signals() as preempted:
+            run = Run(task_cls, cfg, world, device, preempted)
+            try:
+                run.restore()
+                return run.fit()
+            finally:
+                run.close()
     finally:
         close_distributed()
-
-
-def _train(task_cls, cfg: TrainConfig, world: World, device: torch.device) -> dict:
-    main = world.is_main
-    log = (lambda *a: print(*a, flush=True)) if main else (lambda *a: None)
-    shards = open_shard_set(cfg.data_root)
-    val_split = validation_split(shards.manifest.splits)
-    torch.manual_seed(cfg.seed)  # the same init on every rank
-    task = task_cls(cfg, shards)
-    ckpt = Checkpointer(cfg.save_dir, task.prefix, cfg.keep_epochs, enabled=main)
-    resume_path = ckpt.resolve_resume(cfg.resume, cfg.checkpoint) if cfg.resume else None
-    model = task.build().to(device)
-    raw = model
-    params = [p for p in raw.parameters() if p.requires_grad]
-    if world.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    torch.manual_seed(cfg.seed + 1000 * world.rank)  # dropout differs across ranks
-    dtype = amp_dtype(cfg.amp, device)
-    train_loader = ShardLoader(shards, "train", cfg.batch_size, world.rank, world.world_size, training=True,
-                               seed=cfg.seed, num_workers=cfg.num_workers, layers=task.layers, fields=task.fields,
-                               pin_memory=device.type == "cuda")
-    val_loader = ShardLoader(shards, val_split, cfg.eval_batch_size, world.rank, world.world_size, training=False,
-                             num_workers=min(cfg.num_workers, 2), layers=task.layers, fields=task.fields,
-                             pin_memory=device.type == "cuda")
-    steps_per_epoch = len(train_loader)
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, cfg.epochs * steps_per_epoch))
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    step, best, best_epoch, metrics = 0, -math.inf, -1, {}
-
-    if resume_path:
-        path = resume_path
-        state = load_checkpoint(path, task.stage)
-        _check_resume(state, task, shards, path)
-        raw.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        train_loader.load_state_dict(state["loader"])
-        set_rng_state(state["rng"][world.rank] if isinstance(state["rng"], list) else state["rng"])
-        step, metrics = state["step"], state.get("metrics", {})
-        best, best_epoch = state["best"]["value"], state["best"]["epoch"]
-        old = state["config"]
-        if cfg.schedule != "constant" and (old.get("epochs"), old.get("schedule")) != (cfg.epochs, cfg.schedule):
-            log(f"warning: the {cfg.schedule} schedule now spans {cfg.epochs} epochs (was {old.get('epochs')} "
-                f"{old.get('schedule')}); the learning rate continues on the new curve")
-        log(f"resumed {path}: epoch {train_loader.epoch}, batch {train_loader.consumed}/{steps_per_epoch}, step {step}")
-    elif cfg.checkpoint:
-        state = load_checkpoint(cfg.checkpoint, task.stage)
-        if state["arch"] != task.arch():
-            raise LakeError(f"{cfg.checkpoint}: its model shape differs from this run's ({state['arch']})")
-        raw.load_state_dict(state["model"])
-        log(f"initialised the weights from {cfg.checkpoint} (fresh optimizer)")
-
-    tb = None
-    if main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        tb = SummaryWriter(os.path.join(cfg.save_dir, "tb", task.prefix))
-        log(f"{task.stage}: {shards.name} ({shards.fingerprint}), train {train_loader.num_rows} rows, "
-            f"{val_split} {val_loader.num_rows} rows; {steps_per_epoch} steps/epoch x {cfg.epochs} epochs; "
-            f"{world.world_size} rank(s) on {device}; {sum(p.numel() for p in params):,} trainable parameters")
-
-    def snapshot(epoch_metrics: dict) -> dict:
-        rng = rng_state()
-        if world.distributed:
-            import torch.distributed as dist
-
-            gathered = [None] * world.world_size
-            dist.all_gather_object(gathered, rng)
-            rng = gathered
-        return {"format": FORMAT, "stage": task.stage, "model": raw.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "loader": train_loader.state_dict(), "rng": rng,
-                "epoch": train_loader.epoch, "step": step, "best": {"metric": task.selection, "value": best,
-                                                                     "epoch": best_epoch},
-                "config": asdict(cfg), "arch": task.arch(), "metrics": epoch_metrics,
-                "data": {"name": shards.name, "root": shards.root, "fingerprint": shards.fingerprint,
-                         "encoders": shards.manifest.encoders, "taxonomy": shards.taxonomy,
-                         "audio_layers": shards.manifest.audio_layers},
-                **task.extra_state()}
-
-    start_epoch = train_loader.epoch
-    if train_loader.consumed >= steps_per_epoch:  # the checkpoint was taken at an epoch's end
-        start_epoch += 1
-        train_loader.set_epoch(start_epoch)
-    elif not cfg.resume:
-        train_loader.set_epoch(start_epoch)
-    model.train()
-    t_run = time.time()
-    for epoch in range(start_epoch, cfg.epochs):
-        if epoch != start_epoch:
-            train_loader.set_epoch(epoch)
-        t0, losses = time.time(), []
-        batches = train_loader
-        if main and cfg.progress:
-            from tqdm import tqdm
-
-            batches = tqdm(train_loader, desc=f"epoch {epoch}", total=steps_per_epoch,
-                           initial=train_loader.consumed, leave=False, disable=None, file=sys.stderr)
-        for batch in batches:
-            batch = to_device(batch, device)
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss, logs = task.loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            if step % cfg.log_every == 0 or train_loader.consumed == steps_per_epoch:
-                value = loss.item()  # a device sync, only every log_every steps
-                losses.append(value)
-                if tb is not None:
-                    tb.add_scalar("train/loss", value, step)
-                    tb.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
-                    for k, v in logs.items():
-                        tb.add_scalar(f"train/{k}", v, step)
-                if hasattr(batches, "set_postfix"):
-                    batches.set_postfix(loss=f"{value:.4f}")
-            if cfg.max_steps and step >= cfg.max_steps:
-                log(f"stopped at step {step} (--max-steps), without saving")
-                return {"stopped_at_step": step}
-            if cfg.save_every_steps and step % cfg.save_every_steps == 0 and train_loader.consumed < steps_per_epoch:
-                state = snapshot(metrics)
-                ckpt.save_last(state)
-        metrics = evaluate(task, raw, val_loader, device, dtype, world, desc=f"{val_split} {epoch}", progress=cfg.progress)
-        value = metrics[task.selection]
-        is_best = value > best
-        if is_best:
-            best, best_epoch = value, epoch
-        state = snapshot(metrics)
-        ckpt.save_epoch(state, epoch, is_best)
-        if tb is not None:
-            for k, v in metrics.items():
-                if isinstance(v, (int, float)):
-                    tb.add_scalar(f"{val_split}/{k}", v, epoch)
-            tb.flush()
-        train_loss = f"{np.mean(losses):.4f}" if losses else "-"
-        log(f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss}  {val_split} {task.headline(metrics)}  "
-            f"lr {scheduler.get_last_lr()[0]:.2e}  {time.time() - t0:.1f} s" + ("  *best*" if is_best else ""))
-    summary = {"stage": task.stage, "best": {"metric": task.selection, "value": best, "epoch": best_epoch},
-               "best_checkpoint": ckpt.path("best"), "last_checkpoint": ckpt.path("last"),
-               "val": metrics, "seconds": round(time.time() - t_run, 2)}
-    if cfg.test_at_end and "test" in shards.manifest.splits and best_epoch >= 0:
-        from lake.distributed import barrier
-
-        barrier()  # rank 0 has written the best checkpoint
-        raw.load_state_dict(load_checkpoint(ckpt.path("best"), task.stage)["model"])
-        test_loader = ShardLoader(shards, "test", cfg.eval_batch_size, world.rank, world.world_size,
-                                  training=False, num_workers=min(cfg.num_workers, 2), layers=task.layers,
-                                  fields=task.fields)
-        summary["test"] = evaluate(task, raw, test_loader, device, dtype, world, desc="test", progress=cfg.progress)
-        log(f"test (best checkpoint, epoch {best_epoch + 1}): {task.headline(summary['test'])}")
-    if tb is not None:
-        tb.close()
-    if main:
-        log(f"best {task.selection} {best:.4f} at epoch {best_epoch + 1}: {ckpt.path('best')}")
-        with open(os.path.join(cfg.save_dir, f"{task.prefix}_summary.json"), "w") as f:
-            json.dump(summary, f, indent=1, default=float)
-    return summary

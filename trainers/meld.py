@@ -21,12 +21,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lake.cliargs import REQUIRED, arg
+from lake.cliargs import REQUIRED, arg, at_least, between
 from lake.errors import LakeError
 from trainers.config import TrainConfig
 from trainers.cli import parse_stage_args, run_stage, stage_parser
 from trainers.loop import Task
-from trainers.slm import ProsodySLM, classification_metrics_from, load_slm
+from trainers.metrics import classification_metrics_from
+from trainers.slm import ProsodySLM, build_slm, load_slm
 
 
 @dataclass(kw_only=True)
@@ -36,9 +37,9 @@ class MeldConfig(TrainConfig):
                          "SLM checkpoint (optional)")
     mode: str = arg("A", "A: a new head on the SLM's fused features; B: an adapter from its emotion logits",
                     choices=["A", "B"])
-    hidden_dim: int = arg(1024, "mode A: hidden width of the head")
-    dropout: float = arg(0.2, "mode A: dropout in the head")
-    label_smoothing: float = arg(0.1, "label smoothing of the cross-entropy")
+    hidden_dim: int = arg(1024, "mode A: hidden width of the head", range=at_least(1))
+    dropout: float = arg(0.2, "mode A: dropout in the head", range=between(0, 1, hi_open=True))
+    label_smoothing: float = arg(0.1, "label smoothing of the cross-entropy", range=between(0, 1, hi_open=True))
 
 
 DEFAULTS = dict(epochs=60, batch_size=128, lr=1e-3, weight_decay=0.01, num_workers=4, seed=17)
@@ -82,21 +83,40 @@ def class_weights(label_ids: np.ndarray, num_classes: int) -> torch.Tensor:
 
 class MeldTask(Task):
     stage, selection = "meld", "weighted_f1"
+    config_cls = MeldConfig
 
-    def __init__(self, cfg: MeldConfig, shards):
+    def __init__(self, cfg: MeldConfig, shards, ckpt: dict | None = None):
         super().__init__(cfg, shards)
         m = shards.manifest
         self.prefix = f"meld_slm_{cfg.mode}"
-        self.slm, self.slm_ckpt = load_slm(cfg.stage3_ckpt)
-        data = self.slm_ckpt["data"]
-        if data["encoders"] != m.encoders:
-            raise LakeError(f"{cfg.stage3_ckpt}: the SLM was trained on embeddings of other encoders than "
-                            f"{shards.root}'s (audio {data['encoders']['audio'].get('id')} vs "
-                            f"{m.encoders['audio'].get('id')}, text {data['encoders']['text'].get('id')} vs "
-                            f"{m.encoders['text'].get('id')}); ingest MELD with the same encoders")
-        missing = [x for x in self.slm_ckpt["arch"]["layers"] if x not in m.audio_layers]
+        self.taxonomy = m.taxonomy
+        if ckpt is not None:  # a trained head: the SLM's weights are inside the checkpoint's model
+            self._arch = dict(ckpt["arch"])
+            self.slm = build_slm(self._arch["slm_arch"])
+            self.slm_info = ckpt.get("slm", {})
+            self.weights = torch.tensor(ckpt["class_weights"], dtype=torch.float32)
+        else:
+            self.slm, slm_ckpt = load_slm(cfg.stage3_ckpt)
+            self._check_slm(slm_ckpt)
+            self._arch = {"mode": cfg.mode, "num_classes": len(self.taxonomy), "taxonomy": self.taxonomy,
+                          "hidden_dim": cfg.hidden_dim, "slm_arch": slm_ckpt["arch"]}
+            self.slm_info = {"path": cfg.stage3_ckpt, "data": slm_ckpt["data"]}
+            labels = np.asarray(shards.index.filter(_is_split(shards.index, "train")).column("label_id").to_numpy(),
+                                dtype=np.int64)
+            self.weights = class_weights(labels, m.num_classes)
+        self.layers = list(self._arch["slm_arch"]["layers"])
+        missing = [x for x in self.layers if x not in m.audio_layers]
         if missing:
             raise LakeError(f"{shards.root}: lacks audio layer(s) {', '.join(missing)} that the SLM reads")
+
+    def _check_slm(self, slm_ckpt: dict) -> None:
+        cfg, m = self.cfg, self.shards.manifest
+        data = slm_ckpt["data"]
+        if data["encoders"] != m.encoders:
+            raise LakeError(f"{cfg.stage3_ckpt}: the SLM was trained on embeddings of other encoders than "
+                            f"{self.shards.root}'s (audio {data['encoders']['audio'].get('id')} vs "
+                            f"{m.encoders['audio'].get('id')}, text {data['encoders']['text'].get('id')} vs "
+                            f"{m.encoders['text'].get('id')}); ingest MELD with the same encoders")
         if cfg.clap_ckpt:
             from trainers.clap import load_projectors
 
@@ -104,18 +124,13 @@ class MeldTask(Task):
             inside = self.slm.clap_audio.fc.weight
             if proj["audio_proj"]["fc.weight"].shape != inside.shape or not torch.equal(proj["audio_proj"]["fc.weight"], inside):
                 raise LakeError(f"{cfg.clap_ckpt}: not the CLAP projectors {cfg.stage3_ckpt} was trained with")
-        self.layers = list(self.slm_ckpt["arch"]["layers"])
-        self.taxonomy = m.taxonomy
-        labels = np.asarray(shards.index.filter(_is_split(shards.index, "train")).column("label_id").to_numpy(),
-                            dtype=np.int64)
-        self.weights = class_weights(labels, m.num_classes)
 
     def arch(self) -> dict:
-        return {"mode": self.cfg.mode, "num_classes": len(self.taxonomy), "taxonomy": self.taxonomy,
-                "hidden_dim": self.cfg.hidden_dim, "slm_arch": self.slm_ckpt["arch"]}
+        return self._arch
 
     def build(self) -> nn.Module:
-        return MeldHead(self.slm, self.cfg.mode, len(self.taxonomy), self.cfg.hidden_dim, self.cfg.dropout)
+        a = self._arch
+        return MeldHead(self.slm, a["mode"], a["num_classes"], a["hidden_dim"], self.cfg.dropout)
 
     def loss(self, model, batch):
         logits = model(batch["audio"], batch["text"])
@@ -126,15 +141,14 @@ class MeldTask(Task):
         return {"logits": model(batch["audio"], batch["text"]), "label": batch["label"]}
 
     def metrics(self, out):
-        # the dev loss weighted like the training loss
+        # the dev/test loss weighted like the training loss
         return classification_metrics_from(out, self.taxonomy, self.weights, self.cfg.label_smoothing)
 
     def headline(self, m):
         return f"weighted-F1 {m['weighted_f1']:.4f}  acc {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}"
 
     def extra_state(self):
-        return {"slm": {"path": self.cfg.stage3_ckpt, "data": self.slm_ckpt["data"]},
-                "class_weights": self.weights.tolist()}
+        return {"slm": self.slm_info, "class_weights": self.weights.tolist()}
 
 
 def _is_split(table, split: str):
@@ -144,8 +158,8 @@ def _is_split(table, split: str):
 
 
 def load_meld(path: str) -> tuple[MeldHead, dict]:
+    """A trained MELD head on its frozen SLM (eval mode) and its checkpoint, for prediction."""
     from trainers.checkpoint import load_checkpoint
-    from trainers.slm import build_slm
 
     ckpt = load_checkpoint(path, "meld")
     arch = ckpt["arch"]

@@ -184,3 +184,19 @@ def retrieval_both_directions(audio, text, block: int = 4096) -> dict:
     a2t = retrieval_metrics(retrieval_ranks(audio, text, block))
     t2a = retrieval_metrics(retrieval_ranks(text, audio, block))
     return {"audio_to_text": a2t, "text_to_audio": t2a, "mean_R@1": (a2t["R@1"] + t2a["R@1"]) / 2}
+
+
+def classification_metrics_from(out: dict, taxonomy: list[str], weight: torch.Tensor | None = None,
+                                label_smoothing: float = 0.0) -> dict:
+    """Stage 3/4 metrics of gathered outputs {"logits" [N, C], "label" [N]}: the classification
+    metrics, top-3/top-5 accuracy, and the cross-entropy as the training loss computes it
+    (the same class weights and label smoothing)."""
+    import torch.nn.functional as F
+
+    logits, y = out["logits"], out["label"]
+    m = classification_metrics(y, logits.argmax(1), len(taxonomy), taxonomy)
+    m["top3_accuracy"] = topk_accuracy(y, logits, 3)
+    m["top5_accuracy"] = topk_accuracy(y, logits, 5)
+    m["loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y).long(), weight=weight,
+                                      label_smoothing=label_smoothing))
+    return m

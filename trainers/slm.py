@@ -23,22 +23,24 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from lake.cliargs import REQUIRED, arg
+from lake.cliargs import REQUIRED, arg, at_least, between
 from lake.errors import LakeError
 from trainers.clap import ProjHead, load_projectors, projectors_into
 from trainers.config import TrainConfig
 from trainers.features import LAYER_HELP, l2, resolve_layer
 from trainers.cli import parse_stage_args, run_stage, stage_parser
 from trainers.loop import Task
+from trainers.metrics import classification_metrics_from
 
 
 @dataclass(kw_only=True)
 class SlmConfig(TrainConfig):
     clap_ckpt: str = arg(REQUIRED, "the CLAP projectors (clap_projectors.pt from `python -m trainers.clap export`)")
-    num_emotions: int = arg(0, "class count; must equal the set's taxonomy (0 = read it from the manifest)")
+    num_emotions: int = arg(0, "class count; must equal the set's taxonomy (0 = read it from the manifest)",
+                            range=at_least(0))
     audio_layer: str = arg("clap", LAYER_HELP + "; 'clap' = the layer the CLAP projectors were trained on")
-    hidden_dim: int = arg(1024, "width of the classifier MLP")
-    dropout: float = arg(0.1, "dropout in the classifier MLP")
+    hidden_dim: int = arg(1024, "width of the classifier MLP", range=at_least(1))
+    dropout: float = arg(0.1, "dropout in the classifier MLP", range=between(0, 1, hi_open=True))
 
 
 DEFAULTS = dict(epochs=150, batch_size=512, lr=1e-4, weight_decay=0.01, grad_clip=0.0)
@@ -100,25 +102,23 @@ def slm_layers(clap_layer: str, spec: str, stored: list[str]) -> tuple[list[str]
     return layers, 0, layers.index(prosody)
 
 
-def classification_metrics_from(out: dict, taxonomy: list[str], weight: torch.Tensor | None = None,
-                                label_smoothing: float = 0.0) -> dict:
-    from trainers.metrics import classification_metrics, topk_accuracy
-
-    logits, y = out["logits"], out["label"]
-    m = classification_metrics(y, logits.argmax(1), len(taxonomy), taxonomy)
-    m["top3_accuracy"] = topk_accuracy(y, logits, 3)
-    m["top5_accuracy"] = topk_accuracy(y, logits, 5)
-    m["loss"] = float(F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y).long(), weight=weight,
-                                      label_smoothing=label_smoothing))
-    return m
-
-
 class SlmTask(Task):
     stage, prefix, selection = "slm", "slm_stage3", "macro_f1"
+    config_cls = SlmConfig
 
-    def __init__(self, cfg: SlmConfig, shards):
+    def __init__(self, cfg: SlmConfig, shards, ckpt: dict | None = None):
         super().__init__(cfg, shards)
         m = shards.manifest
+        self.proj = None
+        if ckpt is not None:  # a trained SLM: its shapes and layers are the checkpoint's
+            self._arch = dict(ckpt["arch"])
+            self.layers = list(self._arch["layers"])
+            self.taxonomy = list(self._arch["taxonomy"])
+            self.clap_info = ckpt.get("clap", {})
+            missing = [x for x in self.layers if x not in m.audio_layers]
+            if missing:
+                raise LakeError(f"{shards.root}: lacks audio layer(s) {', '.join(missing)} that the SLM reads")
+            return
         if cfg.num_emotions and cfg.num_emotions != m.num_classes:
             raise LakeError(f"--num-emotions {cfg.num_emotions}, but {shards.root} has {m.num_classes} classes in its "
                             f"taxonomy ({', '.join(m.taxonomy[:6])}{', ...' if m.num_classes > 6 else ''}); "
@@ -134,23 +134,23 @@ class SlmTask(Task):
         clap_layer = self.proj["audio_layer"] or resolve_layer("last", m.audio_layers)
         if clap_layer not in m.audio_layers:
             raise LakeError(f"{shards.root}: does not store {clap_layer!r}, the layer the CLAP projectors read")
-        self.clap_layer = clap_layer
-        self.layers, self.clap_index, self.prosody_index = slm_layers(clap_layer, cfg.audio_layer, m.audio_layers)
+        self.layers, clap_index, prosody_index = slm_layers(clap_layer, cfg.audio_layer, m.audio_layers)
         self.taxonomy = m.taxonomy
+        d = self.proj["dims"]
+        self._arch = {"audio_dim": d["audio"], "text_dim": d["text"], "proj_dim": d["proj"],
+                      "num_classes": len(self.taxonomy), "taxonomy": self.taxonomy, "layers": self.layers,
+                      "clap_index": clap_index, "prosody_index": prosody_index, "hidden_dim": cfg.hidden_dim}
+        self.clap_info = {k: self.proj[k] for k in ("dims", "audio_layer", "data") if k in self.proj}
 
     def arch(self) -> dict:
-        d = self.proj["dims"]
-        return {"audio_dim": d["audio"], "text_dim": d["text"], "proj_dim": d["proj"], "num_classes": len(self.taxonomy),
-                "taxonomy": self.taxonomy, "layers": self.layers, "clap_index": self.clap_index,
-                "prosody_index": self.prosody_index, "hidden_dim": self.cfg.hidden_dim}
+        return self._arch
 
     def build(self) -> nn.Module:
-        return build_slm(self.arch(), self.cfg.dropout, self.proj)
+        return build_slm(self._arch, self.cfg.dropout, self.proj)
 
     def loss(self, model, batch):
         logits = model(batch["audio"], batch["text"])
-        loss = F.cross_entropy(logits.float(), batch["label"])
-        return loss, {}
+        return F.cross_entropy(logits.float(), batch["label"]), {}
 
     def outputs(self, model, batch):
         return {"logits": model(batch["audio"], batch["text"]), "label": batch["label"]}
@@ -162,7 +162,7 @@ class SlmTask(Task):
         return f"macro-F1 {m['macro_f1']:.4f}  acc {m['accuracy']:.4f}  top3 {m['top3_accuracy']:.4f}"
 
     def extra_state(self):
-        return {"clap": {k: self.proj[k] for k in ("dims", "audio_layer", "data") if k in self.proj}}
+        return {"clap": self.clap_info}
 
 
 def build_slm(arch: dict, dropout: float = 0.1, proj: dict | None = None) -> ProsodySLM:
@@ -174,7 +174,7 @@ def build_slm(arch: dict, dropout: float = 0.1, proj: dict | None = None) -> Pro
 
 
 def load_slm(path: str) -> tuple[ProsodySLM, dict]:
-    """A trained SLM (eval mode) and its checkpoint, for the MELD stage and evaluation."""
+    """A trained SLM (eval mode) and its checkpoint, for the MELD stage and prediction."""
     from trainers.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(path, "slm")
