@@ -9,8 +9,9 @@ Pipeline for a batch of 16 kHz mono waveforms of any lengths:
    tokens are discrete and a bf16 quantiser could flip bits.
 2. Each clip's tokens are cut into windows of `config.seq_len` (4096 = ~20 s). No duration cut:
    a long clip is several windows, pooled together.
-3. Windows run through AuriStream (`model(seq=ids, output_hidden_states=True)`) in batches of
-   similar length (sorted, at most `max_tokens_per_batch` padded tokens each), right-padded.
+3. Windows run through AuriStream (`model(seq=ids, output_hidden_states=True)`, or `input_ids=`
+   for the AuriStream-base generation, see below) in batches of similar length (sorted, at
+   most `max_tokens_per_batch` padded tokens each), right-padded.
    The model is causal, so padding after a window's last token cannot change its valid
    positions.
 4. Per stored layer: the mean over the clip's valid tokens across all of its windows (a sum per
@@ -18,9 +19,16 @@ Pipeline for a batch of 16 kHz mono waveforms of any lengths:
    a clip's embedding does not depend on its batch-mates.
 
 Layers: `h0` (token embeddings) ... `h{n_layer}` (last block, before the final norm), plus
-`final_norm` = `transformer.ln_f` applied per token to `h{n_layer}` (the representation the
-model's `coch_head` reads; the raw last layer is close to collapsed). `--audio-layers last`
-means `h{n_layer}`, what the reference run stored.
+`final_norm` = the model's final RMSNorm `ln_f` applied per token to `h{n_layer}` (the
+representation the model's `coch_head` reads; the raw last layer is close to collapsed).
+`--audio-layers last` means `h{n_layer}`, what the reference run stored.
+
+Two generations of AuriStream remote code exist (DESIGN.md, Encoders), told apart once at load
+by where the blocks sit: the librilight checkpoints' `AuriStream` keeps them in
+`transformer.{h, ln_f}` and takes `seq=`; the newer `AuriStreamModel` (shared code of
+`TuKoResearch/AuriStream-base`) holds `h` / `ln_f` at the top level and takes `input_ids=`, some
+with multi-token prediction heads, which the encoder never reads. Both return n_layer + 1
+`hidden_states`. Anything else is refused at load, naming what the model has.
 
 On CUDA the transformer runs under bf16 autocast (weights stay fp32); on CPU in fp32. The hub
 ids, the revisions actually loaded and the compute dtype go into `info()` for the manifest.
@@ -28,6 +36,7 @@ ids, the revisions actually loaded and the compute dtype go into `info()` for th
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,6 +50,33 @@ DEFAULT_MODEL = "TuKoResearch/AuriStream100M_RoPE_librilight"
 DEFAULT_TOKENIZER = "TuKoResearch/WavCochV8192"
 DEFAULT_HOP = 80  # WavCoch: 5 ms per token
 
+
+@dataclass(frozen=True)
+class Layout:
+    """Where one AuriStream code generation keeps what the encoder uses."""
+
+    generation: str              # recorded in the manifest's encoder config
+    blocks: torch.nn.ModuleList  # the n_layer transformer blocks (`hidden_states[1:]` are their outputs)
+    final_norm: torch.nn.Module  # the RMSNorm the token head reads
+    final_norm_name: str         # as the manifest's config names it
+    input_name: str              # forward's keyword for the token ids
+
+
+def detect_layout(model: torch.nn.Module, model_id: str) -> Layout:
+    """The librilight `AuriStream` (`transformer.h`, `transformer.ln_f`, `seq=`) or the AuriStream-base
+    `AuriStreamModel` (`h`, `ln_f`, `input_ids=`); a LakeError naming what was found otherwise."""
+    trunk = getattr(model, "transformer", None)
+    for owner, prefix, generation, input_name in ((trunk, "transformer.", "librilight", "seq"),
+                                                  (model, "", "auristream-base", "input_ids")):
+        blocks, norm = getattr(owner, "h", None), getattr(owner, "ln_f", None)
+        if isinstance(blocks, torch.nn.ModuleList) and len(blocks) and isinstance(norm, torch.nn.Module):
+            return Layout(generation, blocks, norm, prefix + "ln_f", input_name)
+    found = [name for name, _ in model.named_children()]
+    if isinstance(trunk, torch.nn.Module):
+        found += [f"transformer.{name}" for name, _ in trunk.named_children()]
+    raise LakeError(f"AuriStream model {model_id!r} ({type(model).__name__}) has neither transformer.h/"
+                    f"transformer.ln_f (librilight AuriStream) nor h/ln_f (AuriStream-base AuriStreamModel); "
+                    f"found: {', '.join(found) or 'no submodules'}. Point --audio-model at an AuriStream checkpoint")
 
 
 def _field(out: Any, key: str):
@@ -82,8 +118,9 @@ class AuriStreamEncoder(AudioEncoder):
         self.tokenizer_revision = loaded_revision(self.tokenizer.config, self.tokenizer_id, tokenizer_revision)
         self.revision = self.model_revision
 
+        self.layout = detect_layout(self.model, self.model_id)
         cfg = self.model.config
-        self.n_layer, self.dim = int(cfg.n_layer), int(cfg.n_embd)
+        self.n_layer, self.dim = len(self.layout.blocks), int(cfg.n_embd)
         # every librilight config.json seen sets seq_len (4096 = the trained context); default to it if not
         self.seq_len = int(getattr(cfg, "seq_len", None) or 4096)
         self.hop = int(getattr(self.tokenizer.config, "hop_length", None) or DEFAULT_HOP)
@@ -92,7 +129,7 @@ class AuriStreamEncoder(AudioEncoder):
         names = [f"h{i}" for i in range(self.n_layer + 1)] + ["final_norm"]
         self.layers = resolve_layers(layers, names, f"h{self.n_layer}")
         self._hidden_index = [int(n[1:]) if n != "final_norm" else -1 for n in self.layers]
-        self._block_params = sum(p.numel() for p in self.model.transformer.h.parameters())
+        self._block_params = sum(p.numel() for p in self.layout.blocks.parameters())
 
     def _load(self, ref: str, revision: str | None, what: str, default_id: str, option: str):
         from transformers import AutoModel
@@ -115,10 +152,11 @@ class AuriStreamEncoder(AudioEncoder):
 
     def config(self) -> dict[str, Any]:
         return {"model": self.model_id, "model_revision": self.model_revision, "tokenizer": self.tokenizer_id,
-                "tokenizer_revision": self.tokenizer_revision, "n_layer": self.n_layer, "seq_len": self.seq_len,
-                "hop": self.hop, "tokens_per_s": SAMPLE_RATE / self.hop,
+                "tokenizer_revision": self.tokenizer_revision, "generation": self.layout.generation,
+                "n_layer": self.n_layer, "seq_len": self.seq_len, "hop": self.hop,
+                "tokens_per_s": SAMPLE_RATE / self.hop,
                 "pooling": "mean over each clip's valid tokens across all its seq_len windows",
-                "final_norm": f"transformer.ln_f(h{self.n_layer}) per token, then mean",
+                "final_norm": f"{self.layout.final_norm_name}(h{self.n_layer}) per token, then mean",
                 "dtype": "bf16-autocast" if self.autocast_dtype is not None else "fp32"}
 
     # -- cost model ---------------------------------------------------------------------------
@@ -127,8 +165,8 @@ class AuriStreamEncoder(AudioEncoder):
         """Forward FLOPs per token of the transformer blocks at this window length (default seq_len):
         2 x block parameters (every weight is one multiply-add per token) + 4 x n_layer x n_embd x
         window for QK^T and AV. Like PaLM's / nanoGPT's MFU, the attention term counts the whole
-        window (a causal flash kernel does about half of it); embeddings, ln_f and the unused
-        coch_head are left out."""
+        window (a causal flash kernel does about half of it); embeddings, ln_f, coch_head and any
+        multi-token prediction heads (none of which the embeddings need) are left out."""
         window = self.seq_len if window is None else int(window)
         return 2.0 * self._block_params + 4.0 * self.n_layer * self.dim * window
 
@@ -196,7 +234,7 @@ class AuriStreamEncoder(AudioEncoder):
                    for s in range(0, len(t), self.seq_len)]
         windows.sort(key=lambda w: -w[2])
         sums = torch.zeros(B, L, D, dtype=torch.float32, device=self.device)
-        final_norm = self.model.transformer.ln_f
+        final_norm, input_name = self.layout.final_norm, self.layout.input_name
         start = 0
         while start < len(windows):
             width = windows[start][2]  # longest in this group
@@ -210,7 +248,7 @@ class AuriStreamEncoder(AudioEncoder):
                 lens[r], clip[r] = n, i
             ids, lens, clip = self._to_device(ids), self._to_device(lens), self._to_device(clip)
             with self._autocast():
-                out = self.model(seq=ids, output_hidden_states=True)
+                out = self.model(**{input_name: ids}, output_hidden_states=True)
                 hidden = _field(out, "hidden_states")
                 if hidden is None or len(hidden) != self.n_layer + 1:
                     raise LakeError(f"AuriStream model {self.model_id!r} returned "
