@@ -5,9 +5,12 @@ members (`<block>.audio.npy`, `.text.npy`, `.caption.npy`, `.label.npy`,
 `.meta.json`), so a tar header and an npy header are paid per block, not per clip.
 `.npy` keeps each member readable with numpy alone.
 
-The writer records every member's [offset, size] inside the tar; `shards.mapped`
-uses them to view the arrays in place. A shard is written to `<name>.tmp` and
-renamed when complete, so a reader never sees a partial shard.
+The writer records every member's [offset, size] inside the tar. Two readers, for two
+purposes: `shards.mapped` views the arrays in place at those offsets (random access: the
+loader); `iter_tar_blocks` here reads a tar front to back with no manifest at all (verify
+checks the offsets and hashes in the same pass; a damaged set's index and manifest are
+rebuilt from it). A shard is written to `<name>.tmp` and renamed when complete, so a
+reader never sees a partial shard.
 
 Python form of a block (what the writer takes and the readers return):
     {"audio": float16 [n, L, Da], "text": float16 [n, Dt], "caption": float16 [n, Dt]
@@ -82,8 +85,9 @@ def decode_member(suffix: str, data: bytes) -> tuple[str, Any]:
     return name, np.load(io.BytesIO(data), allow_pickle=False)
 
 
-class _HashingFile:
-    """A write-only file wrapper that hashes and counts what passes through it."""
+class HashingFile:
+    """A file wrapper that sha256-hashes and counts every byte written or read through it
+    (one pass both writes or parses a shard and checksums it)."""
 
     def __init__(self, f):
         self.f = f
@@ -95,8 +99,22 @@ class _HashingFile:
         self.bytes += len(data)
         return self.f.write(data)
 
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        self.sha.update(data)
+        self.bytes += len(data)
+        return data
+
     def tell(self) -> int:
         return self.bytes
+
+    def drain(self) -> None:
+        """Read (and hash) whatever is left."""
+        while self.read(1 << 20):
+            pass
+
+    def hexdigest(self) -> str:
+        return self.sha.hexdigest()
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -124,7 +142,7 @@ class ShardWriter:
         self.tmp = self.final + TMP_SUFFIX
         os.makedirs(os.path.dirname(self.final), exist_ok=True)
         self._file = open(self.tmp, "wb")
-        self._hash = _HashingFile(self._file)
+        self._hash = HashingFile(self._file)
         self._tar = tarfile.open(fileobj=self._hash, mode="w", format=tarfile.USTAR_FORMAT)
         self.blocks: list[BlockEntry] = []
         self.rows = 0
@@ -165,35 +183,34 @@ class ShardWriter:
                 os.remove(self.tmp)
 
 
-def iter_tar_blocks(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Sequential read of a shard: (block name, {suffix: member bytes}) per block.
+def iter_tar_blocks(f, where: str) -> Iterator[tuple[str, dict[str, tuple[int, bytes]]]]:
+    """Sequential read of an open shard file: (block name, {suffix: (data offset, member bytes)}) per block.
 
-    Works on any URL fsspec opens (the fallback for object stores); built on
-    webdataset's tar iterator. A damaged tar raises LakeError naming the file.
+    Needs no manifest. A damaged tar raises LakeError naming `where` (the blocks before the damage
+    have been yielded).
     """
-    from webdataset.tariterators import tar_file_iterator
-
     current, members = None, {}
     try:
-        with storage.open_file(path, "rb") as f:
-            for item in tar_file_iterator(f):
-                prefix, _, suffix = item["fname"].partition(".")
+        with tarfile.open(fileobj=f, mode="r|") as tar:
+            for info in tar:
+                prefix, _, suffix = info.name.partition(".")
                 if prefix != current:
                     if current is not None:
                         yield current, members
                     current, members = prefix, {}
                 if suffix in members:
-                    raise LakeError(f"{path}: member {item['fname']} appears twice")
-                members[suffix] = item["data"]
+                    raise LakeError(f"{where}: member {info.name} appears twice")
+                data = tar.extractfile(info).read() if info.isreg() else b""
+                members[suffix] = (info.offset_data, data)
     except (tarfile.TarError, EOFError, OSError, ValueError) as e:
-        raise LakeError(f"{path}: damaged tar ({type(e).__name__}: {e})") from None
+        raise LakeError(f"{where}: damaged tar ({type(e).__name__}: {e})") from None
     if current is not None:
         yield current, members
 
 
-def decode_block(members: dict[str, bytes], where: str = "") -> Block:
+def decode_block(members: dict[str, tuple[int, bytes]], where: str = "") -> Block:
     block: Block = {}
-    for suffix, data in members.items():
+    for suffix, (_, data) in members.items():
         try:
             name, value = decode_member(suffix, data)
         except (ValueError, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
@@ -203,6 +220,7 @@ def decode_block(members: dict[str, bytes], where: str = "") -> Block:
 
 
 def iter_shard(path: str) -> Iterator[Block]:
-    """Decoded blocks of one shard, in order (sequential read)."""
-    for name, members in iter_tar_blocks(path):
-        yield decode_block(members, where=f"{path} block {name}")
+    """Decoded blocks of one shard (a local path or any URL fsspec opens), in order."""
+    with storage.open_file(path, "rb") as f:
+        for name, members in iter_tar_blocks(f, path):
+            yield decode_block(members, where=f"{path} block {name}")

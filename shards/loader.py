@@ -10,9 +10,9 @@ Batches are dicts of CPU tensors, pinned when training on CUDA:
     caption [b, Dt] float16 (if asked), label [b] int64, row [b] int64 (global row id
     within the split, in manifest order: the same order as the split's rows in index.parquet).
 
-State (`state_dict`) is five numbers and two names: a resumed run recomputes the
-epoch's order and skips the batches already consumed, so it sees exactly the rows
-an uninterrupted run would have seen next.
+State (`state_dict`): version, epoch, batches consumed, seed, world size, global batch size,
+split and data fingerprint. A resumed run recomputes the epoch's order and skips the batches
+already consumed, so it sees exactly the rows an uninterrupted run would have seen next.
 """
 
 from __future__ import annotations

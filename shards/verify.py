@@ -6,9 +6,7 @@ not just the first: a user fixing a damaged set wants the whole list at once.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import tarfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,24 +17,7 @@ from lake import storage
 from lake.catalog import ShardSet, open_shard_set
 from lake.errors import LakeError
 from lake.schema import ARRAY_MEMBERS, MEMBER_SUFFIX, META_MEMBER, SHARDS_DIR, ShardEntry
-from shards.format import META_LISTS, TMP_SUFFIX, decode_member
-
-
-class _HashingReader:
-    """Hash every byte read through it, so one pass both parses and checksums a shard."""
-
-    def __init__(self, f):
-        self.f, self.sha, self.bytes = f, hashlib.sha256(), 0
-
-    def read(self, n=-1):
-        data = self.f.read(n)
-        self.sha.update(data)
-        self.bytes += len(data)
-        return data
-
-    def drain(self):
-        while self.read(1 << 20):
-            pass
+from shards.format import META_LISTS, TMP_SUFFIX, HashingFile, decode_member, iter_tar_blocks
 
 
 @dataclass
@@ -46,7 +27,6 @@ class ShardReport:
     path: str
     problems: list[str] = field(default_factory=list)
     keys: dict[tuple[int, int], str] = field(default_factory=dict)  # (block, row) -> key
-    bytes_read: int = 0
 
 
 def _check_shard(shards: ShardSet, entry: ShardEntry) -> ShardReport:
@@ -64,22 +44,18 @@ def _check_shard(shards: ShardSet, entry: ShardEntry) -> ShardReport:
     blocks: dict[str, dict] = {}
     order: list[str] = []
     with storage.open_file(path, "rb") as raw:
-        reader = _HashingReader(raw)
+        reader = HashingFile(raw)
         try:
-            with tarfile.open(fileobj=reader, mode="r|") as tar:
-                for info in tar:
-                    prefix, _, suffix = info.name.partition(".")
-                    if prefix not in blocks:
-                        blocks[prefix] = {}
-                        order.append(prefix)
-                    data = tar.extractfile(info).read() if info.isreg() else b""
-                    blocks[prefix][suffix] = (info.offset_data, data)
-            reader.drain()
-        except (tarfile.TarError, EOFError, OSError) as e:
-            bad(f"{path}: damaged tar ({type(e).__name__}: {e})")
-            reader.drain()
-        rep.bytes_read = reader.bytes
-    if reader.sha.hexdigest() != entry.sha256:
+            for name, members in iter_tar_blocks(reader, path):
+                if name in blocks:
+                    bad(f"{path}: block {name} appears twice")
+                    continue
+                blocks[name] = members
+                order.append(name)
+        except LakeError as e:
+            bad(str(e))
+        reader.drain()
+    if reader.hexdigest() != entry.sha256:
         bad(f"{path}: sha256 differs from the manifest (altered or truncated)")
     if len(order) != len(entry.blocks):
         bad(f"{path}: {len(order)} blocks in the tar, the manifest lists {len(entry.blocks)}")

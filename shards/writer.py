@@ -138,7 +138,6 @@ class SetWriter:
     def __init__(self, root: str, manifest: Manifest, rows_per_shard: int = 16384, worker: int = 0):
         self.root, self.manifest = root, manifest
         self._index: list[dict] = []
-        self._quarantine: list[dict] = []
         self._rot = RotatingWriter(root, manifest.taxonomy, self._done, worker, rows_per_shard)
 
     def _done(self, entry: ShardEntry, rows: list[dict]) -> None:
@@ -148,9 +147,6 @@ class SetWriter:
     def add_block(self, split: str, block: Block) -> None:
         self._rot.add_block(split, block)
 
-    def quarantine(self, record: dict) -> None:
-        self._quarantine.append(record)
-
     def close(self) -> Manifest:
         self._rot.close()
-        return finalize_set(self.root, self.manifest, self._index, self._quarantine)
+        return finalize_set(self.root, self.manifest, self._index)

@@ -193,3 +193,140 @@ def test_pruning_keeps_other_runs_files(tmp_path):
                      "slm_stage3_epoch047.pt", "slm_stage3_epoch048.pt", "slm_stage3_epoch049.pt",
                      "slm_stage3_last.pt"]
     assert torch.load(tmp_path / "slm_stage3_best.pt")["train"]["epoch"] == 1
+
+
+# -- one evaluation path: what training prints at its end is what `python -m evaluation` writes --------
+
+def _numbers(metrics: dict) -> dict:
+    """The scalar metrics (and per-class rows), for comparing two evaluations of one checkpoint."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, list, dict)) and k != "largest_confusions"
+            and not k.startswith("confusion_matrix_normalized")}
+
+
+def test_evaluation_writes_the_numbers_training_printed_at_its_end(trained, tmp_path):
+    import json
+
+    from evaluation import cli as evaluation
+
+    root, proj, tmp = trained
+    save = str(tmp_path / "slm")
+    assert slm.main(["--data-root", root, "--clap-ckpt", proj, "--save-dir", save, "--epochs", "2",
+                     "--batch-size", "32", "--eval-batch-size", "64", "--no-progress", "--device", "cpu"]) == 0
+    printed = json.load(open(os.path.join(save, "slm_stage3_summary.json")))["test"]
+    assert evaluation.main(["stage3", "--stage3-ckpt", os.path.join(save, "slm_stage3_best.pt"), "--data-root", root,
+                            "--out", str(tmp_path / "r3"), "--batch-size", "64", "--device", "cpu"]) == 0
+    written = json.load(open(tmp_path / "r3" / "metrics.json"))["metrics"]
+    assert {k: written[k] for k in _numbers(printed)} == _numbers(printed)
+
+    meld_save = str(tmp_path / "meld")
+    assert meld.main(["--data-root", root, "--stage3-ckpt", os.path.join(save, "slm_stage3_best.pt"), "--epochs", "2",
+                      "--batch-size", "32", "--eval-batch-size", "64", "--num-workers", "0", "--save-dir", meld_save,
+                      "--no-progress", "--device", "cpu"]) == 0
+    printed = json.load(open(os.path.join(meld_save, "meld_slm_A_summary.json")))["test"]
+    assert evaluation.main(["stage4", "--meld-ckpt", os.path.join(meld_save, "meld_slm_A_best.pt"), "--data-root",
+                            root, "--out", str(tmp_path / "r4"), "--batch-size", "64", "--device", "cpu"]) == 0
+    written = json.load(open(tmp_path / "r4" / "metrics.json"))["metrics"]
+    assert {k: written[k] for k in _numbers(printed)} == _numbers(printed)  # the weighted loss too
+
+    clap_save = os.path.join(tmp, "clap")
+    printed = json.load(open(os.path.join(clap_save, "clap_summary.json")))["test"]
+    assert evaluation.main(["stage2", "--clap-ckpt", os.path.join(clap_save, "clap_best.pt"), "--data-root", root,
+                            "--out", str(tmp_path / "r2"), "--batch-size", "1024", "--device", "cpu",
+                            "--no-zero-shot"]) == 0
+    written = json.load(open(tmp_path / "r2" / "metrics.json"))["metrics"]
+    assert {k: written[k] for k in printed} == json.loads(json.dumps(printed))
+
+
+# -- the numbers of the loop, pinned ------------------------------------------------------------------
+
+LOSSES = os.path.join(os.path.dirname(__file__), "assets", "losses", "slm_debug.txt")
+
+
+def test_debug_preset_loss_curve_is_pinned(trained, tmp_path, capsys):
+    """A silent change of the loop's numerics (init, order, optimizer, loss) moves these numbers.
+    Regenerate deliberately with EMOLAKE_PIN_LOSSES=1 after a change that is meant to move them."""
+    import re
+
+    root, proj, _ = trained
+    capsys.readouterr()
+    assert slm.main(["--data-root", root, "--clap-ckpt", proj, "--save-dir", str(tmp_path), "--preset", "debug",
+                     "--log-every", "1", "--device", "cpu", "--no-progress", "--no-test-at-end"]) == 0
+    got = [(int(s), float(v)) for s, v in re.findall(r"^step (\d+)  loss ([\d.]+)", capsys.readouterr().out, re.M)]
+    assert len(got) == 6  # 2 epochs x 3 steps of 64 rows
+    if os.environ.get("EMOLAKE_PIN_LOSSES"):
+        os.makedirs(os.path.dirname(LOSSES), exist_ok=True)
+        with open(LOSSES, "w") as f:
+            f.write("# step loss: trainers.slm --preset debug --log-every 1 on tests/test_trainers.py:signal_set\n")
+            f.writelines(f"{s} {v:.4f}\n" for s, v in got)
+    pinned = [(int(s), float(v)) for s, v in (line.split() for line in open(LOSSES) if not line.startswith("#"))]
+    assert [s for s, _ in got] == [s for s, _ in pinned]
+    assert np.allclose([v for _, v in got], [v for _, v in pinned], rtol=0, atol=2e-4), (got, pinned)
+
+
+# -- real processes: two torchrun ranks killed and resumed; a preemption signal ----------------------
+
+def _torchrun(*args, timeout=300):
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "trainers.slm", *map(str, args)], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_two_ranks_killed_mid_epoch_then_resumed_equal_an_uninterrupted_two_rank_run(trained, tmp_path):
+    root, proj, _ = trained
+    common = ["--data-root", root, "--clap-ckpt", proj, "--epochs", "2", "--batch-size", "32", "--num-workers", "0",
+              "--lr", "1e-3", "--device", "cpu", "--no-progress", "--no-test-at-end"]
+    full, broken = tmp_path / "full", tmp_path / "broken"
+    proc = _torchrun(*common, "--save-dir", full)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # 7 steps per epoch on each rank: saved at step 4 (mid-epoch 0), stopped at step 5 without saving
+    proc = _torchrun(*common, "--save-dir", broken, "--save-every-steps", "4", "--max-steps", "5")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    last = load_checkpoint(str(broken / "slm_stage3_last.pt"))
+    assert last["train"]["step"] == 4 and last["loader"]["world"] == 2 and len(last["rng"]) == 2
+    proc = _torchrun(*common, "--save-dir", broken, "--resume")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "resumed" in proc.stdout
+    a, b = load_checkpoint(str(full / "slm_stage3_last.pt")), load_checkpoint(str(broken / "slm_stage3_last.pt"))
+    assert a["train"]["step"] == b["train"]["step"] == 14
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_sigterm_saves_mid_epoch_and_the_resumed_run_ends_where_an_uninterrupted_one_does(trained, tmp_path):
+    """The trainer's stdout is a pipe the test stops reading: after ~64 KB of step lines (3,000 steps
+    print ~110 KB) it blocks in a write, so the signal always arrives mid-run (no race), and the run can
+    go on only once the test drains the pipe."""
+    import signal
+    import subprocess
+    import sys
+
+    from lake.errors import PREEMPTED_EXIT
+
+    _, proj, _ = trained
+    root = signal_set(tmp_path / "long", rows=(6000, 32, 32), name="sig")  # same dims as the CLAP set
+    args = ["--data-root", root, "--clap-ckpt", proj, "--epochs", "1", "--batch-size", "2", "--hidden-dim", "32",
+            "--num-workers", "0", "--lr", "1e-3", "--log-every", "1", "--device", "cpu", "--no-progress",
+            "--no-test-at-end"]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    proc = subprocess.Popen([sys.executable, "-m", "trainers.slm", *args, "--save-dir", str(cut)], cwd=repo,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 20 "):
+            break
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == PREEMPTED_EXIT, err
+    assert "stopped: SIGTERM received: saved" in err and "Traceback" not in err
+    last = load_checkpoint(str(cut / "slm_stage3_last.pt"))
+    assert 20 <= last["train"]["step"] < 3000 and last["loader"]["consumed"] == last["train"]["step"]
+    assert slm.main([*args, "--save-dir", str(cut), "--resume"]) == 0
+    assert slm.main([*args, "--save-dir", str(full)]) == 0
+    a, b = load_checkpoint(str(full / "slm_stage3_last.pt")), load_checkpoint(str(cut / "slm_stage3_last.pt"))
+    assert a["train"]["step"] == b["train"]["step"] == 3000
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k

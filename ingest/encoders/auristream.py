@@ -42,7 +42,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ingest.encoders.base import SAMPLE_RATE, AudioEncoder, resolve_layers
+from ingest.encoders.base import SAMPLE_RATE, AudioEncoder
+from lake.layers import resolve_layers
 from ingest.encoders.hub import check_local_dir, hub_load_error, loaded_revision, looks_like_path
 from lake.errors import LakeError
 
@@ -127,7 +128,7 @@ class AuriStreamEncoder(AudioEncoder):
         # shortest input the tokeniser is given (its analysis window); padding past a clip's end is zeros
         self.min_samples = max(self.hop, int(getattr(self.tokenizer.config, "window_size", 0) or 0))
         names = [f"h{i}" for i in range(self.n_layer + 1)] + ["final_norm"]
-        self.layers = resolve_layers(layers, names, f"h{self.n_layer}")
+        self.layers = resolve_layers(layers, names)
         self._hidden_index = [int(n[1:]) if n != "final_norm" else -1 for n in self.layers]
         self._block_params = sum(p.numel() for p in self.layout.blocks.parameters())
 

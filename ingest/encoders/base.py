@@ -13,34 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from lake.errors import LakeError
 
 SAMPLE_RATE = 16000
-
-
-def resolve_layers(spec: str, names: list[str], last: str) -> list[str]:
-    """`all`, `last` or a comma list of layer names / indices into `names`."""
-    spec = spec.strip()
-    if spec == "all":
-        return list(names)
-    if spec == "last":
-        return [last]
-    chosen = []
-    for part in spec.split(","):
-        part = part.strip()
-        if part.lstrip("-").isdigit():
-            i = int(part)
-            if not -len(names) <= i < len(names):
-                raise LakeError(f"--audio-layers: index {i} out of range; this encoder has {len(names)} "
-                                f"layers ({', '.join(names)})")
-            part = names[i]
-        if part not in names:
-            raise LakeError(f"--audio-layers: no layer {part!r}; this encoder has {', '.join(names)}")
-        if part not in chosen:
-            chosen.append(part)
-    if not chosen:
-        raise LakeError("--audio-layers: empty list")
-    return chosen
 
 
 class AudioEncoder:
@@ -60,10 +34,6 @@ class AudioEncoder:
 
     def config(self) -> dict[str, Any]:
         return {}
-
-    def cost(self, num_samples: int) -> float:
-        """Relative compute for a clip of this many samples (used to form batches of similar length)."""
-        return float(num_samples)
 
 
 class TextEncoder:

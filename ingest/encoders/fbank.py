@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ingest.encoders.base import SAMPLE_RATE, AudioEncoder, resolve_layers
+from ingest.encoders.base import SAMPLE_RATE, AudioEncoder
+from lake.layers import resolve_layers
 
 
 class FbankEncoder(AudioEncoder):
@@ -22,7 +23,7 @@ class FbankEncoder(AudioEncoder):
     def __init__(self, layers: str = "all", n_mels: int = 64, **_):
         self.n_mels = n_mels
         self.dim = 4 * n_mels
-        self.layers = resolve_layers(layers, ["logmel_stats"], "logmel_stats")
+        self.layers = resolve_layers(layers, ["logmel_stats"])
         self.n_fft, self.hop = 400, 160
         import torchaudio
 
