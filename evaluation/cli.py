@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Classify MELD's test split with a trained MELD head and report weighted F1 "
                                    "(MELD's standard metric), accuracy, macro F1, per-class and confusions.")
     _common(s, "--meld-ckpt", "the MELD checkpoint (e.g. checkpoints/meld_slm_A_best.pt)")
+    s.add_argument("--stage3-ckpt", default="", help="only for a reference-layout MELD head (the previous tooling's "
+                   "meld_slm_A/B_best.pt, which holds no SLM): the stage-3 checkpoint it was trained on")
     s = sub.add_parser("predict", formatter_class=HelpFormatter, help="top emotions of audio files",
                        description="Decode and encode audio files with the encoders recorded in the SLM's data "
                                    "manifest, then print the top emotions with probabilities.")
@@ -86,7 +88,7 @@ def _run(args) -> int:
     elif args.command == "stage3":
         res = stages.stage3(args.stage3_ckpt, **common)
     else:
-        res = stages.stage4(args.meld_ckpt, **common)
+        res = stages.stage4(args.meld_ckpt, stage3_ckpt=args.stage3_ckpt, **common)
     print(f"{args.command} on {args.data_root} [{args.split}]: {res['headline']}")
     for name, path in res["paths"].items():
         print(f"  {name}: {path}")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from lake.errors import LakeError
+from lake.tamers import refuse_rebuild
 
 
 def _transcript(path: str, given: str | None) -> str:
@@ -54,6 +55,7 @@ def predict(files: list[str], stage3_ckpt: str, clap_ckpt: str | None = None, me
         if meld_info["arch"]["slm_arch"] != ckpt["arch"]:
             raise LakeError(f"{meld_ckpt}: its SLM differs from {stage3_ckpt}")
     data = ckpt["data"]
+    refuse_rebuild(data["encoders"], "predict")  # the reference tooling's vectors cannot be made for new audio
     audio_enc, text_enc = encoders_from_manifest(data["encoders"], device=device, text_model=text_model,
                                                  audio_model=audio_model, audio_tokenizer=audio_tokenizer)
     layer_idx = [data["audio_layers"].index(x) for x in ckpt["arch"]["layers"]]

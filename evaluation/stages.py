@@ -55,16 +55,20 @@ def _finish(out: str, stage: str, metrics: dict, context: dict, taxonomy: list[s
 
 
 def _classification_stage(stage: str, task_cls, ckpt_path: str, data_root: str, out: str, split: str,
-                          batch_size: int, device: str, num_workers: int, title: str) -> dict:
+                          batch_size: int, device: str, num_workers: int, title: str, **files) -> dict:
     """Classify a split with a trained stage-3/4 model and write the stage's report."""
+    from trainers.reference import reference_note
+
     dev = _device(device)
     shards = open_shard_set(data_root)
-    task, model = task_cls.from_checkpoint(ckpt_path, shards)
+    task, model = task_cls.from_checkpoint(ckpt_path, shards, **files)
     loader = task.loader(split, batch_size, ONE, num_workers=num_workers)
     metrics = evaluate(task, model.to(dev), loader, dev, ONE)
     metrics["confusion_matrix_normalized"] = normalized_confusion(np.asarray(metrics["confusion_matrix"])).round(4).tolist()
     ckpt = task.checkpoint
     extra = {"mode": ckpt["arch"]["mode"]} if "mode" in ckpt["arch"] else {}
+    if reference_note(ckpt):
+        extra["checkpoint_layout"] = reference_note(ckpt)
     context = _context(ckpt_path, shards, split, loader.num_rows, trained_on=ckpt["data"]["fingerprint"],
                        epoch=ckpt["train"]["epoch"], **extra)
     paths = _finish(out, stage, metrics, context, shards.taxonomy, f"{title} on {shards.name} {split}")
@@ -80,11 +84,12 @@ def stage3(stage3_ckpt: str, data_root: str, out: str, split: str = "test", batc
 
 
 def stage4(meld_ckpt: str, data_root: str, out: str, split: str = "test", batch_size: int = 1024,
-           device: str = "auto", num_workers: int = 0) -> dict:
+           device: str = "auto", num_workers: int = 0, stage3_ckpt: str = "") -> dict:
+    """`stage3_ckpt`: only for a reference-layout MELD head (it holds no SLM)."""
     from trainers.meld import MeldTask
 
     return _classification_stage("stage4", MeldTask, meld_ckpt, data_root, out, split, batch_size, device,
-                                 num_workers, "MELD")
+                                 num_workers, "MELD", stage3_ckpt=stage3_ckpt)
 
 
 def _clap(clap_ckpt: str, shards: ShardSet) -> tuple[Task, torch.nn.Module]:

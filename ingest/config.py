@@ -13,8 +13,9 @@ from ingest.sources import SOURCES
 
 @dataclass
 class IngestConfig:
-    source: str = _f(REQUIRED, "laion (LAION's Got Talent tars), meld (MELD.Raw) or synthetic (the built-in "
-                     "corpus: generated into --input if absent, then read as LAION)", choices=list(SOURCES))
+    source: str = _f(REQUIRED, "laion (LAION's Got Talent tars), meld (MELD.Raw), synthetic (the built-in "
+                     "corpus: generated into --input if absent, then read as LAION) or tamers-parquet (the previous "
+                     "tooling's precomputed vectors, imported without re-encoding)", choices=list(SOURCES))
     input: str = _f(REQUIRED, "the source directory: LAION tars, MELD.Raw, or the synthetic corpus")
     out: str = _f(REQUIRED, "the shard set to write, ROOT/NAME; re-running the same command resumes it")
     audio_encoder: str = _f("fbank", "audio encoder: fbank (offline log-mel statistics) or auristream "
@@ -52,6 +53,9 @@ class IngestConfig:
     seed: int = _f(0, "synthetic: generator seed")
     rank_timeout_hours: float = _f(72.0, "with several ranks: how long a rank that finished waits for the others "
                                    "before giving up (ranks can finish hours apart on a resumed run)")
+    tamers_kind: str = _f("auto", "tamers-parquet: laion (its LAION vectors, through its random projection), meld "
+                          "(its MELD features, without it) or auto (laion when the files record a projection)",
+                          choices=["auto", "laion", "meld"])
     overwrite: bool = _f(False, "delete an existing set at --out and start afresh")
 
     @property

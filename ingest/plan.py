@@ -23,16 +23,17 @@ from ingest.journal import work_dir
 PLAN_NAME = "plan.json"
 
 
-def make_plan(cfg, source, taxonomy: list[str], audio, text, world_size: int = 1) -> dict:
-    """Everything that decides which rows a set holds and what they mean; a resume must match it."""
+def make_plan(cfg, source, taxonomy: list[str], encoders: dict, world_size: int = 1) -> dict:
+    """Everything that decides which rows a set holds and what they mean; a resume must match it.
+    `encoders`: the audio and text encoder records (an encoder's info(), or a precomputed source's)."""
     where = cfg.input if storage.is_url(cfg.input) else os.path.abspath(cfg.input)
     return {
         "name": cfg.name,
         "source": {"kind": cfg.source, "input": where, **source.plan(), "splits": source.split_policy.record()},
-        "encoders": {"audio": audio.info(), "text": text.info()},
+        "encoders": encoders,
         "taxonomy": taxonomy,
         "fields": ["audio", "text"] + (["caption"] if source.has_captions else []) + ["label"],
-        "max_seconds": cfg.max_seconds or None,
+        **({} if getattr(source, "precomputed", False) else {"max_seconds": cfg.max_seconds or None}),
         "limit": cfg.limit or None,
         # --limit is per rank, so a limited run resumes only on as many ranks
         **({"limit_ranks": world_size} if cfg.limit else {}),

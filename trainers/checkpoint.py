@@ -33,26 +33,38 @@ from lake.errors import LakeError
 
 FORMAT = "emolake-checkpoint-v2"
 _V1 = "emolake-checkpoint-v1"  # epoch/step/best/metrics at the top level; read and upgraded
-_SAFE_GLOBALS = [argparse.Namespace]  # the reference tooling's `config`
 
 
 # -- reading files ---------------------------------------------------------------------------
 
+def _safe_globals() -> list:
+    """argparse.Namespace (the reference tooling's `config`); numpy arrays and scalars (v1 checkpoints'
+    RNG states). Rebuilding these runs no code of the file's choosing."""
+    core = np._core if hasattr(np, "_core") else np.core
+    return [argparse.Namespace, core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype,
+            *[getattr(np.dtypes, n) for n in dir(np.dtypes) if n.endswith("DType")]]
+
+
+def _first_line(e: Exception) -> str:
+    lines = [x.strip() for x in str(e).splitlines() if x.strip() and not x.startswith("Weights only load failed")]
+    return next((x for x in lines if "Unsupported" in x), lines[0] if lines else type(e).__name__)[:200]
+
+
 def read_checkpoint_file(path: str) -> Any:
-    """`torch.load` of a file a user passes, as data only; every failure is one LakeError."""
+    """`torch.load` of a file a user passes, as data only (weights_only, with the allowlist above);
+    every failure is one LakeError. A file that would need other Python objects is refused."""
     if not os.path.exists(path):
         raise LakeError(f"{path}: no such checkpoint")
     try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+        with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL ([\w.]+)", str(e))
-        what = f" (found {found.group(1)})" if found else ""
-        raise LakeError(f"{path}: holds Python objects other than tensors and plain containers{what}; refusing to "
-                        "load it, since unpickling such a file can run arbitrary code. Use a checkpoint written by "
-                        "this project or the reference tooling") from None
-    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise LakeError(f"{path}: not a readable checkpoint ({type(e).__name__}: {e})") from None
+        found = re.findall(r"GLOBAL ([\w.]+)", str(e))
+        what = f"found GLOBAL {found[0]}" if found else "found " + _first_line(e)
+        raise LakeError(f"{path}: contains Python objects other than tensors and plain containers ({what}); refusing "
+                        "to run code from a downloaded file") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a file that is not a checkpoint
+        raise LakeError(f"{path}: not a readable checkpoint ({type(e).__name__}: {_first_line(e)})") from None
 
 
 def _upgrade(ckpt: dict) -> dict:
@@ -65,8 +77,15 @@ def _upgrade(ckpt: dict) -> dict:
 
 def load_checkpoint(path: str, stage: str | None = None) -> dict:
     """A checkpoint of this project's trainers (on CPU); a wrong file gets one clear message."""
-    ckpt = read_checkpoint_file(path)
+    return validate_checkpoint(read_checkpoint_file(path), path, stage)
+
+
+def validate_checkpoint(ckpt, path: str, stage: str | None = None) -> dict:
+    """`ckpt` (a loaded file) as this project's checkpoint of `stage`, upgraded to the current format."""
     if not isinstance(ckpt, dict) or ckpt.get("format") not in (FORMAT, _V1):
+        from trainers.reference import refuse_resume
+
+        refuse_resume(ckpt, path)  # the reference tooling's files: say what they can be used for
         raise LakeError(f"{path}: not a checkpoint of this project's trainers")
     if stage is not None and ckpt.get("stage") != stage:
         raise LakeError(f"{path}: a {ckpt.get('stage')} checkpoint, but a {stage} checkpoint is needed here")

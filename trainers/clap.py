@@ -195,17 +195,20 @@ def export_projectors(checkpoint: str, out: str) -> dict:
 
 
 def load_projectors(path: str) -> dict:
-    """Read clap_projectors.pt: ours, or the reference's {audio_proj: {fc.weight, fc.bias}, text_proj: {...}}."""
+    """Read clap_projectors.pt: ours, or the reference's {audio_proj: {fc.weight, fc.bias} (or bare
+    {weight, bias}), text_proj: {...}}. Loaded as data only (weights_only): a downloaded file runs no code."""
+    from trainers.reference import linear_state
+
     if not os.path.exists(path):
         raise LakeError(f"{path}: no such file (make it with `python -m trainers.clap export`)")
     obj = read_checkpoint_file(path)
-    if not isinstance(obj, dict) or not all(isinstance(obj.get(k), dict) and "fc.weight" in obj[k]
-                                            for k in ("audio_proj", "text_proj")):
+    heads = {k: linear_state(obj.get(k)) if isinstance(obj, dict) else None for k in ("audio_proj", "text_proj")}
+    if not all(heads.values()):
         raise LakeError(f"{path}: not CLAP projectors (expected audio_proj and text_proj with fc.weight/fc.bias)")
-    a, t = obj["audio_proj"]["fc.weight"], obj["text_proj"]["fc.weight"]
+    a, t = heads["audio_proj"]["fc.weight"], heads["text_proj"]["fc.weight"]
     if a.shape[0] != t.shape[0]:
         raise LakeError(f"{path}: audio and text projections have different widths ({a.shape[0]} vs {t.shape[0]})")
-    out = dict(obj)
+    out = {**obj, **heads}
     out.setdefault("dims", {"audio": int(a.shape[1]), "text": int(t.shape[1]), "proj": int(a.shape[0])})
     out.setdefault("logit_scale", torch.tensor(0.0))
     out.setdefault("audio_layer", None)  # the reference's: the last hidden state

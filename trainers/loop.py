@@ -19,7 +19,7 @@ import math
 import os
 import time
 from collections import defaultdict
-from dataclasses import asdict, fields
+from dataclasses import MISSING, asdict, fields
 from typing import Any
 
 import numpy as np
@@ -87,11 +87,18 @@ class Task:
                            pin_memory=pin_memory)
 
     @classmethod
-    def from_checkpoint(cls, path: str, shards: ShardSet) -> tuple["Task", torch.nn.Module]:
+    def read_checkpoint(cls, path: str, shards: ShardSet, **files) -> dict:
+        """This stage's checkpoint dict from `path` (a stage may also read the reference tooling's layouts;
+        `files`: other checkpoints such a layout needs)."""
+        return load_checkpoint(path, cls.stage)
+
+    @classmethod
+    def from_checkpoint(cls, path: str, shards: ShardSet, **files) -> tuple["Task", torch.nn.Module]:
         """The task and its trained model (eval mode, CPU) from a checkpoint of this stage."""
-        ckpt = load_checkpoint(path, cls.stage)
-        names = {f.name for f in fields(cls.config_cls)}
-        cfg = cls.config_cls(**{**{k: v for k, v in ckpt["config"].items() if k in names}, "data_root": shards.root})
+        ckpt = cls.read_checkpoint(path, shards, **files)
+        given = {k: v for k, v in ckpt["config"].items() if k in {f.name for f in fields(cls.config_cls)}}
+        needed = {f.name: "" for f in fields(cls.config_cls) if f.default is MISSING}  # files not read here
+        cfg = cls.config_cls(**{**needed, **given, "data_root": shards.root})
         task = cls(cfg, shards, ckpt=ckpt)
         check_data(ckpt, shards, path)
         model = task.build()

@@ -101,9 +101,7 @@ class MeldTask(Task):
             self._arch = {"mode": cfg.mode, "num_classes": len(self.taxonomy), "taxonomy": self.taxonomy,
                           "hidden_dim": cfg.hidden_dim, "slm_arch": slm_ckpt["arch"]}
             self.slm_info = {"path": cfg.stage3_ckpt, "data": slm_ckpt["data"]}
-            labels = np.asarray(shards.index.filter(_is_split(shards.index, "train")).column("label_id").to_numpy(),
-                                dtype=np.int64)
-            self.weights = class_weights(labels, m.num_classes)
+            self.weights = class_weights(_train_labels(shards), m.num_classes)
         self.layers = list(self._arch["slm_arch"]["layers"])
         missing = [x for x in self.layers if x not in m.audio_layers]
         if missing:
@@ -150,11 +148,30 @@ class MeldTask(Task):
     def extra_state(self):
         return {"slm": self.slm_info, "class_weights": self.weights.tolist()}
 
+    @classmethod
+    def read_checkpoint(cls, path: str, shards, stage3_ckpt: str = "", **files) -> dict:
+        """Ours, or the reference tooling's MELD layout: a head alone, so its SLM comes from `stage3_ckpt`."""
+        from trainers.checkpoint import read_checkpoint_file, validate_checkpoint
+        from trainers.reference import is_reference_meld, meld_checkpoint
+        from trainers.slm import read_slm_checkpoint
 
-def _is_split(table, split: str):
+        obj = read_checkpoint_file(path)
+        if not is_reference_meld(obj):
+            return validate_checkpoint(obj, path, "meld")
+        if not stage3_ckpt:
+            raise LakeError(f"{path}: a reference-layout MELD head, which holds no SLM; pass the stage-3 checkpoint it "
+                            "was trained on with --stage3-ckpt")
+        ckpt = meld_checkpoint(obj, path, read_slm_checkpoint(stage3_ckpt), shards.taxonomy)
+        ckpt.setdefault("class_weights", class_weights(_train_labels(shards), shards.manifest.num_classes).tolist())
+        return ckpt
+
+
+def _train_labels(shards) -> np.ndarray:
+    """The label ids of the set's train split (from index.parquet: no shard is read)."""
     import pyarrow.compute as pc
 
-    return pc.equal(table["split"], split)
+    index = shards.index
+    return np.asarray(index.filter(pc.equal(index["split"], "train")).column("label_id").to_numpy(), dtype=np.int64)
 
 
 def load_meld(path: str) -> tuple[MeldHead, dict]:

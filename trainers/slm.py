@@ -164,6 +164,11 @@ class SlmTask(Task):
     def extra_state(self):
         return {"clap": self.clap_info}
 
+    @classmethod
+    def read_checkpoint(cls, path: str, shards, **files) -> dict:
+        """Ours, or the reference tooling's stage-3 layout (its class names are the set's)."""
+        return read_slm_checkpoint(path, shards.taxonomy)
+
 
 def build_slm(arch: dict, dropout: float = 0.1, proj: dict | None = None) -> ProsodySLM:
     model = ProsodySLM(arch["audio_dim"], arch["text_dim"], arch["proj_dim"], arch["num_classes"],
@@ -173,11 +178,19 @@ def build_slm(arch: dict, dropout: float = 0.1, proj: dict | None = None) -> Pro
     return model
 
 
+def read_slm_checkpoint(path: str, taxonomy: list[str] | None = None) -> dict:
+    """An SLM checkpoint dict: this project's, or the reference tooling's layout converted (detected from
+    the layout; `taxonomy`: the class names to give it, since its files carry none)."""
+    from trainers.checkpoint import read_checkpoint_file, validate_checkpoint
+    from trainers.reference import is_reference_slm, slm_checkpoint
+
+    obj = read_checkpoint_file(path)
+    return slm_checkpoint(obj, path, taxonomy) if is_reference_slm(obj) else validate_checkpoint(obj, path, "slm")
+
+
 def load_slm(path: str) -> tuple[ProsodySLM, dict]:
     """A trained SLM (eval mode) and its checkpoint, for the MELD stage and prediction."""
-    from trainers.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(path, "slm")
+    ckpt = read_slm_checkpoint(path)
     model = build_slm(ckpt["arch"], ckpt["config"].get("dropout", 0.1))
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt

@@ -3,6 +3,7 @@
     laion      LAION's Got Talent tars (.mp3 + .json pairs)
     meld       MELD.Raw (CSVs + mp4 clips, official splits)
     synthetic  the built-in corpus (generated if absent), read as LAION
+    tamers-parquet  the previous tooling's precomputed vectors, imported as they are
 
 A source class has `from_config(cfg, world)`, `units()`, `read(unit)`, `taxonomy()`,
 `split_policy`, `plan()` and `notes()` (ingest.sources.base.Source).
@@ -16,6 +17,7 @@ SOURCES = {
     "laion": "ingest.sources.laion:LaionSource",
     "meld": "ingest.sources.meld:MeldSource",
     "synthetic": "ingest.sources.synthetic:SyntheticSource",
+    "tamers-parquet": "ingest.sources.tamers_parquet:TamersParquetSource",
 }
 
 

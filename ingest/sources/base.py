@@ -62,7 +62,11 @@ class SplitPolicy:
     def split_of(self, item: "Clip | Skip") -> str:
         if item.split or self.method == "official":
             return item.split or "-"
-        return assign_split(item.key, self.val_fraction, self.test_fraction)
+        return self.split_of_key(item.key)
+
+    def split_of_key(self, key: str) -> str:
+        """The hash split of a key (a clip the source gave no split)."""
+        return assign_split(key, self.val_fraction, self.test_fraction)
 
     def record(self) -> dict:
         """What the plan (and the manifest) records: a resume must split the same way."""
