@@ -185,19 +185,18 @@ def test_the_hub_revision_is_pinned_and_recorded(monkeypatch):
 
 
 def test_hub_failures_are_one_clear_line():
-    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
     from ingest.sources.location import hub_message
 
-    def err(cls):
-        e = cls.__new__(cls)
-        Exception.__init__(e, "401 Client Error")
-        return e
-
-    gated = FileNotFoundError("x")
-    gated.__cause__ = err(GatedRepoError)
-    assert "hf auth login" in hub_message("hf://datasets/a/b", gated) and "gated" in hub_message("x", gated)
-    assert "private" in hub_message("x", err(RepositoryNotFoundError))
+    gated = FileNotFoundError("hf://datasets/a/b")  # how HfFileSystem reports it
+    gated.__cause__ = GatedRepoError("401 Client Error")
+    assert hub_message("hf://datasets/a/b", gated) == (
+        "hf://datasets/a/b: gated dataset: accept its terms on its hub page, then log in with `hf auth login` "
+        "(or set HF_TOKEN)")
+    assert "private" in hub_message("a/b", RepositoryNotFoundError("404")) and "hf auth login" in hub_message(
+        "a/b", RepositoryNotFoundError("404"))
+    assert "no such revision" in hub_message("a/b@v9", RevisionNotFoundError("404"))
 
 
 # -- LAION member paths, keys and languages --------------------------------------------------------

@@ -81,12 +81,18 @@ class HfSource:
 
         self.cfg = cfg
         self.path = storage.local_path(cfg.input)
+        if self.path.startswith("hf://datasets/"):  # the hub's URL form of a dataset id
+            self.path = self.path[len("hf://datasets/"):].rstrip("/")
         self.local = os.path.isdir(self.path)
+        if not self.local and (self.path.startswith((".", "/", "~")) or self.path.count("/") > 1):
+            raise LakeError(f"{self.path}: no such folder (a local dataset folder, or a hub id OWNER/NAME)")
+        if self.local and cfg.revision:
+            raise LakeError(f"--revision {cfg.revision}: {self.path} is a local folder, not a hub dataset")
         self.revision = None if self.local else self._pin_revision(self.path, cfg.revision)
         self._load_kw = {"name": cfg.config or None, "revision": self.revision, "streaming": True}
         try:
-            available = datasets.get_dataset_split_names(self.path, **{k: v for k, v in self._load_kw.items()
-                                                                        if k != "streaming"})
+            available = datasets.get_dataset_split_names(self.path, config_name=cfg.config or None,
+                                                         revision=self.revision)
         except Exception as e:  # noqa: BLE001 - datasets raises many types for a missing or private dataset
             raise LakeError(self._load_error(e)) from None
         self.split_map, official = parse_splits(cfg.splits, list(available))
@@ -274,6 +280,8 @@ class HfSource:
                 clip.audio = read_remote(path)
             except FileNotFoundError:
                 return Skip(key=key, reason=f"missing file: {path}", source_uri=source_uri, split=split)
+        elif not os.path.isfile(path):
+            return Skip(key=key, reason=f"missing file: {path}", source_uri=source_uri, split=split)
         else:
             clip.path = path
         return clip

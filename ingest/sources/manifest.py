@@ -44,6 +44,7 @@ class Entry:
 
     key: str
     where: str  # "FILE line N"
+    line_key: str  # "TABLE/lineN": the key of a row that has no usable key of its own
     label: str | None = None
     path: str = ""  # resolved: a local path or a URL
     split: str | None = None
@@ -126,8 +127,9 @@ class ManifestSource:
         self.label_map = label_map
         seen: dict[str, str] = {}
         for e in good:
-            if e.key in seen:
-                e.reason = f"duplicate key: {e.where} repeats the key of {seen[e.key]}"
+            if e.key in seen:  # quarantined under its line: the key is the first row's
+                e.reason = f"duplicate key: {e.key!r} of {seen[e.key]} again ({e.where})"
+                e.key = e.line_key
                 continue
             seen[e.key] = e.where
             e.label, why = self.labels.resolve(e.label)
@@ -143,9 +145,9 @@ class ManifestSource:
 
     def _entry(self, table: str, row: Row, split: str | None) -> Entry:
         where = f"{table} line {row.line}"
-        stem = posixpath.splitext(posixpath.basename(table))[0]
+        line_key = f"{posixpath.splitext(posixpath.basename(table))[0]}/line{row.line}"
         if row.error:
-            return Entry(key=f"{stem}/line{row.line}", where=where, reason=f"bad row: {row.error}")
+            return Entry(key=line_key, where=where, line_key=line_key, reason=f"bad row: {row.error}")
         v = emobox.to_manifest(row.values) if self.layout == "emobox" else row.values
         path = str(v.get("path") or "").strip()
         try:
@@ -154,7 +156,7 @@ class ManifestSource:
                 raise ValueError(f"end {end} is not after start {start}")
             declared = _seconds(v.get("declared_s"), "length")
         except ValueError as e:
-            return Entry(key=f"{stem}/line{row.line}", where=where, reason=f"bad segment: {e} ({where})")
+            return Entry(key=line_key, where=where, line_key=line_key, reason=f"bad segment: {e} ({where})")
         key = str(v.get("key") or "").strip() or _key_from_path(path, start, end)
         if start is not None or end is not None:
             declared = (end - start if end is not None else None) if start is not None else end
@@ -162,7 +164,7 @@ class ManifestSource:
         if split is None and v.get("split") not in (None, ""):
             split = SPLIT_NAMES.get(str(v["split"]).strip().lower(), str(v["split"]).strip().lower())
         extra = {k: str(v[k]).strip() for k in ("speaker", "dataset") if v.get(k) not in (None, "")}
-        e = Entry(key=key, where=where, label=v.get("label"), path=resolved, split=split, start=start, end=end,
+        e = Entry(key=key, where=where, line_key=line_key, label=v.get("label"), path=resolved, split=split, start=start, end=end,
                   transcript=" ".join(str(v.get("transcript") or "").split()), declared_s=declared, extra=extra)
         if start is not None or end is not None:
             e.size = int(((end or start + 10.0) - (start or 0.0)) * _PCM_BYTES_PER_S)
