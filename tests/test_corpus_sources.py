@@ -10,7 +10,7 @@ import os
 import numpy as np
 import pytest
 from test_decode import write
-from test_sources import run_ingest
+from test_sources import rows_and_embeddings, run_ingest, same_rows
 
 from lake.catalog import open_shard_set
 
@@ -173,18 +173,29 @@ def _parquet_dataset(root) -> dict:
     return truth
 
 
-def test_hf_parquet_dataset(capsys, tmp_path):
-    truth = _parquet_dataset(tmp_path / "ds")
-    out = tmp_path / "set"
-    code, stdout, err = run_ingest(capsys, "--source", "hf", "--input", tmp_path / "ds", "--out", out,
-                                   "--key-column", "id", "--text-column", "text", *ARGS)
-    assert code == 0, err
+HF_ARGS = ("--key-column", "id", "--text-column", "text", *ARGS)
+
+
+@pytest.fixture(scope="module")
+def hf_parquet(tmp_path_factory):
+    """(dataset folder, truth, the set ingested from it)."""
+    from ingest.run import main
+
+    root = tmp_path_factory.mktemp("hf")
+    truth = _parquet_dataset(root / "ds")
+    assert main(["--source", "hf", "--input", str(root / "ds"), "--out", str(root / "set"), *HF_ARGS]) == 0
+    return root / "ds", truth, root / "set"
+
+
+def test_hf_parquet_dataset(capsys, hf_parquet, tmp_path):
+    ds, truth, out = hf_parquet
     got = rows(out)
     good = {k: t for k, t in truth.items() if t[1] is not None and not t[2]}
     assert set(got) == set(good)
     for key, r in got.items():
         assert (r["split"], r["label"], r["transcript"]) == (good[key][0], good[key][1], f"words of {key}")
     assert open_shard_set(str(out)).taxonomy == ["angry", "happy", "sad"]  # the ClassLabel's order
+    assert open_shard_set(str(out)).manifest.ingest["plan"]["source"]["split_map"] == {"train": "train", "test": "test"}
     why = reasons(out)
     assert all(why[k] == "no label" for k, t in truth.items() if t[1] is None)
     assert all(why[k].startswith("decode error") for k, t in truth.items() if t[2] and t[1] is not None)
@@ -192,10 +203,32 @@ def test_hf_parquet_dataset(capsys, tmp_path):
 
     assert "torchcodec" not in sys.modules
     # a wrong column name stops before any work, listing the columns the dataset has
-    code, _, err = run_ingest(capsys, "--source", "hf", "--input", tmp_path / "ds", "--out", tmp_path / "o2",
+    code, _, err = run_ingest(capsys, "--source", "hf", "--input", ds, "--out", tmp_path / "o2",
                               "--label-column", "emotion")
     assert code == 2 and "no column 'emotion' for --label-column; it has audio, label, text, id" in err
     assert not (tmp_path / "o2").exists()
+
+
+def test_hf_read_failing_mid_data_file_resumes(capsys, hf_parquet, tmp_path, monkeypatch):
+    from ingest.sources.hf import HfSource
+
+    ds, _, reference = hf_parquet
+    real, failed = HfSource._item, []
+
+    def dropped_connection(self, row, default_key, split):
+        if row["id"] == "train-1-2" and not failed:  # the second data file of train, mid-way
+            failed.append(1)
+            raise OSError("connection reset")
+        return real(self, row, default_key, split)
+
+    monkeypatch.setattr(HfSource, "_item", dropped_connection)
+    out = tmp_path / "set"
+    args = ("--source", "hf", "--input", ds, "--out", out, *HF_ARGS, "--checkpoint-mb", "0.001")
+    code, _, err = run_ingest(capsys, *args)
+    assert code == 2 and "reading split train data file 1 failed after 2 rows" in err and "re-run" in err
+    code, _, err = run_ingest(capsys, *args)
+    assert code == 0 and "resuming" in err
+    assert same_rows(rows_and_embeddings(reference), rows_and_embeddings(out))
 
 
 def test_hf_audiofolder_with_a_metadata_csv(capsys, tmp_path):

@@ -230,17 +230,17 @@ class HfSource:
         return [f"read {self.path} at revision {self.revision}"] if self.revision else []
 
     def read(self, unit: Unit) -> Iterator[Clip | Skip]:
-        cfg = self.cfg
         split, shard = unit.id.rsplit(":", 1)
         ds = self._datasets[split]
         part = ds.shard(num_shards=ds.n_shards, index=int(shard), contiguous=True)
         lake_split = self.split_map[split] or None
-        row_n = -1
+        done = 0  # rows of this data file read
         try:
-            for row_n, row in enumerate(part):
-                yield self._item(row, f"{split}/{shard}/{row_n:06d}", lake_split)
+            for row in part:
+                yield self._item(row, f"{split}/{shard}/{done:06d}", lake_split)
+                done += 1
         except Exception as e:  # noqa: BLE001 - a dropped connection or a damaged data file
-            raise LakeError(f"{self.path}: reading split {split} data file {int(shard)} failed after row {row_n} "
+            raise LakeError(f"{self.path}: reading split {split} data file {int(shard)} failed after {done} rows "
                             f"({type(e).__name__}: {str(e)[:200]}); the units finished so far are kept: re-run "
                             "the same command to resume (if it fails at the same row again, that file is damaged)"
                             ) from None

@@ -124,7 +124,6 @@ class LaionSource:
         self.other_language: int = 0
         self.unknown_prompts: dict[str, list[str]] = defaultdict(list)  # prompt -> tar names
         self._tars: dict[str, tuple] = {}  # unit id -> (parsed name, class name or None, key prefix)
-        self._units: list[Unit] = []
         tars = list_files(self.root, (".tar",))
         parsed_all = {rel: parse_tar_name(posixpath.basename(rel)) for rel, _ in tars}
         self.languages = self._check_languages(languages, {p.language for p in parsed_all.values() if p})
@@ -175,6 +174,9 @@ class LaionSource:
         """The tars under `root`, with the languages, taxonomy, label map and split fractions of `cfg`."""
         from lake.taxonomy import load_taxonomy_file
 
+        if cfg.split_by != "key":
+            raise LakeError(f"--split-by {cfg.split_by}: LAION's clips have no speaker ids; its splits are hash "
+                            "splits of the clip key")
         taxonomy = load_taxonomy_file(cfg.taxonomy) if cfg.taxonomy else None
         return cls(root, languages=cfg.languages.split(","), taxonomy=taxonomy,
                    label_overrides=load_label_map(cfg.label_map),

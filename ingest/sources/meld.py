@@ -129,6 +129,8 @@ class MeldSource:
 
     @classmethod
     def from_config(cls, cfg, world=None) -> "MeldSource":
+        if cfg.split_by != "key":
+            raise LakeError(f"--split-by {cfg.split_by}: MELD keeps its official train/dev/test splits")
         return cls(cfg.input)
 
     def units(self) -> list[Unit]:
