@@ -13,10 +13,15 @@ from ingest.sources import SOURCES
 
 @dataclass
 class IngestConfig:
-    source: str = _f(REQUIRED, "laion (LAION's Got Talent tars), meld (MELD.Raw), synthetic (the built-in "
-                     "corpus: generated into --input if absent, then read as LAION) or tamers-parquet (the previous "
-                     "tooling's precomputed vectors, imported without re-encoding)", choices=list(SOURCES))
-    input: str = _f(REQUIRED, "the source directory: LAION tars, MELD.Raw, or the synthetic corpus")
+    source: str = _f(REQUIRED, "laion (LAION's Got Talent tars), meld (MELD.Raw), manifest (any corpus described by "
+                     "a CSV/JSONL table, or an EmoBox data/<dataset> folder), hf (a Hugging Face dataset with an audio "
+                     "column), synthetic (the built-in corpus: generated into --input if absent, then read as LAION) "
+                     "or tamers-parquet (the previous tooling's precomputed vectors, imported without re-encoding)",
+                     choices=list(SOURCES))
+    input: str = _f(REQUIRED, "what to read: a folder of LAION tars or its URL (hf://datasets/OWNER/NAME[@REV], "
+                    "s3://BUCKET/DIR: streamed, not downloaded), MELD.Raw, a manifest .csv/.jsonl or EmoBox folder, "
+                    "a Hugging Face dataset id or local dataset folder, the synthetic corpus' folder, or a folder "
+                    "(or URL) of the previous tooling's parquet files")
     out: str = _f(REQUIRED, "the shard set to write, ROOT/NAME; re-running the same command resumes it")
     audio_encoder: str = _f("fbank", "audio encoder: fbank (offline log-mel statistics) or auristream "
                             "(WavCoch tokens -> AuriStream hidden states; needs the hub weights)")
@@ -37,16 +42,38 @@ class IngestConfig:
     block_rows: int = _f(1024, "rows per block (one tar member set per block)")
     rows_per_shard: int = _f(16384, "rows per shard before a new one starts")
     limit: int = _f(0, "stop after this many clips (per rank: limit / ranks); 0 = all. For trials")
-    languages: str = _f("en", "LAION languages to keep, comma-separated (en, de, es, fr)")
+    languages: str = _f("en", "LAION languages to keep, comma-separated (en, de, es, fr, or another code the tar "
+                        "names use); an unknown code stops the run")
     device: str = _f("auto", "auto, cuda or cpu (each torchrun rank takes cuda:LOCAL_RANK)", choices=["auto", "cuda", "cpu"])
-    val_fraction: float = _f(0.02, "LAION: share of clips in the val split (hash of the key)")
-    test_fraction: float = _f(0.02, "LAION: share of clips in the test split (hash of the key)")
+    val_fraction: float = _f(0.02, "share of clips in the val split where the source has none (LAION; a manifest or "
+                             "hf dataset without splits; EmoBox: taken from the fold's train part)")
+    test_fraction: float = _f(0.02, "share of clips in the test split where the source has none (hash of the key, "
+                              "or of speakers with --split-by speaker)")
+    split_by: str = _f("key", "hash splits by clip key, or by speaker so that no speaker is in two splits "
+                       "(manifest, hf: needs a speaker column)", choices=["key", "speaker"])
     max_seconds: float = _f(0.0, "cut clips longer than this (seconds; the full duration is kept in meta); "
                             "0 = no cut (long clips run as several encoder windows)")
     taxonomy: str = _f("", "file with the class names in order (JSON list or one per line); default: the classes "
                        "present in the selected source, in canonical order")
-    label_map: str = _f("", "JSON file mapping LAION emotion prompts to class names, for prompts the built-in "
-                        "mapping cannot settle")
+    label_map: str = _f("", "JSON file mapping source labels to class names: LAION emotion prompts the built-in "
+                        "mapping cannot settle; a manifest's or hf dataset's labels (then only labels it names are "
+                        "used; EmoBox: its label_map.json by default)")
+    fold: int = _f(0, "manifest, EmoBox layout: the fold whose train/test files to read (fold_K/); 0 = the whole "
+                   "<dataset>.jsonl, hash-split")
+    audio_root: str = _f("", "manifest: folder or URL that relative audio paths start from; empty = the table's "
+                         "folder (EmoBox: the folder that holds data/)")
+    audio_column: str = _f("audio", "hf: the column holding the audio (its stored bytes are decoded with FFmpeg)")
+    label_column: str = _f("label", "hf: the column holding the label (ClassLabel or strings)")
+    text_column: str = _f("", "hf: the column holding the transcript; empty = no transcripts")
+    speaker_column: str = _f("speaker", "hf: the column naming the speaker, if the dataset has it (kept in meta; "
+                             "needed by --split-by speaker)")
+    key_column: str = _f("", "hf: a column of unique clip ids to key rows by; empty = split/data file/row number")
+    splits: str = _f("", "hf: LAKE=DATASET split pairs, e.g. train=train,val=validation,test=test; or one dataset "
+                     "split's name, hash-split; empty = every split of the dataset (validation -> val), or "
+                     "hash splits when it has one")
+    config: str = _f("", "hf: the dataset's configuration (subset) name; empty = its default")
+    revision: str = _f("", "hf: the dataset revision (branch, tag or commit) to read; empty = main (the commit "
+                       "actually read is recorded in the manifest)")
     checkpoint_mb: float = _f(2048.0, "input megabytes between checkpoints: open shards are closed and the work "
                               "so far committed, so a killed run loses at most this much")
     synthetic_clips: int = _f(1000, "synthetic: LAION-layout clips to generate when --input holds no corpus")

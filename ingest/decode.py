@@ -14,6 +14,10 @@ the same wave as resampling every channel and then averaging (resampling is line
 for a sixth of the resampling work on 5.1. A clip that cannot be used raises
 `DecodeError("category: detail")`; ingest counts skips by the category, so every
 failure of FFmpeg, PyAV or numpy comes out as that one type.
+
+A segment of a long recording (`start`/`end` seconds, from a manifest) is decoded alone:
+FFmpeg seeks to just before `start` (exact for PCM/FLAC, to the frame for compressed
+audio), frames are cut to the span by their timestamps, and decoding stops at `end`.
 """
 
 from __future__ import annotations
@@ -33,8 +37,12 @@ SAMPLE_RATE = 16000
 _MAX_BAD_PACKET_SHARE = 0.1
 _SILENCE_PEAK = 1e-8
 # A clip decoding to less than its header's duration by more than this (s, or share) was cut
-# short: its transcript and label describe audio that is not there.
+# short: its transcript and label describe audio that is not there. The same slack applies to
+# a segment that ends past the end of its file.
 _TRUNCATED_S, _TRUNCATED_SHARE = 0.25, 0.05
+# Seek this far before a segment's start, so a compressed stream's decoder is primed (mp3's bit
+# reservoir spans a few frames) before the first sample kept; a start within it decodes from 0.
+_SEEK_MARGIN_S = 0.5
 
 
 class DecodeError(Exception):
@@ -148,11 +156,13 @@ class _Runs:
         self.pending: list[np.ndarray] = []  # mono, at source_rate
         self.chunks: list[np.ndarray] = []  # mono, at rate
 
-    def add(self, frame) -> None:
+    def add(self, frame, lo: int = 0, hi: int | None = None) -> None:
+        """Add the frame's samples [lo, hi) (all by default)."""
         if frame.sample_rate != self.source_rate:
             self._flush()
             self.source_rate = frame.sample_rate
-        self.pending.append(_frame_mono(frame))
+        mono = _frame_mono(frame)
+        self.pending.append(mono[lo:hi] if lo or hi is not None else mono)
 
     def _flush(self) -> None:
         if not self.pending:
@@ -174,13 +184,46 @@ class _Runs:
         return np.concatenate(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
 
 
-def _decode_mono(container, sample_rate: int) -> np.ndarray:
-    """All samples of the first audio stream, mean over channels, float32 at `sample_rate`."""
+class _Span:
+    """Keeps the samples of [start, end) seconds of a stream, placing each frame by its timestamp."""
+
+    def __init__(self, start: float, end: float):
+        self.start, self.end = start, end
+        self.origin = 0.0  # the stream's first timestamp (mp3: its encoder delay), which is second 0
+        self.t = None  # where the next frame starts (s), for frames without a timestamp
+        self.done = False  # a frame at or past `end` was seen
+        self.kept = False  # some samples fell in the span
+
+    def add(self, runs: _Runs, frame) -> None:
+        t0 = frame.time - self.origin if frame.time is not None else (self.t or 0.0)
+        rate = frame.sample_rate
+        self.t = t0 + frame.samples / rate
+        if t0 >= self.end:
+            self.done = True
+            return
+        lo = max(0, int(round((self.start - t0) * rate)))
+        hi = frame.samples if self.end == float("inf") else min(frame.samples, int(round((self.end - t0) * rate)))
+        if hi > lo:
+            runs.add(frame, lo, hi)
+            self.kept = True
+
+
+def _decode_mono(container, sample_rate: int, span: _Span | None = None) -> np.ndarray:
+    """All samples of the first audio stream (or of `span`), mean over channels, float32 at `sample_rate`."""
     if not container.streams.audio:
         raise DecodeError("no audio stream: the container holds "
                           + (", ".join(s.type for s in container.streams) or "no streams"))
     stream = container.streams.audio[0]
     runs = _Runs(sample_rate)
+    add = runs.add if span is None else (lambda frame: span.add(runs, frame))
+    if span is not None and stream.start_time is not None and stream.time_base:
+        span.origin = float(stream.start_time * stream.time_base)
+    if span is not None and span.start > _SEEK_MARGIN_S and stream.time_base:
+        try:
+            container.seek(int((span.origin + span.start - _SEEK_MARGIN_S) / stream.time_base), stream=stream,
+                           backward=True)
+        except av.error.FFmpegError:
+            pass  # not seekable: decode from the start, the span check drops what comes before
     packets = bad = 0
     for packet in container.demux(stream):
         if packet.size == 0:  # the demuxer's end-of-stream marker
@@ -192,28 +235,52 @@ def _decode_mono(container, sample_rate: int) -> np.ndarray:
             bad += 1
             continue
         for frame in frames:
-            runs.add(frame)
-    try:  # frames the decoder still holds (codec delay)
-        for frame in stream.codec_context.decode(None):
-            runs.add(frame)
-    except av.error.FFmpegError:
-        pass
+            add(frame)
+        if span is not None and span.done:
+            break
+    if span is None or not span.done:
+        try:  # frames the decoder still holds (codec delay)
+            for frame in stream.codec_context.decode(None):
+                add(frame)
+        except av.error.FFmpegError:
+            pass
     if bad > max(1, _MAX_BAD_PACKET_SHARE * packets):  # one: often a cut-off last packet (see truncated)
         raise DecodeError(f"decode error: {bad} of {packets} packets could not be decoded")
+    if span is not None and not span.done:
+        if span.t is not None:
+            file_end = span.t
+        elif stream.duration and stream.time_base:  # nothing after a seek past the end
+            file_end = float(stream.duration * stream.time_base)
+        else:
+            file_end = container.duration / 1e6 if container.duration else 0.0
+        short = span.end - file_end
+        if not span.kept or (span.end != float("inf") and
+                             short > max(_TRUNCATED_S, _TRUNCATED_SHARE * (span.end - span.start))):
+            raise DecodeError(f"segment past end: the file ends at {file_end:.2f} s, the segment is "
+                              f"{span.start:.2f}-{span.end:.2f} s")
     return runs.wave()
 
 
-def decode_audio(src: bytes | str, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None) -> Decoded:
+def decode_audio(src: bytes | str, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None,
+                 start: float | None = None, end: float | None = None) -> Decoded:
     """Decode `src` (encoded bytes, or a path) to a mono wave at `sample_rate`, peak 1.
 
     `max_seconds` keeps only the first seconds (`cut=True`); `duration_s` stays the
     whole clip's. The cut is taken before the peak division, so the returned wave always
-    peaks at exactly 1 (or is all zeros for a silent clip). Raises `DecodeError` only.
+    peaks at exactly 1 (or is all zeros for a silent clip). `start`/`end` (seconds; either
+    may be None: the file's start or end) decode only that segment, and `duration_s` is the
+    segment's. Raises `DecodeError` only.
     """
+    span = None
+    if start is not None or end is not None:
+        s0, s1 = float(start or 0.0), float("inf") if end is None else float(end)
+        if not (0 <= s0 < s1):
+            raise DecodeError(f"bad segment: start {s0} s, end {s1} s (needs 0 <= start < end)")
+        span = _Span(s0, s1)
     try:
         with _open(src) as container:
-            wave = _decode_mono(container, sample_rate)
-            declared = _declared_seconds(container, src)
+            wave = _decode_mono(container, sample_rate, span)
+            declared = _declared_seconds(container, src) if span is None else None
     except DecodeError:
         raise
     except av.error.FileNotFoundError:

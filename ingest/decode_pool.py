@@ -23,7 +23,8 @@ def _decode_one(clip, max_seconds: float):
     from ingest.decode import DecodeError, decode_audio
 
     try:
-        decoded = decode_audio(clip.audio if clip.audio is not None else clip.path, max_seconds=max_seconds or None)
+        decoded = decode_audio(clip.audio if clip.audio is not None else clip.path, max_seconds=max_seconds or None,
+                               start=clip.start, end=clip.end)
         reason = None
     except DecodeError as e:
         decoded, reason = None, str(e)

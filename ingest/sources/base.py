@@ -3,7 +3,8 @@
 A source is split into *units* (a LAION tar, a chunk of a MELD split): ingest ranks
 share the units, and a unit is the granularity at which a finished part of a killed
 run is recognised. Reading a unit never extracts anything to disk: LAION audio comes
-out of the tar as bytes, MELD audio is read from its mp4 path.
+out of the tar as bytes (from a local folder or streamed from an object store or the hub),
+MELD and manifest audio is read from its path, a Hugging Face dataset's from its stored bytes.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Protocol
 
-from lake.splits import assign_split, check_fractions
+from lake.errors import LakeError
+from lake.splits import assign_split, check_fractions, unit_interval
 
 
 @dataclass
@@ -25,6 +27,9 @@ class Clip:
     caption: str | None = None
     split: str | None = None  # an official split (MELD); None = hash split from lake.splits
     extra: dict[str, Any] = field(default_factory=dict)  # goes to the block meta (soft_labels, language, ...)
+    start: float | None = None  # a segment of a longer recording: decode only [start, end) seconds
+    end: float | None = None
+    declared_s: float | None = None  # the duration the source's metadata states (LAION JSON, EmoBox `length`)
 
 
 @dataclass
@@ -52,10 +57,13 @@ class SplitPolicy:
     method: str  # "official" or "hash"
     val_fraction: float = 0.0
     test_fraction: float = 0.0
+    by: str = "key"  # "speaker": the source sets each clip's split from `speaker_splits`
 
     def __post_init__(self):
         if self.method not in ("official", "hash"):
             raise ValueError(f"split method {self.method!r}")
+        if self.by not in ("key", "speaker"):
+            raise ValueError(f"split by {self.by!r}")
         if self.method == "hash":
             check_fractions(self.val_fraction, self.test_fraction)
 
@@ -72,7 +80,26 @@ class SplitPolicy:
         """What the plan (and the manifest) records: a resume must split the same way."""
         if self.method == "official":
             return {"method": "official"}
-        return {"method": "hash", "val_fraction": self.val_fraction, "test_fraction": self.test_fraction}
+        return {"method": "hash", "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
+                **({"by": self.by} if self.by != "key" else {})}
+
+
+def speaker_splits(speakers, val_fraction: float, test_fraction: float) -> dict[str, str]:
+    """Speaker -> split, so no speaker's voice is in two splits (emotion results leak across speakers).
+
+    Corpora have few speakers (IEMOCAP 10, RAVDESS 24), so each speaker is not hashed on its own
+    (with 10 speakers a 10% split would often get none): speakers are ordered by a hash of their
+    name and the first round(fraction x speakers), at least one, go to test, the next to val.
+    """
+    check_fractions(val_fraction, test_fraction)
+    order = sorted(set(speakers), key=lambda s: (unit_interval(f"speaker:{s}"), s))
+    n = len(order)
+    k_test = max(1, round(test_fraction * n)) if test_fraction > 0 else 0
+    k_val = max(1, round(val_fraction * n)) if val_fraction > 0 else 0
+    if k_test + k_val >= n:
+        raise LakeError(f"{n} speaker(s) are too few for speaker-independent splits with val {val_fraction} and "
+                        f"test {test_fraction}: lower the fractions or split by key")
+    return {s: "test" if i < k_test else "val" if i < k_test + k_val else "train" for i, s in enumerate(order)}
 
 
 class Source(Protocol):

@@ -1,11 +1,20 @@
 """LAION's Got Talent (enhanced): `.tar` files of `<id>.mp3` + `<id>.json` pairs.
 
-Read straight from the tars (streamed, nothing extracted to disk). A tar's class
-comes from its name's emotion prompt (lake.taxonomy); its clips' transcripts from
+Read straight from the tars, member by member, from a local folder or streamed from any
+fsspec URL (`hf://datasets/laion/...[@REV]`, `s3://...`: ingest.sources.location); nothing
+is extracted or downloaded to disk. A tar's language and class come from its name
+(the emotion prompt, lake.taxonomy), so `--languages` and the prompt mapping pick tars
+before any of their bytes are fetched. Its clips' transcripts come from
 `flash_transcription`, falling back to the `<transcription_start>` block of
 `annotation`; captions from `detailed_caption`; the per-emotion intensities of
 `annotation`, when they parse, go to the block meta as soft labels.
 Splits are hash splits of the clip key (lake.splits).
+
+Keys: an audio member and its JSON pair up by their full member path without extension,
+and a clip's key is `{tar stem}/{id}` for the hub's layouts (members at the top of the
+tar or in a `{tar stem}/` folder); members in other folders keep their folder
+(`{tar stem}/{folder}/{id}`), and two tars of the same stem in different folders of the
+input are told apart by their path, so keys stay unique within a set.
 """
 
 from __future__ import annotations
@@ -15,17 +24,21 @@ import os
 import posixpath
 import re
 import tarfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Iterator
 
+from lake import storage
 from lake.errors import LakeError
 from lake.taxonomy import EMONET_CATEGORIES, canonical_category, map_prompt, ordered_classes
 from ingest.sources.base import Clip, Skip, SplitPolicy, Unit
+from ingest.sources.labels import load_label_map
+from ingest.sources.location import RemoteStream, SourceReadError, list_files, pin_hub_url
 
 AUDIO_EXTENSIONS = (".mp3", ".wav", ".flac", ".ogg", ".opus", ".m4a")
 LANGUAGES = {"en": "en", "english": "en", "de": "de", "german": "de", "es": "es", "spanish": "es",
              "fr": "fr", "french": "fr"}
+HUB_DATASET = "laion/laions_got_talent_enhanced_flash_annotations_and_long_captions"
 _SUFFIXES = ("_vocalbursts_fixed",)
 
 
@@ -102,23 +115,23 @@ class LaionSource:
 
     def __init__(self, root: str, languages=("en",), taxonomy: list[str] | None = None,
                  label_overrides: dict[str, str] | None = None, split_policy: SplitPolicy | None = None):
-        if not os.path.isdir(root):
-            raise LakeError(f"{root}: not a directory of LAION tars (download with "
-                            "`hf download laion/laions_got_talent_enhanced_flash_annotations_and_long_captions "
-                            "--repo-type dataset --local-dir DIR`)")
-        self.root = root
-        self.languages = tuple(languages)
+        if not storage.is_url(root) and not os.path.isdir(root):
+            raise LakeError(f"{root}: not a directory of LAION tars (stream them with --input hf://datasets/{HUB_DATASET}, "
+                            f"or download with `hf download {HUB_DATASET} --repo-type dataset --local-dir DIR`)")
+        self.root, self.revision = pin_hub_url(storage.local_path(root))
         self.split_policy = split_policy or SplitPolicy("hash", 0.02, 0.02)
         self.ignored: list[str] = []  # ADDITIONAL_STUFF tars and names of another shape
         self.other_language: int = 0
         self.unknown_prompts: dict[str, list[str]] = defaultdict(list)  # prompt -> tar names
-        self._tars: dict[str, tuple] = {}  # unit id -> (parsed name, class name or None for an unknown prompt)
-        self._units: list[Unit] = []
-        tars = sorted(os.path.relpath(os.path.join(d, f), root)
-                      for d, _, files in os.walk(root) for f in files if f.endswith(".tar"))
-        for rel in tars:
-            name = os.path.basename(rel)
-            parsed = parse_tar_name(name)
+        self._tars: dict[str, tuple] = {}  # unit id -> (parsed name, class name or None, key prefix)
+        tars = list_files(self.root, (".tar",))
+        parsed_all = {rel: parse_tar_name(posixpath.basename(rel)) for rel, _ in tars}
+        self.languages = self._check_languages(languages, {p.language for p in parsed_all.values() if p})
+        # a stem that two tars share (in different folders) would give both the same keys
+        stems = Counter(p.stem for p in parsed_all.values() if p)
+        sizes = {}
+        for rel, size in tars:
+            parsed = parsed_all[rel]
             if parsed is None:
                 self.ignored.append(rel)
                 continue
@@ -128,13 +141,29 @@ class LaionSource:
             label = map_prompt(parsed.prompt, label_overrides)
             if label is None:
                 self.unknown_prompts[parsed.prompt].append(rel)
-            self._tars[rel] = (parsed, label)
-            self._units.append(Unit(id=rel, size=os.path.getsize(os.path.join(root, rel))))
-        if not self._units:
+            prefix = parsed.stem if stems[parsed.stem] == 1 else rel[: -len(".tar")]
+            self._tars[rel], sizes[rel] = (parsed, label, prefix), size
+        if not self._tars:
             raise LakeError(f"{root}: no LAION tars for language(s) {', '.join(self.languages)} "
                             f"({len(tars)} .tar files seen, {self.other_language} in other languages)")
-        present = {label for _, label in self._tars.values() if label is not None}
+        present = {label for _, label, _ in self._tars.values() if label is not None}
         self._taxonomy = list(taxonomy) if taxonomy else ordered_classes(present, EMONET_CATEGORIES)
+        # a remote tar whose name settles that none of its clips can be used is never fetched (a local
+        # one is read, so each of its clips gets its own quarantine record)
+        remote = storage.is_url(self.root)
+        self._units = [Unit(id=rel, size=0 if remote and label not in self._taxonomy else sizes[rel])
+                       for rel, (_, label, _) in self._tars.items()]
+
+    @staticmethod
+    def _check_languages(requested, present: set[str]) -> tuple[str, ...]:
+        """The requested language codes, normalised; an unknown code stops the run before any work."""
+        langs = tuple(dict.fromkeys(LANGUAGES.get(x.strip().lower(), x.strip().lower()) for x in requested if x.strip()))
+        known = set(LANGUAGES.values())
+        unknown = [x for x in langs if x not in known | present]
+        if unknown or not langs:
+            raise LakeError(f"--languages: {'unknown code(s) ' + ', '.join(unknown) if unknown else 'none given'}; "
+                            f"known: {', '.join(sorted(known))}; in the input: {', '.join(sorted(present)) or 'none'}")
+        return langs
 
     @classmethod
     def from_config(cls, cfg, world=None) -> "LaionSource":
@@ -145,28 +174,27 @@ class LaionSource:
         """The tars under `root`, with the languages, taxonomy, label map and split fractions of `cfg`."""
         from lake.taxonomy import load_taxonomy_file
 
+        if cfg.split_by != "key":
+            raise LakeError(f"--split-by {cfg.split_by}: LAION's clips have no speaker ids; its splits are hash "
+                            "splits of the clip key")
         taxonomy = load_taxonomy_file(cfg.taxonomy) if cfg.taxonomy else None
-        overrides = None
-        if cfg.label_map:
-            try:
-                overrides = json.load(open(cfg.label_map, encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as e:
-                raise LakeError(f"{cfg.label_map}: cannot read the label map ({e})") from None
-        languages = [x.strip() for x in cfg.languages.split(",") if x.strip()]
-        return cls(root, languages=languages, taxonomy=taxonomy, label_overrides=overrides,
+        return cls(root, languages=cfg.languages.split(","), taxonomy=taxonomy,
+                   label_overrides=load_label_map(cfg.label_map),
                    split_policy=SplitPolicy("hash", cfg.val_fraction, cfg.test_fraction))
 
     def units(self) -> list[Unit]:
         return list(self._units)
 
     def plan(self) -> dict:
-        return {"languages": list(self.languages)}
+        return {"languages": list(self.languages), **({"revision": self.revision} if self.revision else {})}
 
     def taxonomy(self) -> list[str]:
         return list(self._taxonomy)
 
     def notes(self) -> list[str]:
         notes = []
+        if self.revision:
+            notes.append(f"read {self.root} (revision {self.revision})")
         if self.ignored:
             notes.append(f"ignored {len(self.ignored)} tar(s) that are not emotion prompts: "
                          + ", ".join(self.ignored[:5]) + (" ..." if len(self.ignored) > 5 else ""))
@@ -175,54 +203,88 @@ class LaionSource:
         if self.unknown_prompts:
             lines = [f"  {prompt}: {', '.join(tars)}" for prompt, tars in sorted(self.unknown_prompts.items())]
             notes.append(f"{len(self.unknown_prompts)} emotion prompt(s) map to no class (extend lake.taxonomy or "
-                         "pass --label-map FILE); their clips were skipped:\n" + "\n".join(lines))
+                         "pass --label-map FILE); their tars were not read:\n" + "\n".join(lines))
         return notes
 
+    def _open(self, rel: str):
+        if storage.is_url(self.root):
+            return RemoteStream(storage.join(self.root, rel))
+        return open(os.path.join(self.root, rel), "rb")
+
     def read(self, unit: Unit) -> Iterator[Clip | Skip]:
-        parsed, label = self._tars[unit.id]
-        stem = parsed.stem
-        path = os.path.join(self.root, unit.id)
-        pending: dict[str, dict[str, bytes]] = {}  # id -> {"audio": ..., "json": ..., "ext": ...}
+        parsed, label, prefix = self._tars[unit.id]
+        path = storage.join(self.root, unit.id)
+        unusable = (f"unknown emotion prompt: {parsed.prompt}" if label is None else
+                    f"label not in taxonomy: {label}" if label not in self._taxonomy else None)
+        if unusable and storage.is_url(self.root):
+            yield Skip(key=f"{prefix}/*", reason=f"{unusable} (tar not fetched)", source_uri=path)
+            return
+        pending: dict[str, dict] = {}  # member path without extension -> {"audio"/"json": bytes, "*_name": member}
+        used: set[str] = set()  # keys given out in this tar
 
         def uri(member: str) -> str:
             return f"{path}#{member}"
 
         try:
-            with tarfile.open(path, mode="r|*") as tar:
+            with self._open(unit.id) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
                 for info in tar:
                     if not info.isreg():
                         continue
-                    base = posixpath.basename(info.name)
+                    name = info.name[2:] if info.name.startswith("./") else info.name
+                    base = posixpath.basename(name)
                     if base.startswith("._"):  # macOS AppleDouble junk
                         continue
-                    cid, ext = posixpath.splitext(base)
+                    stem, ext = posixpath.splitext(name)
                     ext = ext.lower()
                     if ext != ".json" and ext not in AUDIO_EXTENSIONS:
                         continue
-                    data = tar.extractfile(info).read()
-                    entry = pending.setdefault(cid, {})
-                    if ext == ".json":
-                        entry["json"], entry["json_name"] = data, info.name
-                    else:
-                        entry["audio"], entry["audio_name"] = data, info.name
+                    kind = "json" if ext == ".json" else "audio"
+                    entry = pending.setdefault(stem, {})
+                    if kind in entry:  # keyed by the member's own name: no clip's key, nor another skip's
+                        yield Skip(key=self._unique(f"{prefix}/{name}", used),
+                                   reason=f"duplicate member: {name} (a {kind} member for {entry[kind + '_name']} "
+                                          "came first and is used)", source_uri=uri(name))
+                        continue
+                    entry[kind], entry[kind + "_name"] = tar.extractfile(info).read(), name
                     if "json" in entry and "audio" in entry:
-                        yield self._clip(parsed, cid, pending.pop(cid), label, uri)
+                        key = self._key(prefix, parsed.stem, stem, used)
+                        entry = pending.pop(stem)
+                        yield (Skip(key=key, reason=unusable, source_uri=uri(entry["audio_name"])) if unusable
+                               else self._clip(parsed, key, entry, label, uri))
+        except SourceReadError as e:
+            raise LakeError(f"{e}; the units finished so far are kept: re-run the same command to resume") from None
+        except FileNotFoundError as e:
+            raise LakeError(f"{path}: listed when the run started, gone now ({e}); re-run to resume") from None
         except (tarfile.TarError, EOFError, OSError) as e:
-            yield Skip(key=f"{stem}/*", reason=f"damaged tar: {type(e).__name__}: {e} (clips after this point lost)",
+            yield Skip(key=f"{prefix}/*", reason=f"damaged tar: {type(e).__name__}: {e} (clips after this point lost)",
                        source_uri=path)
-        for cid, entry in sorted(pending.items()):
+        for stem, entry in sorted(pending.items()):
             member = entry.get("audio_name") or entry.get("json_name")
             missing = "json" if "audio" in entry else "audio"
-            yield Skip(key=f"{stem}/{cid}", reason=f"unpaired: {posixpath.basename(member)} has no {missing} member",
-                       source_uri=uri(member))
+            yield Skip(key=self._key(prefix, parsed.stem, stem, used),
+                       reason=f"unpaired: {posixpath.basename(member)} has no {missing} member", source_uri=uri(member))
 
-    def _clip(self, parsed, cid: str, entry: dict, label: str | None, uri) -> Clip | Skip:
-        key = f"{parsed.stem}/{cid}"
+    @classmethod
+    def _key(cls, prefix: str, tar_stem: str, member_stem: str, used: set[str]) -> str:
+        """`{prefix}/{id}` for members at the top of the tar or in its `{tar stem}/` folder (the hub's
+        layouts, and the keys of existing sets); `{prefix}/{member path}` for any other folder, or
+        when the short key is taken (the same id both at the top and in the folder)."""
+        folder, cid = posixpath.split(member_stem)
+        key = f"{prefix}/{cid}" if folder in ("", tar_stem) else f"{prefix}/{member_stem}"
+        return cls._unique(f"{prefix}/{member_stem}" if key in used else key, used)
+
+    @staticmethod
+    def _unique(key: str, used: set[str]) -> str:
+        """`key`, or `key~2`, `key~3`, ... if it is taken (the same member path twice in one tar); claimed."""
+        out, n = key, 1
+        while out in used:
+            n += 1
+            out = f"{key}~{n}"
+        used.add(out)
+        return out
+
+    def _clip(self, parsed, key: str, entry: dict, label: str, uri) -> Clip | Skip:
         source_uri = uri(entry["audio_name"])
-        if label is None:
-            return Skip(key=key, reason=f"unknown emotion prompt: {parsed.prompt}", source_uri=source_uri)
-        if label not in self._taxonomy:
-            return Skip(key=key, reason=f"label not in taxonomy: {label}", source_uri=source_uri)
         try:
             meta = json.loads(entry["json"].decode("utf-8"))
             if not isinstance(meta, dict):
@@ -240,7 +302,9 @@ class LaionSource:
         scores = parse_annotation_scores(annotation)
         if scores:
             extra["soft_labels"] = scores
-        if isinstance(meta.get("duration"), (int, float)):
-            extra["json_duration"] = float(meta["duration"])
+        declared = None
+        if isinstance(meta.get("duration"), (int, float)) and not isinstance(meta["duration"], bool):
+            declared = float(meta["duration"])
+            extra["json_duration"] = declared
         return Clip(key=key, transcript=transcript, label=label, source_uri=source_uri, audio=entry["audio"],
-                    caption=caption if isinstance(caption, str) else "", extra=extra)
+                    caption=caption if isinstance(caption, str) else "", extra=extra, declared_s=declared)

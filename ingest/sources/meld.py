@@ -6,13 +6,13 @@ a `final_videos_test` prefix (`final_videos_testdia108_utt0.mp4`); their plain-n
 twins are the wrong cut, so the prefixed file wins. Each CSV row is matched to its
 own file by (Dialogue_ID, Utterance_ID), never by position, so a missing clip drops
 exactly its own row. Utterances carry cp1252 punctuation stored as C1 control
-characters (U+0092 for an apostrophe): they are mapped back to readable text.
+characters (U+0092 for an apostrophe): they are mapped back to readable text. A CSV row
+that cannot be read (a file cut mid-row) is quarantined with its file and line; the
+other rows are ingested (ingest.sources.table).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import os
 import re
 from typing import Iterator
@@ -20,6 +20,7 @@ from typing import Iterator
 from lake.errors import LakeError
 from lake.taxonomy import MELD_CLASSES
 from ingest.sources.base import Clip, Skip, SplitPolicy, Unit
+from ingest.sources.table import Row, read_csv as read_table_csv
 
 SPLITS = {
     "train": ("train_sent_emo.csv", "train_splits"),
@@ -48,17 +49,9 @@ def fix_text(text: str) -> str:
     return text.strip()
 
 
-def read_csv(path: str) -> list[dict[str, str]]:
-    raw = open(path, "rb").read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("cp1252", errors="replace")  # older copies are plain cp1252
-    rows = list(csv.DictReader(io.StringIO(text, newline="")))
-    missing = [c for c in COLUMNS if rows and c not in rows[0]]
-    if missing:
-        raise LakeError(f"{path}: not a MELD CSV (missing column(s) {', '.join(missing)})")
-    return rows
+def read_csv(path: str) -> list[Row]:
+    """The rows of a MELD CSV; a row that cannot be read is kept as an error row (see table.Row)."""
+    return read_table_csv(path, COLUMNS, what="MELD CSV")[1]
 
 
 class MeldSource:
@@ -71,7 +64,7 @@ class MeldSource:
             raise LakeError(f"{root}: not a MELD directory (extract MELD.Raw.tar.gz and its train/dev/test "
                             "archives; expected *_sent_emo.csv and the clip folders)")
         self.root, self.unit_rows = root, unit_rows
-        self._rows: dict[str, list[dict[str, str]]] = {}
+        self._rows: dict[str, list[Row]] = {}
         self._first_row: dict[str, dict[tuple[int, int], int]] = {}  # split -> (dia, utt) -> first CSV row
         self._files: dict[str, dict[tuple[int, int], str]] = {}  # split -> (dia, utt) -> path
         self._orphans: dict[str, list[str]] = {}
@@ -99,8 +92,7 @@ class MeldSource:
                         target[(int(m.group(1)), int(m.group(2)))] = os.path.join(folder, name)
             files.update(prefixed)  # the re-cut clip wins over its plain-named twin
             self._files[split] = files
-            wanted = {(int(r["Dialogue_ID"]), int(r["Utterance_ID"])) for r in self._rows[split]
-                      if r["Dialogue_ID"].strip().isdigit() and r["Utterance_ID"].strip().isdigit()}
+            wanted = {du for du in map(self._du, self._rows[split]) if du is not None}
             self._orphans[split] = sorted(p for du, p in files.items() if du not in wanted)
             n = len(self._rows[split])
             for i, start in enumerate(range(0, n, unit_rows)):
@@ -129,14 +121,16 @@ class MeldSource:
         return None
 
     @staticmethod
-    def _du(row: dict[str, str]) -> tuple[int, int] | None:
+    def _du(row: Row) -> tuple[int, int] | None:
         try:
-            return int(row["Dialogue_ID"]), int(row["Utterance_ID"])
-        except (ValueError, TypeError):
+            return int(row.values["Dialogue_ID"]), int(row.values["Utterance_ID"])
+        except (KeyError, ValueError, TypeError):
             return None
 
     @classmethod
     def from_config(cls, cfg, world=None) -> "MeldSource":
+        if cfg.split_by != "key":
+            raise LakeError(f"--split-by {cfg.split_by}: MELD keeps its official train/dev/test splits")
         return cls(cfg.input)
 
     def units(self) -> list[Unit]:
@@ -166,11 +160,14 @@ class MeldSource:
             return
         start = int(part) * self.unit_rows
         first = self._first_row[split]
-        for n, row in enumerate(self._rows[split][start:start + self.unit_rows], start):
-            du = self._du(row)
+        for n, r in enumerate(self._rows[split][start:start + self.unit_rows], start):
+            if r.error:
+                yield Skip(key=f"meld/{split}/line{r.line}", reason=f"bad csv row: {r.error}", split=split)
+                continue
+            row, du = r.values, self._du(r)
             if du is None:
-                yield Skip(key=f"meld/{split}/row{row.get('Sr No.', '?')}", reason="bad csv row: no dialogue/utterance id",
-                           split=split)
+                yield Skip(key=f"meld/{split}/line{r.line}",
+                           reason=f"bad csv row: {SPLITS[split][0]} line {r.line}: no dialogue/utterance id", split=split)
                 continue
             key = f"meld/{split}/dia{du[0]}_utt{du[1]}"
             emotion = (row.get("Emotion") or "").strip().lower()
