@@ -1,5 +1,9 @@
 """Emotions of new audio files with a trained SLM (and optionally the MELD head).
 
+Inputs outside what the model saw (silent, shorter than a syllable or than the training clips,
+far longer than the longest of them) are flagged in the output's `warnings`: the model still
+answers, but a confident label for 50 ms of sound is not one to trust.
+
 The files are decoded like ingest decodes (PyAV, 16 kHz mono, peak-normalised) and
 encoded with the encoders recorded in the SLM checkpoint's data manifest, rounded to
 float16 as the shards store them, so a prediction sees what training saw. A
@@ -30,6 +34,25 @@ def _transcript(path: str, given: str | None) -> str:
 def _top(probs: np.ndarray, names: list[str], k: int) -> list[dict]:
     order = np.argsort(-probs)[:k]
     return [{"label": names[i], "prob": round(float(probs[i]), 4)} for i in order]
+
+
+MIN_SECONDS = 0.25  # shorter than a syllable: no emotion to hear, whatever the training clips were
+LONGER_THAN_TRAINING = 2.0  # x the longest training clip: one label for a whole recording
+
+
+def out_of_range(duration_s: float, wave: np.ndarray, seen: dict) -> list[str]:
+    """Why an input lies outside what the model saw (`seen`: the training clips' duration quantiles)."""
+    notes = []
+    if not np.any(wave):
+        notes.append("silent: every decoded sample is zero, so the probabilities below carry no information")
+    shortest = max(MIN_SECONDS, 0.5 * seen["p1"]) if seen else MIN_SECONDS
+    span = f"; the model was trained on clips of {seen['p1']:.1f} to {seen['p99']:.1f} s" if seen else ""
+    if duration_s < shortest:
+        notes.append(f"too short: {duration_s:.2f} s{span}")
+    if seen and duration_s > LONGER_THAN_TRAINING * seen["max"]:
+        notes.append(f"far longer than the training clips ({duration_s:.0f} s, the longest was {seen['max']:.1f} s): "
+                     "one label for the whole recording; cut it into clips (a manifest with start/end does that)")
+    return notes
 
 
 def predict(files: list[str], stage3_ckpt: str, clap_ckpt: str | None = None, meld_ckpt: str | None = None,
@@ -75,7 +98,8 @@ def predict(files: list[str], stage3_ckpt: str, clap_ckpt: str | None = None, me
         a, t = torch.from_numpy(audio).float(), torch.from_numpy(text_emb).float()
         with torch.no_grad():
             probs = torch.softmax(slm(a, t), -1)[0].numpy()
-            item.update(duration_s=round(dec.duration_s, 3), transcript=text, slm=_top(probs, taxonomy, top))
+            item.update(duration_s=round(dec.duration_s, 3), transcript=text, slm=_top(probs, taxonomy, top),
+                        warnings=out_of_range(dec.duration_s, dec.wave, data.get("train_durations_s") or {}))
             if meld is not None:
                 mprobs = torch.softmax(meld(a, t), -1)[0].numpy()
                 item["meld"] = _top(mprobs, meld_info["arch"]["taxonomy"], len(mprobs))
@@ -94,4 +118,5 @@ def format_predictions(results: list[dict]) -> str:
         lines.append("  SLM:  " + " | ".join(f"{p['label']} {p['prob']:.3f}" for p in r["slm"]))
         if "meld" in r:
             lines.append("  MELD: " + " | ".join(f"{p['label']} {p['prob']:.3f}" for p in r["meld"]))
+        lines += [f"  warning: {w}" for w in r.get("warnings", [])]
     return "\n".join(lines)

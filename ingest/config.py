@@ -6,7 +6,7 @@ import argparse
 import os
 from dataclasses import dataclass
 
-from lake.cliargs import REQUIRED, add_dataclass_args, from_args
+from lake.cliargs import REQUIRED, HelpFormatter, above, add_dataclass_args, at_least, between, check_ranges, from_args
 from lake.cliargs import arg as _f
 from ingest.sources import SOURCES
 
@@ -36,30 +36,31 @@ class IngestConfig:
     audio_revision: str = _f("", "auristream: model revision to pin (commit hash or tag)")
     text_model: str = _f("", "text encoder: model id or local dir overriding the name's default")
     text_revision: str = _f("", "text encoder: revision to pin")
-    batch_size: int = _f(32, "clips per audio-encoder batch (clips are sorted by length first)")
-    text_batch_size: int = _f(128, "texts per text-encoder batch")
-    decode_workers: int = _f(-1, "FFmpeg decode processes per rank (-1: cores per rank minus one, at least 1)")
-    block_rows: int = _f(1024, "rows per block (one tar member set per block)")
-    rows_per_shard: int = _f(16384, "rows per shard before a new one starts")
-    limit: int = _f(0, "stop after this many clips (per rank: limit / ranks); 0 = all. For trials")
+    batch_size: int = _f(32, "clips per audio-encoder batch (clips are sorted by length first)", range=at_least(1))
+    text_batch_size: int = _f(128, "texts per text-encoder batch", range=at_least(1))
+    decode_workers: int = _f(0, "FFmpeg decode processes per rank (0: the machine's cores per rank minus one, at "
+                             "least 1)", range=at_least(0))
+    block_rows: int = _f(1024, "rows per block (one tar member set per block)", range=at_least(1))
+    rows_per_shard: int = _f(16384, "rows per shard before a new one starts", range=at_least(1))
+    limit: int = _f(0, "stop after this many clips (per rank: limit / ranks); 0 = all. For trials", range=at_least(0))
     languages: str = _f("en", "LAION languages to keep, comma-separated (en, de, es, fr, or another code the tar "
                         "names use); an unknown code stops the run")
     device: str = _f("auto", "auto, cuda or cpu (each torchrun rank takes cuda:LOCAL_RANK)", choices=["auto", "cuda", "cpu"])
     val_fraction: float = _f(0.02, "share of clips in the val split where the source has none (LAION; a manifest or "
-                             "hf dataset without splits; EmoBox: taken from the fold's train part)")
+                             "hf dataset without splits; EmoBox: taken from the fold's train part)", range=between(0, 1, hi_open=True))
     test_fraction: float = _f(0.02, "share of clips in the test split where the source has none (hash of the key, "
-                              "or of speakers with --split-by speaker)")
+                              "or of speakers with --split-by speaker)", range=between(0, 1, hi_open=True))
     split_by: str = _f("key", "hash splits by clip key, or by speaker so that no speaker is in two splits "
                        "(manifest, hf: needs a speaker column)", choices=["key", "speaker"])
     max_seconds: float = _f(0.0, "cut clips longer than this (seconds; the full duration is kept in meta); "
-                            "0 = no cut (long clips run as several encoder windows)")
+                            "0 = no cut (long clips run as several encoder windows)", range=at_least(0))
     taxonomy: str = _f("", "file with the class names in order (JSON list or one per line); default: the classes "
                        "present in the selected source, in canonical order")
     label_map: str = _f("", "JSON file mapping source labels to class names: LAION emotion prompts the built-in "
                         "mapping cannot settle; a manifest's or hf dataset's labels (then only labels it names are "
                         "used; EmoBox: its label_map.json by default)")
     fold: int = _f(0, "manifest, EmoBox layout: the fold whose train/test files to read (fold_K/); 0 = the whole "
-                   "<dataset>.jsonl, hash-split")
+                   "<dataset>.jsonl, hash-split", range=at_least(0))
     audio_root: str = _f("", "manifest: folder or URL that relative audio paths start from; empty = the table's "
                          "folder (EmoBox: the folder that holds data/)")
     audio_column: str = _f("audio", "hf: the column holding the audio (its stored bytes are decoded with FFmpeg)")
@@ -75,11 +76,11 @@ class IngestConfig:
     revision: str = _f("", "hf: the dataset revision (branch, tag or commit) to read; empty = main (the commit "
                        "actually read is recorded in the manifest)")
     checkpoint_mb: float = _f(2048.0, "input megabytes between checkpoints: open shards are closed and the work "
-                              "so far committed, so a killed run loses at most this much")
-    synthetic_clips: int = _f(1000, "synthetic: LAION-layout clips to generate when --input holds no corpus")
-    seed: int = _f(0, "synthetic: generator seed")
+                              "so far committed, so a killed run loses at most this much", range=above(0))
+    synthetic_clips: int = _f(1000, "synthetic: LAION-layout clips to generate when --input holds no corpus", range=at_least(1))
+    seed: int = _f(0, "synthetic: generator seed", range=at_least(0))
     rank_timeout_hours: float = _f(72.0, "with several ranks: how long a rank that finished waits for the others "
-                                   "before giving up (ranks can finish hours apart on a resumed run)")
+                                   "before giving up (ranks can finish hours apart on a resumed run)", range=above(0))
     tamers_kind: str = _f("auto", "tamers-parquet: laion (its LAION vectors, through its random projection), meld "
                           "(its MELD features, without it) or auto (laion when the files record a projection)",
                           choices=["auto", "laion", "meld"])
@@ -89,12 +90,15 @@ class IngestConfig:
     def name(self) -> str:
         return os.path.basename(os.path.normpath(self.out))
 
+    def __post_init__(self):
+        check_ranges(self)
+
     def check(self) -> None:
         from lake.errors import LakeError
 
-        for name in ("batch_size", "text_batch_size", "block_rows", "rows_per_shard"):
-            if getattr(self, name) < 1:
-                raise LakeError(f"--{name.replace('_', '-')} must be at least 1")
+        if self.val_fraction + self.test_fraction >= 1:
+            raise LakeError(f"--val-fraction {self.val_fraction} and --test-fraction {self.test_fraction} leave no "
+                            "train split: together they must be below 1")
         if self.rows_per_shard < self.block_rows:
             raise LakeError("--rows-per-shard must be at least --block-rows")
         from lake.storage import is_url
@@ -112,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "Re-running the same command resumes; the result is the same set of rows.",
         epilog="Open the result in Python with lake.catalog.open_shard_set(OUT); inspect it with "
                "`python -m shards stats OUT` and `python -m shards verify OUT`.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=HelpFormatter)
     add_dataclass_args(p, IngestConfig)
     return p
 

@@ -13,7 +13,14 @@ import shutil
 from lake.errors import LakeError
 from lake.schema import SHARDS_DIR, Manifest
 from ingest.journal import read_journals, rows_path, work_dir
+from ingest.sources.base import reason_category
 from shards.writer import finalize_set
+
+
+def _repeated(keys: list[str]) -> set[str]:
+    from collections import Counter
+
+    return {k for k, n in Counter(keys).items() if n > 1}
 
 
 def merge_set(root: str, plan: dict, all_units: list[str], settings: dict) -> Manifest:
@@ -28,7 +35,17 @@ def merge_set(root: str, plan: dict, all_units: list[str], settings: dict) -> Ma
     entries = sorted(state.shards.values(), key=lambda e: e.path)
     tables = [pq.read_table(rows_path(root, e.path)) for e in entries]
     index = pa.concat_tables(tables) if tables else None
-    committed = set(index.column("key").to_pylist()) if index is not None else set()
+    keys = index.column("key").to_pylist() if index is not None else []
+    committed = set(keys)
+    if len(committed) != len(keys):  # each rank never commits a key twice; two ranks sharing one is a source bug
+        twice = sorted(_repeated(keys))[:5]
+        raise LakeError(f"{root}: the same key was committed by two shards ({', '.join(twice)}); the source gives two "
+                        "clips one key. Report it; re-run with --overwrite once the source is fixed")
+    if not committed:
+        reasons = sorted({reason_category(r["reason"]) for r in state.quarantine})
+        raise LakeError(f"{root}: no clip could be used ({len(state.quarantine)} skipped"
+                        + (f": {', '.join(reasons[:6])}" if reasons else "") + "); nothing was written as a set. "
+                        f"The reasons per clip are in {work_dir(root)}/journal-*.jsonl; fix the input and re-run")
     # one record per clip: a clip retried after a kill is recorded once; one that later succeeded not at all
     quarantine = {}
     for rec in state.quarantine:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import sys
 import time
 
+from lake.cli import run_cli
 from lake.distributed import World, barrier, close_distributed, init_distributed
 from lake.progress import Progress
-from lake.errors import LakeError
 from ingest.config import IngestConfig, parse_config
 from ingest.journal import read_journals
 from ingest.plan import make_plan, prepare_output
@@ -88,12 +88,4 @@ def run(cfg: IngestConfig) -> int:
 
 
 def main(argv=None) -> int:
-    try:
-        cfg = parse_config(argv)
-        return run(cfg)
-    except LakeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished shards are kept; re-run the same command to resume", file=sys.stderr)
-        return 130
+    return run_cli(lambda: run(parse_config(argv)), kept="finished shards are kept")

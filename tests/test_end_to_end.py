@@ -122,3 +122,29 @@ def test_wrong_inputs_get_one_clear_message(pipeline):
     proc = run("trainers.slm", "--data-root", laion, "--clap-ckpt", ck / "clap_projectors.pt", "--num-emotions", "7",
                "--save-dir", tmp / "y", check=False)
     assert proc.returncode == 2 and "pass --num-emotions 9" in proc.stderr
+
+
+def test_predict_flags_inputs_outside_what_the_model_saw(pipeline, tmp_path):
+    import av
+
+    _, _, _, ck = pipeline
+    def wav(name, samples):
+        path = tmp_path / name
+        with av.open(str(path), "w", format="wav") as c:
+            s = c.add_stream("pcm_s16le", rate=16000, layout="mono")
+            frame = av.AudioFrame.from_ndarray(samples[None].astype(np.int16), format="s16", layout="mono")
+            frame.sample_rate = 16000
+            for p in list(s.encode(frame)) + list(s.encode(None)):
+                c.mux(p)
+        return path
+
+    rng = np.random.default_rng(0)
+    blip = wav("blip.wav", rng.integers(-8000, 8000, 800))  # 50 ms of sound
+    hush = wav("hush.wav", np.zeros(16000 * 120))  # two minutes of silence: longer than any training clip
+    proc = run("evaluation", "predict", "--stage3-ckpt", ck / "slm" / "slm_stage3_best.pt", "--json", blip, hush)
+    blip_r, hush_r = json.loads(proc.stdout)
+    assert any(w.startswith("too short: 0.05 s; the model was trained on clips of") for w in blip_r["warnings"])
+    assert any(w.startswith("silent") for w in hush_r["warnings"])
+    assert any(w.startswith("far longer than the training clips") for w in hush_r["warnings"])
+    text = run("evaluation", "predict", "--stage3-ckpt", ck / "slm" / "slm_stage3_best.pt", blip).stdout
+    assert "warning: too short" in text

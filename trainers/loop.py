@@ -172,6 +172,18 @@ def gather_outputs(task: Task, model: torch.nn.Module, loader: ShardLoader, devi
     return local
 
 
+def duration_quantiles(shards: ShardSet, split: str) -> dict:
+    """Clip durations of a split (seconds, from index.parquet): min, 1/50/99th percentile, max."""
+    import pyarrow.compute as pc
+
+    index = shards.index
+    d = index.filter(pc.equal(index["split"], split)).column("duration_s").to_numpy()
+    if not len(d):
+        return {}
+    q = np.percentile(d, [1, 50, 99])
+    return {"min": float(d.min()), "p1": float(q[0]), "p50": float(q[1]), "p99": float(q[2]), "max": float(d.max())}
+
+
 class Run:
     """One training run: the built parts, their checkpointer, and the loop over them."""
 
@@ -204,12 +216,15 @@ class Run:
                  "loader": self.train_loader, "rng": RNGPart(world), "train": self.state}
         self.ckpt = Checkpointer(cfg.save_dir, task.prefix, parts, self._meta, cfg.keep_epochs, world.is_main)
         self.log = RunLog(os.path.join(cfg.save_dir, "tb", task.prefix), world.is_main)
+        self.train_durations = duration_quantiles(self.shards, "train")  # what new inputs are compared with
+
 
     def _meta(self) -> dict:
         s = self.shards
         return {"stage": self.task.stage, "config": asdict(self.cfg), "arch": self.task.arch(),
                 "data": {"name": s.name, "root": s.root, "fingerprint": s.fingerprint, "encoders": s.manifest.encoders,
-                         "taxonomy": s.taxonomy, "audio_layers": s.manifest.audio_layers},
+                         "taxonomy": s.taxonomy, "audio_layers": s.manifest.audio_layers,
+                         "train_durations_s": self.train_durations},
                 **self.task.extra_state()}
 
     def restore(self) -> None:
