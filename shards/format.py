@@ -82,10 +82,10 @@ def decode_member(suffix: str, data: bytes) -> tuple[str, Any]:
     return name, np.load(io.BytesIO(data), allow_pickle=False)
 
 
-class _HashingFile:
-    """A write-only file wrapper that hashes and counts what passes through it."""
+class HashingFile:
+    """A write-only file wrapper that hashes and counts what passes through it (f=None: hash only)."""
 
-    def __init__(self, f):
+    def __init__(self, f=None):
         self.f = f
         self.sha = hashlib.sha256()
         self.bytes = 0
@@ -93,10 +93,26 @@ class _HashingFile:
     def write(self, data) -> int:
         self.sha.update(data)
         self.bytes += len(data)
-        return self.f.write(data)
+        return self.f.write(data) if self.f is not None else len(data)
 
     def tell(self) -> int:
         return self.bytes
+
+
+def copy_stream(src, dst=None, chunk: int = 8 << 20, on_bytes=None) -> HashingFile:
+    """Copy the readable `src` into `dst` (None: nowhere), hashing on the way; returns the hasher.
+
+    One pass both moves a shard and checks it against the manifest's sha256
+    (`shards.cache` downloads, `shards.copy` transfers).
+    """
+    out = HashingFile(dst)
+    while True:
+        data = src.read(chunk)
+        if not data:
+            return out
+        out.write(data)
+        if on_bytes is not None:
+            on_bytes(len(data))
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
@@ -124,7 +140,7 @@ class ShardWriter:
         self.tmp = self.final + TMP_SUFFIX
         os.makedirs(os.path.dirname(self.final), exist_ok=True)
         self._file = open(self.tmp, "wb")
-        self._hash = _HashingFile(self._file)
+        self._hash = HashingFile(self._file)
         self._tar = tarfile.open(fileobj=self._hash, mode="w", format=tarfile.USTAR_FORMAT)
         self.blocks: list[BlockEntry] = []
         self.rows = 0
