@@ -243,24 +243,18 @@ def exists(path: str) -> bool:
     return os.path.exists(local_path(path))
 
 
-def size(path: str) -> int:
-    if is_url(path):
-        fs, p = _fs(path)
-        with errors(path):
-            fs.invalidate_cache(p)
-            return int(fs.size(p))
-    return os.path.getsize(local_path(path))
-
-
 def info(path: str) -> dict:
-    """The filesystem's description of a file (size; for hf://, `lfs.sha256` of LFS files)."""
+    """The filesystem's description of a file: at least its size (for hf://, also `lfs.sha256` of LFS files)."""
     if is_url(path):
         fs, p = _fs(path)
         with errors(path):
-            fs.invalidate_cache(p)
+            fs.invalidate_cache(p)  # another process may have written it since we last listed
             return dict(fs.info(p))
-    st = os.stat(local_path(path))
-    return {"name": path, "size": st.st_size, "type": "directory" if os.path.isdir(local_path(path)) else "file"}
+    return {"name": path, "size": os.path.getsize(local_path(path))}
+
+
+def size(path: str) -> int:
+    return int(info(path)["size"])
 
 
 def read_bytes(path: str) -> bytes:

@@ -18,6 +18,7 @@ the manifest; pulling reads through `HfFileSystem` at `--revision`.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -217,12 +218,13 @@ def stage_for_upload(shards: ShardSet, paths: list[str], stage: str) -> None:
     for rel in paths:
         target = os.path.join(stage, rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        if os.path.lexists(target):
-            os.remove(target)
         if not storage.is_url(shards.root):
+            if os.path.lexists(target):
+                os.remove(target)
             os.symlink(os.path.abspath(storage.local_path(shards.path(rel))), target)
         elif rel in by_path:
-            transfer(shards.path(rel), target, by_path[rel])
+            if not already_there(target, by_path[rel]):  # staged by an interrupted push: kept
+                transfer(shards.path(rel), target, by_path[rel])
         else:
             storage.write_bytes_atomic(target, storage.read_bytes(shards.path(rel)))
 
@@ -257,6 +259,7 @@ def _push_to_hub(shards: ShardSet, dst: str, overwrite: bool, revision: str | No
         api.upload_file(path_or_fileobj=storage.read_bytes(shards.path(MANIFEST_NAME)), path_in_repo=MANIFEST_NAME,
                         repo_id=repo_id, repo_type="dataset", revision=revision,
                         commit_message=f"Shard set {shards.name!r}, fingerprint {shards.fingerprint}")
+    shutil.rmtree(stage, ignore_errors=True)  # links or copies, and upload_large_folder's resume records
     return CopySummary(src=shards.root, dst=root, name=shards.name, fingerprint=shards.fingerprint,
                        shards=len(shards.manifest.shards), copied=len(todo),
                        skipped=len(shards.manifest.shards) - len(todo), bytes_copied=sum(e.bytes for e in todo),
