@@ -206,9 +206,11 @@ class _GuardedFile:
             return self._f.close()
 
     def discard(self):
-        """Drop an unfinished upload instead of committing it (fsspec buffered files)."""
+        """Drop an unfinished upload instead of committing it (fsspec buffered files upload on close)."""
         with errors(self._url):
-            getattr(self._f, "discard", lambda: None)()
+            getattr(self._f, "discard", lambda: None)()  # s3fs: aborts the multipart upload
+        with contextlib.suppress(AttributeError):
+            self._f.closed = True  # so that garbage collection does not close it, i.e. upload it after all
 
     def __getattr__(self, name):
         return getattr(self._f, name)

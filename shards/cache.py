@@ -8,7 +8,7 @@ The cache directory:
 
     <sha256>.tar          a shard, named by its content hash: two sets sharing a shard share the
                           entry, and a replaced shard has another name, so it is never served stale
-    <sha256>.tar.part-*   a download in progress; renamed into place only after its size and
+    <sha256>.tar.*.tmp    a download in progress; renamed into place only after its size and
                           sha256 match the manifest, so no reader ever sees a torn or altered shard
     locks/<xx>.lock       flock()ed while a shard whose hash starts with xx is fetched, so processes
                           sharing the cache (ranks, loader workers, two runs) fetch each shard once;
@@ -35,9 +35,9 @@ from lake import storage
 from lake.catalog import ShardSet
 from lake.errors import LakeError
 from lake.schema import ShardEntry
-from shards.format import copy_stream
+from shards.copy import transfer
+from shards.format import TMP_SUFFIX
 
-CHUNK = 8 << 20  # bytes per read while downloading (each is one ranged GET on S3)
 DISK_RESERVE = 1 << 30  # free disk space a download must leave
 
 
@@ -77,33 +77,20 @@ class ShardCache:
                 return
             yield True  # released when f closes
 
-    def fetch(self, url: str, entry: ShardEntry, on_bytes=None) -> str:
+    def fetch(self, url: str, entry: ShardEntry, progress=None) -> str:
         """The cached file of the shard at `url`, downloading it (once across processes) if absent."""
         final = self.path_of(entry)
         with self._lock(entry.sha256[:2]):
             hit = self.lookup(entry)
             if hit is not None:
                 return hit  # another process fetched it while we waited
-            for stale in glob.glob(glob.escape(final) + ".part-*"):
+            for stale in glob.glob(glob.escape(final) + ".*" + TMP_SUFFIX):
                 os.remove(stale)  # we hold its lock: whoever wrote it died
             free = shutil.disk_usage(self.directory).free
             if entry.bytes > free - DISK_RESERVE:
                 raise LakeError(f"{self.directory}: {free / 1e9:.1f} GB free, too little to cache {url} "
                                 f"({entry.bytes / 1e9:.1f} GB); free space, or pass --cache-dir elsewhere")
-            tmp = f"{final}.part-{os.getpid()}-{threading.get_ident()}"
-            try:
-                with storage.open_file(url, "rb", block_size=CHUNK) as src, open(tmp, "wb") as dst:
-                    got = copy_stream(src, dst, CHUNK, on_bytes)
-                    dst.flush()
-                    os.fsync(dst.fileno())
-                if got.bytes != entry.bytes or got.sha.hexdigest() != entry.sha256:
-                    raise LakeError(f"{url}: fetched {got.bytes} bytes with another sha256 than the manifest's "
-                                    f"({entry.bytes} bytes); the shard in the store was altered or truncated: "
-                                    "run `python -m shards verify` on the set")
-                os.replace(tmp, final)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
+            transfer(url, final, entry, progress)  # verified, then renamed into place
         self.evict(keep={entry.sha256})
         return final
 
@@ -126,7 +113,7 @@ class ShardCache:
     def evict(self, keep=frozenset()) -> None:
         """Delete least recently used entries (never those in `keep`) until the rest fit; drop dead downloads."""
         with self._lock("evict"):
-            for part in glob.glob(os.path.join(glob.escape(self.directory), "*.tar.part-*")):
+            for part in glob.glob(os.path.join(glob.escape(self.directory), "*.tar.*" + TMP_SUFFIX)):
                 with self._lock(os.path.basename(part)[:2], blocking=False) as free:
                     if free:  # nobody is downloading under this lock: the part is a dead process's
                         with contextlib.suppress(FileNotFoundError):

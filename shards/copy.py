@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -29,6 +30,7 @@ from lake.errors import LakeError
 from lake.schema import INDEX_NAME, MANIFEST_NAME, QUARANTINE_NAME, Manifest, ShardEntry
 from shards.format import TMP_SUFFIX, copy_stream
 
+CHUNK = 8 << 20  # bytes per read while moving a shard (each one ranged GET from an object store)
 EXTRA_FILES = (INDEX_NAME, QUARANTINE_NAME)
 """The set's other files: no hash in the manifest, small, copied whole every time (before the manifest)."""
 
@@ -115,15 +117,19 @@ def _damaged(src: str, got, entry: ShardEntry) -> LakeError | None:
 
 
 def transfer(src: str, dst: str, entry: ShardEntry, progress=None) -> None:
-    """Copy one shard, hashing it on the way; the destination never holds a partial or unverified copy."""
+    """Copy one shard, hashing it on the way; the destination never holds a partial or unverified copy.
+
+    A local copy is written to `<dst>.<pid>-<thread>.tmp` and renamed into place after the check; an upload
+    whose bytes do not check out is discarded instead of committed. `progress`: a tqdm-like bar.
+    """
     on_bytes = progress.update if progress is not None else None
     if not storage.is_url(dst):
         final = storage.local_path(dst)
         os.makedirs(os.path.dirname(final) or ".", exist_ok=True)
-        tmp = final + TMP_SUFFIX
+        tmp = f"{final}.{os.getpid()}-{threading.get_ident()}{TMP_SUFFIX}"
         try:
-            with storage.open_file(src, "rb") as s, open(tmp, "wb") as d:
-                got = copy_stream(s, d, on_bytes=on_bytes)
+            with storage.open_file(src, "rb", block_size=CHUNK) as s, open(tmp, "wb") as d:
+                got = copy_stream(s, d, CHUNK, on_bytes)
                 d.flush()
                 os.fsync(d.fileno())
             bad = _damaged(src, got, entry)
@@ -136,8 +142,8 @@ def transfer(src: str, dst: str, entry: ShardEntry, progress=None) -> None:
         return
     out = storage.open_file(dst, "wb")
     try:
-        with storage.open_file(src, "rb") as s:
-            got = copy_stream(s, out, on_bytes=on_bytes)
+        with storage.open_file(src, "rb", block_size=CHUNK) as s:
+            got = copy_stream(s, out, CHUNK, on_bytes)
         bad = _damaged(src, got, entry)
     except BaseException:
         out.discard()  # an object store commits on close: never commit a partial upload
