@@ -158,6 +158,15 @@ class _Gather:
             yield out
 
 
+def _unwrapped(e: LakeError) -> LakeError:
+    """A LakeError from a DataLoader worker (a lost connection, a damaged shard) comes back wrapped in the
+    worker's traceback; the user gets the one-line message it had."""
+    text = str(e)
+    if not text.startswith("Caught LakeError in DataLoader worker"):
+        return e
+    return LakeError(text.rstrip().rsplit("LakeError: ", 1)[-1])
+
+
 def _to_torch(batches):
     for b in batches:
         yield {k: torch.from_numpy(v) for k, v in b.items()}
@@ -262,11 +271,14 @@ class ShardLoader:
         batches = iter(self._dataloader)  # workers start (fork) here, before any prefetch thread exists
         if self.prefetcher is not None:
             self.prefetcher.start(self._shard_order(start))
-        for batch in batches:
-            if self.prefetcher is not None:
-                self.prefetcher.check()
-            self.consumed += 1
-            yield batch
+        try:
+            for batch in batches:
+                if self.prefetcher is not None:
+                    self.prefetcher.check()
+                self.consumed += 1
+                yield batch
+        except LakeError as e:
+            raise _unwrapped(e) from None
 
     def _shard_order(self, start: int) -> np.ndarray:
         """Shards in the order this rank's batches from `start` on first touch them: what to prefetch first."""
