@@ -167,6 +167,10 @@ class Prefetcher:
         self._alive = self._busy = 0
         self.error: BaseException | None = None
 
+    def needed(self) -> bool:
+        """Whether any shard is still to fetch; records a use of every cached one (their LRU order)."""
+        return any([self.cache.lookup(e) is None for e in self.entries])  # a list: touch them all
+
     def start(self, order) -> None:
         """Fetch these shard indices (first ones first), replacing what is still queued."""
         with self._cond:
@@ -198,9 +202,10 @@ class Prefetcher:
                     self._cond.notify_all()
 
     def check(self) -> None:
-        """Raise what a prefetch thread met (an altered shard, a lost connection)."""
-        if self.error is not None:
-            raise self.error
+        """Raise what a prefetch thread met (an altered shard, a lost connection), once."""
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
 
     def wait(self) -> None:
         """Until everything queued is fetched (benchmarks and tests; the loader never waits)."""

@@ -269,7 +269,7 @@ class ShardLoader:
                 # mid-epoch would see other dropout masks than an uninterrupted one
                 generator=torch.Generator().manual_seed(self.seed))
         batches = iter(self._dataloader)  # workers start (fork) here, before any prefetch thread exists
-        if self.prefetcher is not None:
+        if self.prefetcher is not None and self.prefetcher.needed():
             self.prefetcher.start(self._shard_order(start))
         try:
             for batch in batches:

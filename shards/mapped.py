@@ -72,6 +72,7 @@ class ShardMap:
         self.members = members  # which members to load (None = all, meta included)
         self._mm = None
         self._cache = cache if storage.is_url(path) else None  # a shards.cache.ShardCache, or None
+        self._views: dict[int, dict] = {}  # blocks of the mmap, parsed once: views cost nothing to keep
         if not storage.is_url(path):
             self._mm = _map_file(path, storage.local_path(path), entry)
         else:
@@ -92,6 +93,14 @@ class ShardMap:
     def block(self, index: int) -> dict:
         if self._mm is None and self._cache is not None:
             self._from_cache()
+        if self._mm is None:
+            return self._read(index)
+        hit = self._views.get(index)
+        if hit is None:  # parsing the .npy headers costs ~0.1 ms a block, more than the views are worth
+            hit = self._views[index] = self._read(index)
+        return hit
+
+    def _read(self, index: int) -> dict:
         entry = self.entry.blocks[index]
         where = f"{self.path} block {index}"
         out = {}
