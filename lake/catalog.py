@@ -1,14 +1,43 @@
-"""Open a shard set by local path or fsspec URL and check that it is one we can read."""
+"""Open a shard set by local path or fsspec URL and check that it is one we can read.
+
+How a set is opened also says where its shards are cached: a set behind a URL
+is streamed through a local shard cache (`shards.cache`), in `cache_dir` and at
+most `cache_limit_gb` large. Both default from the environment
+(`EMOLAKE_CACHE_DIR`, `EMOLAKE_CACHE_LIMIT_GB`), then to
+`$XDG_CACHE_HOME/emolake/shards` (or `~/.cache/emolake/shards`) and 50 GB, so
+every reader that opens a set gets the cache without passing anything.
+A limit of 0 turns the cache off (ranged reads of the recorded byte ranges).
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from functools import cached_property
 
 from lake import storage
 from lake.errors import LakeError
 from lake.schema import INDEX_NAME, MANIFEST_NAME, QUARANTINE_NAME, Manifest, ShardEntry
+
+CACHE_DIR_ENV = "EMOLAKE_CACHE_DIR"
+CACHE_LIMIT_ENV = "EMOLAKE_CACHE_LIMIT_GB"
+DEFAULT_CACHE_LIMIT_GB = 50.0
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.environ.get(CACHE_DIR_ENV) or os.path.join(base, "emolake", "shards")
+
+
+def default_cache_limit_gb() -> float:
+    text = os.environ.get(CACHE_LIMIT_ENV)
+    if not text:
+        return DEFAULT_CACHE_LIMIT_GB
+    try:
+        return float(text)
+    except ValueError:
+        raise LakeError(f"{CACHE_LIMIT_ENV}={text!r}: not a number of GB") from None
 
 
 @dataclass
@@ -17,6 +46,8 @@ class ShardSet:
 
     root: str
     manifest: Manifest
+    cache_dir: str | None = None  # local shard cache for a set behind a URL (None: read in place)
+    cache_limit_gb: float = 0.0  # 1 GB = 1e9 bytes; 0: no cache, ranged reads
 
     @property
     def name(self) -> str:
@@ -69,16 +100,26 @@ class ShardSet:
         return rows
 
 
-def open_shard_set(root: str) -> ShardSet:
-    """Read `root/manifest.json`; every problem becomes one LakeError naming the file."""
+def open_shard_set(root: str, cache_dir: str | None = None, cache_limit_gb: float | None = None) -> ShardSet:
+    """Read `root/manifest.json`; every problem becomes one LakeError naming the file.
+
+    `cache_dir` / `cache_limit_gb` (GB) matter only for a set behind a URL; None means the default.
+    """
     root = str(root).rstrip("/") or "/"
+    if cache_limit_gb is not None and cache_limit_gb < 0:
+        raise LakeError(f"--cache-limit {cache_limit_gb}: must be 0 (no cache) or more GB")
     manifest_path = storage.join(root, MANIFEST_NAME)
-    if not storage.exists(root):
-        raise LakeError(f"{root}: no such shard set (the path does not exist)")
-    if not storage.exists(manifest_path):
-        raise LakeError(f"{root}: not a shard set (no {MANIFEST_NAME}); make one with `python -m ingest`")
     try:
+        # read first, ask later: some filesystems answer "does not exist" when the server cannot be reached
         text = storage.read_bytes(manifest_path).decode("utf-8")
+    except FileNotFoundError:
+        if not storage.exists(root):
+            raise LakeError(f"{root}: no such shard set (the path does not exist)") from None
+        raise LakeError(f"{root}: not a shard set (no {MANIFEST_NAME}); make one with `python -m ingest`") from None
     except (OSError, UnicodeDecodeError) as e:
         raise LakeError(f"{manifest_path}: cannot read ({e})") from None
-    return ShardSet(root=root, manifest=Manifest.from_json(text, where=manifest_path))
+    shards = ShardSet(root=root, manifest=Manifest.from_json(text, where=manifest_path))
+    if storage.is_url(root):
+        shards.cache_dir = cache_dir or default_cache_dir()
+        shards.cache_limit_gb = default_cache_limit_gb() if cache_limit_gb is None else float(cache_limit_gb)
+    return shards

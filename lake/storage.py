@@ -2,13 +2,31 @@
 
 Local paths stay on the fast path (plain `open`, `os.replace`, mmap); anything
 with a scheme goes through fsspec, imported only when needed.
+
+Every failure of the storage layer itself (a bucket that does not exist, wrong
+or missing credentials, an endpoint that refuses connections, a scheme with no
+installed filesystem) becomes one `LakeError` naming the URL and what to do,
+here and nowhere else: `errors(url)` does the mapping, every function below runs
+its fsspec calls inside it, and readers that stream a file themselves wrap their
+loop in it. A missing file stays a `FileNotFoundError` (callers know what the
+file is for and say so).
+
+Credentials and endpoints come from the ecosystem's own configuration (for S3:
+`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, `AWS_PROFILE`, ~/.aws/config, which
+botocore reads; for the Hub: `hf auth login`, `HF_ENDPOINT`); anything else goes
+to the filesystem as fsspec storage options (`set_storage_options`, or fsspec's
+own `FSSPEC_S3='{"key": ...}'` environment variables).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 from typing import IO
+
+from lake.errors import LakeError
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -16,6 +34,11 @@ _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 def is_url(path: str) -> bool:
     """True for `scheme://...` other than `file://`."""
     return bool(_SCHEME.match(str(path))) and not str(path).startswith("file://")
+
+
+def scheme(path: str) -> str:
+    """'s3' for s3://..., '' for a local path."""
+    return str(path).split("://", 1)[0] if is_url(path) else ""
 
 
 def local_path(path: str) -> str:
@@ -31,36 +54,217 @@ def join(base: str, *parts: str) -> str:
     return os.path.join(local_path(base), *parts)
 
 
+# -- errors: the one place where storage failures become user-facing messages ---------------------------------
+
+_CONNECTION = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ProxyConnectionError",
+               "ClientConnectorError", "ServerDisconnectedError", "ClientOSError", "FSTimeoutError",
+               "ConnectionClosedError", "ConnectionError", "Timeout", "TimeoutError"}
+_CREDENTIALS = {"NoCredentialsError", "PartialCredentialsError", "CredentialRetrievalError", "ProfileNotFound",
+                "LocalTokenNotFoundError"}
+_SERVICE_ERRORS = {"BotoCoreError", "ClientError", "ClientResponseError", "HfHubHTTPError"}
+
+
+def _names(exc: BaseException) -> set[str]:
+    return {c.__name__ for c in type(exc).__mro__}
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _endpoint(url: str) -> str:
+    proto = scheme(url)
+    if proto in ("s3", "s3a"):
+        opts = _options().get("s3", {})
+        return (opts.get("endpoint_url") or opts.get("client_kwargs", {}).get("endpoint_url")
+                or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3")
+    if proto == "hf":
+        from huggingface_hub import constants
+
+        return constants.ENDPOINT
+    return f"the {proto}:// service"
+
+
+def _reason(exc: BaseException) -> str:
+    """A few words on why a connection failed, from the exception and the ones it wraps."""
+    if "OfflineModeIsEnabled" in _names(exc):
+        return "offline mode is on: HF_HUB_OFFLINE=1"
+    chain, e = [], exc
+    while e is not None and len(chain) < 8:
+        chain.append(e)
+        kwargs = getattr(e, "kwargs", None)  # botocore keeps the cause there
+        e = (kwargs.get("error") if isinstance(kwargs, dict) else None) or e.__cause__ or e.__context__
+    text = " ".join(str(x) for x in chain).lower()
+    if "refused" in text or any(isinstance(x, ConnectionRefusedError) for x in chain):
+        return "connection refused"
+    if "timed out" in text or "timeout" in text:
+        return "timed out"
+    return _short(exc)
+
+
+def _translate(url: str, exc: BaseException) -> LakeError | None:
+    """The LakeError for a storage failure, or None for a missing file (and for what is not storage's)."""
+    names, proto = _names(exc), scheme(url) or "file"
+    if isinstance(exc, ImportError):
+        return LakeError(f"{url}: no filesystem for {proto}:// is installed ({_short(exc)}); install it "
+                         "(s3fs for s3://, huggingface_hub for hf://) or use a local path")
+    if isinstance(exc, ValueError) and "protocol not known" in str(exc).lower():
+        return LakeError(f"{url}: unknown URL scheme {proto}://; give a local path, s3://, hf:// or the URL of "
+                         "another installed fsspec filesystem")
+    if isinstance(exc, FileNotFoundError):
+        if "bucket does not exist" in str(exc).lower():
+            bucket = local_path(url).split("://", 1)[-1].split("/", 1)[0]
+            return LakeError(f"{url}: the bucket {bucket!r} does not exist at {_endpoint(url)}; create it "
+                             f"(`aws s3 mb s3://{bucket}`) or fix the URL")
+        return None
+    if isinstance(exc, TypeError) and "unexpected keyword argument" in str(exc):
+        return LakeError(f"{url}: a storage option is not accepted by the {proto}:// filesystem ({_short(exc)}); "
+                         "check --storage-options")
+    if names & _CREDENTIALS:
+        how = ("log in with `hf auth login` or set HF_TOKEN" if proto == "hf" else "set AWS_ACCESS_KEY_ID and "
+               "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or pass them with --storage-options")
+        return LakeError(f"{url}: no usable credentials ({_short(exc)}); {how}")
+    if isinstance(exc, PermissionError) or "GatedRepoError" in names:
+        login = "`hf auth login`" if proto == "hf" else "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+        return LakeError(f"{url}: access denied ({_short(exc)}); check the credentials ({login}) and "
+                         "the permissions on the bucket or repository")
+    if names & _CONNECTION or isinstance(exc, (ConnectionError, TimeoutError)):
+        where = "HF_ENDPOINT, HF_HUB_OFFLINE" if proto == "hf" else "AWS_ENDPOINT_URL"
+        return LakeError(f"{url}: cannot reach {_endpoint(url)} ({_reason(exc)}); check the network and the "
+                         f"endpoint ({where}), then re-run: finished work is kept")
+    if is_url(url) and (names & _SERVICE_ERRORS or isinstance(exc, OSError)):
+        return LakeError(f"{url}: the object store failed the request ({_short(exc)}); re-run to retry")
+    return None
+
+
+@contextlib.contextmanager
+def errors(url: str):
+    """Run fsspec calls on `url`; a storage failure leaves as one LakeError (a missing file as FileNotFoundError)."""
+    try:
+        yield
+    except LakeError:
+        raise
+    except Exception as e:
+        mapped = _translate(str(url), e)
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
+# -- filesystems and their options ---------------------------------------------------------------------------
+
+def _options() -> dict:
+    import fsspec.config
+
+    return fsspec.config.conf
+
+
+def set_storage_options(urls, options: str | dict | None) -> None:
+    """Pass fsspec storage options (`--storage-options JSON`) to the filesystems of these URLs.
+
+    Written into fsspec's own configuration, which every later filesystem of that
+    protocol reads (DataLoader workers forked afterwards inherit it).
+    """
+    if not options:
+        return
+    if isinstance(options, str):
+        try:
+            options = json.loads(options)
+        except json.JSONDecodeError as e:
+            raise LakeError(f"--storage-options: not valid JSON ({e})") from None
+    if not isinstance(options, dict):
+        raise LakeError("--storage-options: expected a JSON object, e.g. '{\"anon\": true}'")
+    for url in urls:
+        if is_url(url):
+            _options().setdefault(scheme(url), {}).update(options)
+
+
 def _fs(url: str):
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs, path
+    with errors(url):
+        return fsspec.core.url_to_fs(url)
 
 
-def open_file(path: str, mode: str = "rb") -> IO:
+class _GuardedFile:
+    """A remote file whose reads and writes report storage failures through `errors` (they happen lazily)."""
+
+    def __init__(self, f, url: str):
+        self._f, self._url = f, url
+
+    def read(self, *a):
+        with errors(self._url):
+            return self._f.read(*a)
+
+    def write(self, data):
+        with errors(self._url):
+            return self._f.write(data)
+
+    def close(self):
+        with errors(self._url):
+            return self._f.close()
+
+    def discard(self):
+        """Drop an unfinished upload instead of committing it (fsspec buffered files upload on close)."""
+        with errors(self._url):
+            getattr(self._f, "discard", lambda: None)()  # s3fs: aborts the multipart upload
+        with contextlib.suppress(AttributeError):
+            self._f.closed = True  # so that garbage collection does not close it, i.e. upload it after all
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_file(path: str, mode: str = "rb", **kwargs) -> IO:
     if is_url(path):
         fs, p = _fs(path)
-        return fs.open(p, mode)
+        with errors(path):
+            return _GuardedFile(fs.open(p, mode, **kwargs), path)
     return open(local_path(path), mode)
 
 
 def exists(path: str) -> bool:
     if is_url(path):
         fs, p = _fs(path)
-        return fs.exists(p)
+        with errors(path):
+            try:
+                fs.invalidate_cache(p)  # another process may have written it since we last listed
+                fs.info(p)  # not fs.exists: some filesystems answer False for "cannot reach the server"
+                return True
+            except FileNotFoundError as e:
+                if _translate(path, e) is not None:
+                    raise
+                return False
     return os.path.exists(local_path(path))
 
 
-def size(path: str) -> int:
+def info(path: str) -> dict:
+    """The filesystem's description of a file: at least its size (for hf://, also `lfs.sha256` of LFS files)."""
     if is_url(path):
         fs, p = _fs(path)
-        return int(fs.size(p))
-    return os.path.getsize(local_path(path))
+        with errors(path):
+            fs.invalidate_cache(p)  # another process may have written it since we last listed
+            return dict(fs.info(p))
+    return {"name": path, "size": os.path.getsize(local_path(path))}
+
+
+def size(path: str) -> int:
+    return int(info(path)["size"])
 
 
 def read_bytes(path: str) -> bytes:
-    with open_file(path, "rb") as f:
+    if is_url(path):
+        fs, p = _fs(path)
+        with errors(path):
+            return fs.cat_file(p)
+    with open(local_path(path), "rb") as f:
         return f.read()
 
 
@@ -68,7 +272,8 @@ def read_range(path: str, start: int, end: int) -> bytes:
     """Bytes [start, end) of a file: one ranged GET on an object store."""
     if is_url(path):
         fs, p = _fs(path)
-        return fs.cat_file(p, start=start, end=end)
+        with errors(path):
+            return fs.cat_file(p, start=start, end=end)
     with open(local_path(path), "rb") as f:
         f.seek(start)
         return f.read(end - start)
@@ -78,8 +283,24 @@ def listdir(path: str) -> list[str]:
     """Base names of the entries of a directory (sorted)."""
     if is_url(path):
         fs, p = _fs(path)
-        return sorted(os.path.basename(x.rstrip("/")) for x in fs.ls(p, detail=False))
+        with errors(path):
+            fs.invalidate_cache(p)
+            return sorted(os.path.basename(x.rstrip("/")) for x in fs.ls(p, detail=False))
     return sorted(os.listdir(local_path(path)))
+
+
+def remove(path: str) -> None:
+    """Delete one file; a file already gone is fine."""
+    try:
+        if is_url(path):
+            fs, p = _fs(path)
+            with errors(path):
+                fs.rm_file(p)
+                fs.invalidate_cache(p)
+        else:
+            os.remove(local_path(path))
+    except FileNotFoundError:
+        pass
 
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
@@ -90,7 +311,8 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     """
     if is_url(path):
         fs, p = _fs(path)
-        fs.pipe_file(p, data)
+        with errors(path):
+            fs.pipe_file(p, data)
         return
     path = local_path(path)
     tmp = f"{path}.tmp-{os.getpid()}"

@@ -1,7 +1,10 @@
-"""`python -m shards`: look inside a shard set (ls, stats, verify, show, head).
+"""`python -m shards`: look inside a shard set (ls, stats, verify, show, head) and move it (cp).
 
 Each subcommand takes SET: a shard set's directory, or an fsspec URL of one
-(s3://bucket/prefix, hf://datasets/...), and prints to stdout. In Python:
+(s3://bucket/prefix, hf://datasets/OWNER/NAME), and prints to stdout. Object-store
+credentials and endpoints come from the usual places (AWS_ENDPOINT_URL,
+AWS_ACCESS_KEY_ID, AWS_PROFILE, ~/.aws/config; `hf auth login`); anything else
+goes in --storage-options. In Python:
 
     from lake.catalog import open_shard_set
     shards = open_shard_set("data/laion-en")   # manifest + index.parquet
@@ -13,7 +16,8 @@ import argparse
 import json
 import sys
 
-from lake.catalog import open_shard_set
+from lake import storage
+from lake.catalog import default_cache_dir, open_shard_set
 from lake.errors import LakeError
 
 
@@ -70,6 +74,7 @@ def cmd_stats(args) -> int:
 def cmd_verify(args) -> int:
     from shards.verify import verify_set
 
+    open_shard_set(args.set)  # a set that cannot be opened at all (bad URL, no bucket, no server): exit 2
     problems, warnings, summary = verify_set(args.set, workers=args.workers, progress=sys.stderr.isatty())
     for w in warnings:
         print(f"warning: {w}")
@@ -110,26 +115,53 @@ def cmd_head(args) -> int:
     return 0
 
 
+def cmd_cp(args) -> int:
+    from shards.copy import copy_set
+
+    bar = None
+    if args.progress:
+        from tqdm import tqdm
+
+        bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="cp", leave=False)
+    try:
+        s = copy_set(args.src, args.dst, overwrite=args.overwrite, revision=args.revision, progress=bar,
+                     cache_dir=args.cache_dir)
+    finally:
+        if bar is not None:
+            bar.close()
+    rate = s.bytes_copied / max(s.seconds, 1e-9) / 1e6
+    print(f"copied {s.copied} shard(s), {_human(s.bytes_copied)} ({rate:.1f} MB/s); skipped {s.skipped} already "
+          f"there; {s.seconds:.1f} s")
+    print(f"{s.dst}: shard set {s.name!r}, {s.shards} shards, fingerprint {s.fingerprint}; "
+          f"check it with `python -m shards verify {s.dst}`")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m shards", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     set_help = "the shard set: a directory holding manifest.json, or an fsspec URL of one"
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--storage-options", metavar="JSON",
+                        help="fsspec options for the URL's filesystem, as a JSON object, e.g. "
+                             "'{\"endpoint_url\": \"http://127.0.0.1:9000\"}' (default: none; credentials and "
+                             "endpoints are read from the AWS environment and config files)")
 
-    s = sub.add_parser("ls", help="list shards with split, rows and bytes",
+    s = sub.add_parser("ls", parents=[common], help="list shards with split, rows and bytes",
                        description="List the shards of a set with their split, rows, blocks and size.")
     s.add_argument("set", metavar="SET", help=set_help)
     s.add_argument("--split", help="only this split (train, val, dev, test)")
     s.set_defaults(func=cmd_ls)
 
-    s = sub.add_parser("stats", help="rows per split, label histogram, dims, hours",
+    s = sub.add_parser("stats", parents=[common], help="rows per split, label histogram, dims, hours",
                        description="Rows and hours of audio per split, the label histogram with class names, "
                                    "encoder dims and stored audio layers. Reads the manifest and index.parquet only.")
     s.add_argument("set", metavar="SET", help=set_help)
     s.add_argument("--json", action="store_true", help="print one JSON object instead of tables (includes num_classes)")
     s.set_defaults(func=cmd_stats)
 
-    s = sub.add_parser("verify", help="check every shard and the index against the manifest",
+    s = sub.add_parser("verify", parents=[common], help="check every shard and the index against the manifest",
                        description="Read every shard in full: sha256, size and row count against the manifest; "
                                    "each block's members, shapes and dtypes against the manifest's dims; "
                                    "index.parquet against the shards (no key missing or duplicated). Prints every "
@@ -138,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=4, help="shards checked in parallel (threads; default: 4)")
     s.set_defaults(func=cmd_verify)
 
-    s = sub.add_parser("show", help="one clip: metadata, label, embedding norms",
+    s = sub.add_parser("show", parents=[common], help="one clip: metadata, label, embedding norms",
                        description="Print one clip's index row, its block metadata (transcript, caption, soft "
                                    "labels), its label and the norms of its stored embeddings.")
     s.add_argument("set", metavar="SET", help=set_help)
@@ -146,17 +178,40 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_show)
 
-    s = sub.add_parser("head", help="the first rows of the index as a table",
+    s = sub.add_parser("head", parents=[common], help="the first rows of the index as a table",
                        description="The first rows of index.parquet: key, split, label, duration, transcript.")
     s.add_argument("set", metavar="SET", help=set_help)
     s.add_argument("-n", type=int, default=10, help="number of rows (default: 10)")
     s.set_defaults(func=cmd_head)
+
+    s = sub.add_parser("cp", parents=[common], help="copy a set between a directory, s3:// and hf://, resumably",
+                       description="Copy the shard set SRC to DST (each a directory, an s3:// prefix or "
+                                   "hf://datasets/OWNER/NAME). A shard already at DST with the manifest's size and "
+                                   "sha256 is skipped, so re-running after an interruption resumes; every shard is "
+                                   "hashed in transit and checked against the manifest; the manifest is written "
+                                   "last, so DST is a set only once it is complete. A DST holding another set is "
+                                   "refused. Cost: one read of SRC, one write of what DST lacks, and one read of "
+                                   "the shards already at DST (to check them).")
+    s.add_argument("src", metavar="SRC", help="the set to copy (" + set_help + ")")
+    s.add_argument("dst", metavar="DST", help="where to put it: a directory, an s3:// prefix or hf://datasets/OWNER/NAME")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace another set at DST (its manifest is removed first, then its shards the new set lacks)")
+    s.add_argument("--revision", help="hf:// only: the branch, tag or commit to read SRC at, or the branch of DST "
+                                      "to commit to (default: main)")
+    s.add_argument("--cache-dir", default=None,
+                   help="local folder for staging a push to hf:// (links or verified copies; default: "
+                        f"{default_cache_dir()}, or $EMOLAKE_CACHE_DIR)")
+    s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                   help="a progress bar of bytes on stderr (default: when stderr is a terminal)")
+    s.set_defaults(func=cmd_cp)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        storage.set_storage_options([getattr(args, k) for k in ("set", "src", "dst") if hasattr(args, k)],
+                                    args.storage_options)
         return args.func(args)
     except LakeError as e:
         print(f"error: {e}", file=sys.stderr)

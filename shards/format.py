@@ -86,10 +86,10 @@ def decode_member(suffix: str, data: bytes) -> tuple[str, Any]:
 
 
 class HashingFile:
-    """A file wrapper that sha256-hashes and counts every byte written or read through it
-    (one pass both writes or parses a shard and checksums it)."""
+    """A file wrapper that sha256-hashes and counts every byte written or read through it (one pass both
+    writes or parses a shard and checksums it); f=None: hash only."""
 
-    def __init__(self, f):
+    def __init__(self, f=None):
         self.f = f
         self.sha = hashlib.sha256()
         self.bytes = 0
@@ -97,7 +97,7 @@ class HashingFile:
     def write(self, data) -> int:
         self.sha.update(data)
         self.bytes += len(data)
-        return self.f.write(data)
+        return self.f.write(data) if self.f is not None else len(data)
 
     def read(self, n: int = -1) -> bytes:
         data = self.f.read(n)
@@ -115,6 +115,22 @@ class HashingFile:
 
     def hexdigest(self) -> str:
         return self.sha.hexdigest()
+
+
+def copy_stream(src, dst=None, chunk: int = 8 << 20, on_bytes=None) -> HashingFile:
+    """Copy the readable `src` into `dst` (None: nowhere), hashing on the way; returns the hasher.
+
+    One pass both moves a shard and checks it against the manifest's sha256
+    (`shards.cache` downloads, `shards.copy` transfers).
+    """
+    out = HashingFile(dst)
+    while True:
+        data = src.read(chunk)
+        if not data:
+            return out
+        out.write(data)
+        if on_bytes is not None:
+            on_bytes(len(data))
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:

@@ -26,6 +26,7 @@ import webdataset as wds
 from lake import storage
 from lake.catalog import ShardSet
 from lake.errors import LakeError
+from shards.cache import Prefetcher, cache_for
 from shards.mapped import ShardMap
 from shards.partition import block_offsets, epoch_order, eval_batches, train_batches, worker_batches
 
@@ -67,7 +68,7 @@ class _Gather:
     """
 
     def __init__(self, loader: "ShardLoader"):
-        self.paths, self.entries = loader.paths, loader.entries
+        self.paths, self.entries, self.cache = loader.paths, loader.entries, loader.cache
         self.block_table = loader.block_table  # [n_blocks, 2]: shard index, block index in shard
         self.offsets = block_offsets(loader.block_rows)
         self.layer_idx = loader.layer_idx
@@ -84,7 +85,7 @@ class _Gather:
     def _map(self, s: int) -> ShardMap:
         shard = self._maps.get(s)
         if shard is None:
-            shard = self._maps[s] = ShardMap(self.paths[s], self.entries[s], members=self.members)
+            shard = self._maps[s] = ShardMap(self.paths[s], self.entries[s], members=self.members, cache=self.cache)
         return shard
 
     def _block(self, b: int) -> list:
@@ -131,7 +132,7 @@ class _Gather:
     def labels(self) -> np.ndarray:
         """All labels of the split, read once (label members only: behind a URL, a few bytes per block)."""
         if self._labels is None:
-            maps = [ShardMap(p, e, members=("label",)) for p, e in zip(self.paths, self.entries)]
+            maps = [ShardMap(p, e, members=("label",), cache=self.cache) for p, e in zip(self.paths, self.entries)]
             parts = [maps[int(s)].block(int(i))["label"] for s, i in self.block_table]
             self._labels = np.concatenate(parts).astype(np.int64)
         return self._labels
@@ -155,6 +156,15 @@ class _Gather:
                 out["label"] = self.labels()[rows]
             out["row"] = rows
             yield out
+
+
+def _unwrapped(e: LakeError) -> LakeError:
+    """A LakeError from a DataLoader worker (a lost connection, a damaged shard) comes back wrapped in the
+    worker's traceback; the user gets the one-line message it had."""
+    text = str(e)
+    if not text.startswith("Caught LakeError in DataLoader worker"):
+        return e
+    return LakeError(text.rstrip().rsplit("LakeError: ", 1)[-1])
 
 
 def _to_torch(batches):
@@ -206,6 +216,11 @@ class ShardLoader:
             raise LakeError(f"{shards.root}: split {split!r} has {self.num_rows} rows, fewer than one global batch "
                             f"of {batch_size}; lower --batch-size")
         self.fingerprint = m.fingerprint()
+        # a set behind a URL: shards fetched whole into the local cache in the background, read by ranges
+        # until they arrive (None: a local set, or shards that do not fit the cache: ranged reads only);
+        # `prefetcher.wait()` lets a benchmark or test start an epoch with everything cached
+        self.cache = cache_for(shards, entries)
+        self.prefetcher = Prefetcher(self.cache, self.paths, entries) if self.cache is not None else None
         self.epoch, self.consumed = 0, 0
         import multiprocessing as mp
 
@@ -253,10 +268,30 @@ class ShardLoader:
                 # a private generator: creating an iterator must not draw from the global RNG, or a run resumed
                 # mid-epoch would see other dropout masks than an uninterrupted one
                 generator=torch.Generator().manual_seed(self.seed))
-        loader = self._dataloader
-        for batch in loader:
-            self.consumed += 1
-            yield batch
+        batches = iter(self._dataloader)  # workers start (fork) here, before any prefetch thread exists
+        if self.prefetcher is not None and self.prefetcher.needed():
+            self.prefetcher.start(self._shard_order(start))
+        try:
+            for batch in batches:
+                if self.prefetcher is not None:
+                    self.prefetcher.check()
+                self.consumed += 1
+                yield batch
+        except LakeError as e:
+            raise _unwrapped(e) from None
+
+    def _shard_order(self, start: int) -> np.ndarray:
+        """Shards in the order this rank's batches from `start` on first touch them: what to prefetch first."""
+        if self.training:
+            order = epoch_order(self.block_rows, self.seed, self.epoch, self.window_blocks)
+            rows = train_batches(order, self.rank, self.world, self.local_batch)[start:].ravel()
+        else:
+            parts = eval_batches(self.num_rows, self.rank, self.world, self.local_batch)
+            rows = np.concatenate(parts) if parts else np.empty(0, np.int64)
+        blocks = np.searchsorted(block_offsets(self.block_rows), rows, side="right") - 1
+        shards = self.block_table[blocks, 0]
+        _, first = np.unique(shards, return_index=True)
+        return shards[np.sort(first)]
 
     # -- resumable state -----------------------------------------------------------
     def state_dict(self) -> dict:

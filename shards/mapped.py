@@ -2,12 +2,14 @@
 
 Local shards are memory-mapped and each `.npy` payload is viewed in place
 (`np.frombuffer` at the offset after its header): no copy until the loader
-gathers rows into a batch. Shards behind a URL are read one block at a time with
-ranged reads of exactly the recorded byte ranges.
+gathers rows into a batch. A shard behind a URL is mapped the same way from the
+local shard cache (`shards.cache`) once it is there; until then (or without a
+cache) its blocks are read with ranged reads of exactly the recorded byte ranges.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import mmap
@@ -49,24 +51,39 @@ def npy_view(buf, offset: int, size: int, where: str = "") -> np.ndarray:
     return np.frombuffer(buf, dtype=dtype, count=count, offset=offset + header_len).reshape(shape)
 
 
-class ShardMap:
-    """Blocks of one shard as dicts of arrays; views into a mmap (local) or fetched bytes (URL)."""
+def _map_file(path: str, local: str, entry: ShardEntry) -> mmap.mmap:
+    """mmap a local copy of a shard after checking its size against the manifest (`path` names it in errors)."""
+    try:
+        size = os.path.getsize(local)
+    except OSError as e:
+        raise LakeError(f"{path}: cannot open shard ({e.strerror})") from None
+    if size != entry.bytes:
+        raise LakeError(f"{path}: {size} bytes on disk, the manifest says {entry.bytes} "
+                        "(truncated or replaced); run `python -m shards verify`")
+    with open(local, "rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
-    def __init__(self, path: str, entry: ShardEntry, members: tuple[str, ...] | None = None):
+
+class ShardMap:
+    """Blocks of one shard as dicts of arrays; views into a mmap (local or cached) or fetched bytes (URL)."""
+
+    def __init__(self, path: str, entry: ShardEntry, members: tuple[str, ...] | None = None, cache=None):
         self.path, self.entry = path, entry
         self.members = members  # which members to load (None = all, meta included)
         self._mm = None
+        self._cache = cache if storage.is_url(path) else None  # a shards.cache.ShardCache, or None
+        self._views: dict[int, dict] = {}  # blocks of the mmap, parsed once: views cost nothing to keep
         if not storage.is_url(path):
-            local = storage.local_path(path)
-            try:
-                size = os.path.getsize(local)
-            except OSError as e:
-                raise LakeError(f"{path}: cannot open shard ({e.strerror})") from None
-            if size != entry.bytes:
-                raise LakeError(f"{path}: {size} bytes on disk, the manifest says {entry.bytes} "
-                                "(truncated or replaced); run `python -m shards verify`")
-            with open(local, "rb") as f:
-                self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._mm = _map_file(path, storage.local_path(path), entry)
+        else:
+            self._from_cache()
+
+    def _from_cache(self) -> None:
+        """Switch to the cached copy once the prefetcher has put it there (a stat per call until then)."""
+        hit = self._cache.lookup(self.entry) if self._cache is not None else None
+        if hit is not None:
+            with contextlib.suppress(LakeError):  # evicted in between: keep reading ranges
+                self._mm = _map_file(self.path, hit, self.entry)
 
     def _wanted(self, block: BlockEntry) -> list[str]:
         if self.members is None:
@@ -74,6 +91,16 @@ class ShardMap:
         return [n for n in block.members if n in self.members]
 
     def block(self, index: int) -> dict:
+        if self._mm is None and self._cache is not None:
+            self._from_cache()
+        if self._mm is None:
+            return self._read(index)
+        hit = self._views.get(index)
+        if hit is None:  # parsing the .npy headers costs ~0.1 ms a block, more than the views are worth
+            hit = self._views[index] = self._read(index)
+        return hit
+
+    def _read(self, index: int) -> dict:
         entry = self.entry.blocks[index]
         where = f"{self.path} block {index}"
         out = {}

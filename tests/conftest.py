@@ -67,3 +67,81 @@ def small_set(tmp_path):
     root = tmp_path / "set"
     manifest, written = write_set(root, {"train": [5, 3, 4, 2, 6], "val": [4], "test": [3, 2]})
     return root, manifest, written
+
+
+# -- a real S3 API on loopback: moto's HTTP server, reached by s3fs through AWS_ENDPOINT_URL -----------------
+
+class S3Server:
+    """moto's S3 server on 127.0.0.1. `stop()` then `start()` is an outage: the objects survive it (moto
+    keeps them in this process) and the server comes back on the same port."""
+
+    def __init__(self):
+        self.port, self._server = 0, None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._server is not None
+
+    def start(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server.start()
+        self.port = self._server.get_host_and_port()[1]
+        forget_s3_clients()  # pooled connections to a stopped server would fail
+
+    def stop(self) -> None:
+        self._server.stop()
+        self._server = None
+
+
+def forget_s3_clients() -> None:
+    """Drop s3fs's cached clients, so the next one reads the environment (endpoint, keys) afresh."""
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """The loopback S3 server for the whole session; the AWS environment (inherited by subprocesses) points at it."""
+    import logging
+    import os
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no request log
+    server = S3Server()
+    server.start()
+    env = {"AWS_ENDPOINT_URL": server.endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_MAX_ATTEMPTS": "1",  # a stopped server fails at once
+           "AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3"):
+            mp.delenv(k, raising=False)
+        forget_s3_clients()
+        yield server
+        if server.running:
+            server.stop()
+    forget_s3_clients()
+
+
+_buckets = iter(range(1, 10**6))
+
+
+@pytest.fixture
+def s3_bucket(s3_server):
+    """A fresh, empty bucket on the loopback server; yields its URL, e.g. s3://test-bucket-0001."""
+    import s3fs
+
+    name = f"test-bucket-{next(_buckets):04d}"
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    fs.mkdir(name)
+    yield f"s3://{name}"
+    if not s3_server.running:  # a test that stopped it failed before restarting it
+        s3_server.start()
+    s3fs.S3FileSystem(skip_instance_cache=True).rm(name, recursive=True)
