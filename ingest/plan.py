@@ -9,16 +9,15 @@ list of differences, so two incompatible runs can never write into one set.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
+import sys
 
 from lake import storage
-from lake.distributed import World, barrier
+from lake.distributed import World
 from lake.errors import LakeError
-from lake.schema import MANIFEST_NAME, SHARDS_DIR
-from ingest.journal import work_dir
+from lake.schema import MANIFEST_NAME
+from ingest.output import WORK_DIR, SetOutput, finish_swap, overwrite_sibling
 
 PLAN_NAME = "plan.json"
 
@@ -69,55 +68,96 @@ def check_ranks_agree(plan: dict, world: World) -> None:
             raise LakeError(f"rank {r} would write other rows than rank {world.rank}:\n" + "\n".join(diff))
 
 
-def prepare_output(cfg, plan: dict, world: World) -> str:
-    """'complete' (nothing to do), 'resume' or 'new'. Refuses a set made with other settings."""
-    root = cfg.out
+def prepare_output(cfg, plan: dict, world: World, out: SetOutput) -> tuple[str, SetOutput]:
+    """What this run does, decided on rank 0 and told to every rank: (status, where it builds).
+
+    status: "complete" (nothing to do), "merge" (a damaged set reopened: only the index or the
+    manifest to rebuild), "repair" (reopened: clips to ingest again), "resume" or "new". Where it
+    builds is `out`, or with --overwrite the sibling the new set is made in before the swap.
+    A set made with other settings is refused, listing the differences.
+    """
     check_ranks_agree(plan, world)
-    manifest_path = os.path.join(root, MANIFEST_NAME)
-    plan_path = os.path.join(work_dir(root), PLAN_NAME)
-    ours = os.path.exists(manifest_path) or os.path.exists(plan_path)
-    if os.path.isdir(root) and os.listdir(root) and not ours:
-        raise LakeError(f"{root}: exists, is not empty and is not a shard set; choose another --out")
+    decided: list = [None]
+    if world.is_main:
+        try:
+            status, build = _decide(cfg, plan, out)
+            decided = [(status, build.root, build.staging)]
+        except LakeError as e:
+            decided = [("error", str(e), "")]
+    if world.distributed:
+        import torch.distributed as dist
+
+        dist.broadcast_object_list(decided, src=0)
+    status, root, staging = decided[0]
+    if status == "error":
+        raise LakeError(root)
+    return status, SetOutput(root, staging)
+
+
+def _decide(cfg, plan: dict, out: SetOutput) -> tuple[str, SetOutput]:
+    if not out.remote and os.path.isfile(out.root):
+        raise LakeError(f"--out {out.root}: is a file, not a shard set's folder; choose another path")
+    note = finish_swap(out)
+    if note:
+        print(note, file=sys.stderr)
+    ours = out.exists(MANIFEST_NAME) or out.exists(WORK_DIR, PLAN_NAME)
+    if not ours and not out.is_empty():
+        raise LakeError(f"{out.root}: exists, is not empty and is not a shard set; choose another --out")
     if cfg.overwrite and ours:
-        barrier()
-        if world.is_main:
-            # the manifest (or the plan) goes last: until then an interrupted --overwrite can be re-run
-            shutil.rmtree(os.path.join(root, SHARDS_DIR), ignore_errors=True)
-            for name in ("index.parquet", "quarantine.jsonl"):
-                if os.path.exists(os.path.join(root, name)):
-                    os.remove(os.path.join(root, name))
-            for path in glob.glob(os.path.join(work_dir(root), "*")):
-                if os.path.basename(path) != PLAN_NAME:
-                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-            if os.path.exists(manifest_path):
-                os.remove(manifest_path)
-            shutil.rmtree(work_dir(root), ignore_errors=True)
-        barrier()
-        ours = False
-    status = "new"
-    if os.path.exists(manifest_path):
-        old = json.load(open(manifest_path, encoding="utf-8")).get("ingest", {}).get("plan", {})
-        diff = differences(old, plan)
-        if diff:
-            raise LakeError(f"{root}: a finished set made with other settings:\n" + "\n".join(diff)
-                            + "\nwrite to another --out, or pass --overwrite to replace it")
-        barrier()
-        if world.is_main:  # leftovers of a run killed after its manifest was written
-            shutil.rmtree(work_dir(root), ignore_errors=True)
-            for tmp in glob.glob(os.path.join(root, "*.tmp-*")):
-                os.remove(tmp)
-        return "complete"
-    if os.path.exists(plan_path):
-        diff = differences(json.load(open(plan_path, encoding="utf-8")), plan)
-        if diff:
-            raise LakeError(f"{root}: an unfinished ingest with other settings is here:\n" + "\n".join(diff)
+        build = overwrite_sibling(out)
+        status, _ = _decide_plain(cfg, plan, build, overwrite_stale=True)
+        return status, build
+    return _decide_plain(cfg, plan, out)
+
+
+def _decide_plain(cfg, plan: dict, out: SetOutput, overwrite_stale: bool = False) -> tuple[str, SetOutput]:
+    """The status of `out` itself. `overwrite_stale`: an --overwrite build: a partial one made with other
+    settings is wiped (it was never a set anyone read), not refused."""
+    if out.exists(MANIFEST_NAME):
+        return _finished(cfg, plan, out), out
+    if out.exists(WORK_DIR, PLAN_NAME):
+        diff = differences(json.loads(out.read_text(WORK_DIR, PLAN_NAME)), plan)
+        if not diff:
+            return "resume", out
+        if not overwrite_stale:
+            raise LakeError(f"{out.root}: an unfinished ingest with other settings is here:\n" + "\n".join(diff)
                             + "\nre-run it with its own settings to resume, or pass --overwrite to start afresh")
-        status = "resume"
-    barrier()
-    if world.is_main and status == "new":
-        os.makedirs(work_dir(root), exist_ok=True)
-        with open(plan_path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(plan, f, indent=1, ensure_ascii=False)
-        os.replace(plan_path + ".tmp", plan_path)
-    barrier()
-    return status
+        out.remove_tree()
+    _write_plan(out, plan)
+    return "new", out
+
+
+def _finished(cfg, plan: dict, out: SetOutput) -> str:
+    """A set with a manifest: refuse other settings, check it, and reopen it if it is damaged."""
+    from ingest.repair import inspect_set, reopen
+
+    try:
+        old = json.loads(out.read_text(MANIFEST_NAME)).get("ingest", {}).get("plan", {})
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        old = None  # unreadable: rebuilt below under this command's settings
+    diff = differences(old, plan) if old is not None else []
+    if diff:
+        raise LakeError(f"{out.root}: a finished set made with other settings:\n" + "\n".join(diff)
+                        + "\nwrite to another --out, or pass --overwrite to replace it")
+    found = inspect_set(out, deep=cfg.check)
+    if found.sound:
+        _clean_finished(out)
+        return "complete"
+    print(f"{out.root}: damaged, repairing it:\n" + "\n".join(f"  {p}" for p in found.problems[:10])
+          + (f"\n  ... {len(found.problems) - 10} more" if len(found.problems) > 10 else ""), file=sys.stderr)
+    done, reingest = reopen(out, plan, found)
+    for line in done:
+        print(f"repair: {line}", file=sys.stderr)
+    return "repair" if reingest else "merge"
+
+
+def _clean_finished(out: SetOutput) -> None:
+    """Leftovers of a run killed after its manifest was written (its work folder, temporary files)."""
+    out.remove_tree(WORK_DIR)
+    for name in out.listdir():
+        if ".tmp-" in name:
+            out.remove(name)
+
+
+def _write_plan(out: SetOutput, plan: dict) -> None:
+    out.write_atomic(f"{WORK_DIR}/{PLAN_NAME}", json.dumps(plan, indent=1, ensure_ascii=False).encode("utf-8"))

@@ -12,60 +12,44 @@ the finished set has the same rows either way. Several ranks (torchrun) share th
 
 from __future__ import annotations
 
-from ingest.journal import Journal
+from contextlib import contextmanager
+
 from ingest.packer import BlockPacker
-from ingest.pipeline import RankWorker, segments
+from ingest.pipeline import RankWorker
 from ingest.sources.base import Unit
-from ingest.writer_thread import BackgroundWriter
-from shards.writer import RotatingWriter
 
 
 class PrecomputedWorker(RankWorker):
-    """One rank of an import: RankWorker's journal, leftovers and quarantine; no decoding, no encoders."""
+    """One rank of an import: RankWorker's commit protocol (journal, leftovers, quarantine, segments);
+    no decoding, no encoders: each segment's rows are packed as they arrive."""
 
-    def __init__(self, cfg, source, taxonomy: list[str], rank: int, world_size: int, state, progress=None):
-        super().__init__(cfg, source, taxonomy, None, None, rank, world_size, state, progress)
+    def __init__(self, cfg, source, taxonomy: list[str], rank: int, world_size: int, state, progress=None,
+                 out=None, preempted=None):
+        super().__init__(cfg, source, taxonomy, None, None, rank, world_size, state, progress, out, preempted)
 
-    def run(self, units: list[Unit]) -> None:
-        cfg = self.cfg
-        todo = [u for u in units if u.id not in self.state.units_done]
-        self.clips_read = sum(self.state.units_done.get(u.id, 0) for u in units)
-        committed = self.state.committed_keys(cfg.out) if todo and self.state.shards else set()
-        journal = Journal(cfg.out, self.rank)
-        rotating = RotatingWriter(cfg.out, self.taxonomy, journal.shard, worker=self.rank,
-                                  rows_per_shard=cfg.rows_per_shard, next_seq=self.state.next_seq(self.rank))
-        writer = BackgroundWriter(rotating)
-        packer = BlockPacker(cfg.block_rows, writer.submit, with_caption=False)
-        try:
-            for seg in segments(todo, cfg.checkpoint_mb * 1e6):
-                read = {u.id: self._import(u, committed, packer) for u in seg}
-                packer.flush()
-                writer.sync()  # every shard of this segment closed and journalled
-                if self.quarantine:
-                    journal.append({"type": "quarantine", "records": self.quarantine})
-                    self.quarantine = []
-                journal.append({"type": "units_done", "units": read})
-            writer.stop()
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            journal.close()
+    @contextmanager
+    def _processor(self):
+        def process(seg: list[Unit], committed: set[str], packer: BlockPacker) -> None:
+            for unit in seg:
+                self._import(unit, committed, packer)
 
-    def _import(self, unit: Unit, committed: set[str], packer: BlockPacker) -> int:
-        """Pack one file's rows; returns the rows read from it (what --limit counts)."""
-        read = 0
+        yield process
+
+    def _import(self, unit: Unit, committed: set[str], packer: BlockPacker) -> None:
+        """Pack one file's rows, counting them as read from it (what --limit counts)."""
         if self.limit and self.clips_read >= self.limit:
-            return 0  # excluded by --limit: journalled as done with 0 rows
+            return  # excluded by --limit: journalled as done with 0 rows
         for batch in self.source.read_rows(unit):
+            if self._stopping():
+                return
             for skip in batch.skips:
                 if skip.key not in committed:
                     self._quarantine(skip.key, "read", skip.reason, skip.source_uri, self.split_of(skip))
             for i, key in enumerate(batch.keys):
                 if self.limit and self.clips_read >= self.limit:
-                    return read
+                    return
                 self.clips_read += 1
-                read += 1
+                self._unit_clips[unit.id] = self._unit_clips.get(unit.id, 0) + 1
                 if key in committed:
                     continue
                 split = batch.splits[i] or self.source.split_policy.split_of_key(key)
@@ -75,4 +59,3 @@ class PrecomputedWorker(RankWorker):
                 packer.add(split, batch.audio[i].copy(), batch.text[i].copy(), None, int(batch.labels[i]), meta)
                 if self.progress is not None:
                     self.progress.update(1)
-        return read

@@ -187,6 +187,12 @@ def _fs(url: str):
         return fsspec.core.url_to_fs(url)
 
 
+def filesystem(url: str):
+    """(fsspec filesystem, path in it) of a URL, for the few calls this module does not wrap (run them
+    inside `errors(url)`)."""
+    return _fs(url)
+
+
 class _GuardedFile:
     """A remote file whose reads and writes report storage failures through `errors` (they happen lazily)."""
 

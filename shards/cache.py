@@ -31,7 +31,6 @@ import shutil
 import threading
 import warnings
 
-from lake import storage
 from lake.catalog import ShardSet
 from lake.errors import LakeError
 from lake.schema import ShardEntry

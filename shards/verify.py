@@ -29,7 +29,7 @@ class ShardReport:
     keys: dict[tuple[int, int], str] = field(default_factory=dict)  # (block, row) -> key
 
 
-def _check_shard(shards: ShardSet, entry: ShardEntry) -> ShardReport:
+def check_shard(shards: ShardSet, entry: ShardEntry) -> ShardReport:
     m = shards.manifest
     path = shards.shard_path(entry)
     rep = ShardReport(path=path)
@@ -122,7 +122,7 @@ def _check_shard(shards: ShardSet, entry: ShardEntry) -> ShardReport:
     return rep
 
 
-def _check_index(shards: ShardSet, reports: dict[str, ShardReport]) -> list[str]:
+def check_index(shards: ShardSet, reports: dict[str, ShardReport]) -> list[str]:
     problems: list[str] = []
     try:
         table = shards.index
@@ -187,7 +187,7 @@ def verify_set(root: str, workers: int = 4, progress: bool = False) -> tuple[lis
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="verify", leave=False)
 
     def run(entry):
-        rep = _check_shard(shards, entry)
+        rep = check_shard(shards, entry)
         if bar is not None:
             bar.update(entry.bytes)
         return rep
@@ -197,7 +197,7 @@ def verify_set(root: str, workers: int = 4, progress: bool = False) -> tuple[lis
     if bar is not None:
         bar.close()
     problems = [p for r in reports for p in r.problems]
-    problems += _check_index(shards, {e.path: r for e, r in zip(m.shards, reports)})
+    problems += check_index(shards, {e.path: r for e, r in zip(m.shards, reports)})
     warnings: list[str] = []
     shard_dir = shards.path(SHARDS_DIR)
     listed = {s.name for s in m.shards}

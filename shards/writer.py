@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 from typing import Callable, Iterable
 
 from lake import storage
@@ -83,36 +82,40 @@ class RotatingWriter:
         self._open.clear()
 
 
-def write_index_file(path: str, rows, fsync: bool = False) -> int:
-    """Index rows (dicts, or a pyarrow Table) to a parquet file (atomically), sorted by
-    (shard, block, row). Returns the row count. `fsync`: durable before the rename (journals)."""
+def index_table(rows):
+    """Index rows (dicts, or a pyarrow Table) as the index schema, sorted by (shard, block, row)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from lake.schema import index_schema
 
     if isinstance(rows, pa.Table):
         table = rows.select(list(INDEX_COLUMNS)).cast(index_schema())
     else:
+        rows = list(rows)
         table = pa.Table.from_pydict({c: [r[c] for r in rows] for c in INDEX_COLUMNS}, schema=index_schema())
-    table = table.sort_by([("shard", "ascending"), ("block", "ascending"), ("row", "ascending")])
-    tmp = f"{path}.tmp-{os.getpid()}"
-    pq.write_table(table, tmp, compression="zstd")
-    if fsync:
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return table.num_rows
+    return table.sort_by([("shard", "ascending"), ("block", "ascending"), ("row", "ascending")])
+
+
+def index_bytes(rows) -> bytes:
+    """index.parquet (or a journal's rows sidecar) as bytes: zstd parquet of `index_table(rows)`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(index_table(rows), sink, compression="zstd")
+    return sink.getvalue().to_pybytes()
 
 
 def write_index(root: str, rows: Iterable[dict]) -> int:
-    """The set's index.parquet."""
-    return write_index_file(os.path.join(storage.local_path(root), INDEX_NAME), rows)
+    """The set's index.parquet (atomically, local or behind a URL); returns the row count."""
+    table = index_table(rows)
+    storage.write_bytes_atomic(storage.join(root, INDEX_NAME), index_bytes(table))
+    return table.num_rows
 
 
 def write_quarantine(root: str, records: Iterable[dict]) -> int:
     lines = [json.dumps(r, ensure_ascii=False, sort_keys=True) for r in records]
-    storage.write_bytes_atomic(os.path.join(root, QUARANTINE_NAME),
+    storage.write_bytes_atomic(storage.join(root, QUARANTINE_NAME),
                                ("\n".join(lines) + ("\n" if lines else "")).encode("utf-8"))
     return len(lines)
 
@@ -125,7 +128,7 @@ def finalize_set(root: str, manifest: Manifest, index: Iterable[dict], quarantin
         manifest.created_at = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     write_index(root, index)
     write_quarantine(root, quarantine)
-    storage.write_bytes_atomic(os.path.join(root, MANIFEST_NAME), manifest.to_json().encode("utf-8"))
+    storage.write_bytes_atomic(storage.join(root, MANIFEST_NAME), manifest.to_json().encode("utf-8"))
     return manifest
 
 

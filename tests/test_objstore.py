@@ -347,7 +347,7 @@ def test_slm_trained_from_s3_equals_the_same_run_on_a_local_copy(tmp_path, s3_bu
                          "--no-test-at-end"]) == 0
         runs[name] = load_checkpoint(os.path.join(save, "slm_stage3_last.pt"))
     a, b = runs["local"], runs["s3"]
-    assert a["step"] == b["step"] == 12
+    assert a["train"]["step"] == b["train"]["step"] == 12
     assert a["model"].keys() == b["model"].keys()
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k

@@ -1,0 +1,194 @@
+"""Where an ingest writes: a set's root, local or behind any fsspec URL that can write (s3://).
+
+Shards are always built as local files; what differs is how a finished one is committed:
+
+    local root   shards/<name>.tar.tmp renamed to shards/<name>.tar (same filesystem)
+    URL root     built under the staging directory, uploaded to ROOT/shards/<name>.tar through
+                 shards.copy.transfer (hashed on the way, size checked after), then deleted locally
+
+Either way the journal line that commits the shard is written only after that (ingest.journal),
+so a kill at any point leaves at most an uncommitted shard, which the next run deletes or
+overwrites (`clean_leftovers`). The journal and the rows sidecars live under ROOT/_work
+(files appended locally; one object per record behind a URL, since objects cannot be appended
+to), so ranks on several machines can write one set. The manifest is written last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import tempfile
+
+from lake import storage
+from lake.schema import SHARDS_DIR, ShardEntry
+from shards.format import TMP_SUFFIX
+
+WORK_DIR = "_work"
+
+
+def default_staging_dir(root: str) -> str:
+    """$TMPDIR/emolake-staging/<hash of the root>: one folder per output set."""
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    return os.path.join(tempfile.gettempdir(), "emolake-staging", digest)
+
+
+class SetOutput:
+    """The set being written at `root`. `staging`: the local folder shards are built in (URL roots)."""
+
+    def __init__(self, root: str, staging: str = ""):
+        self.root = str(root).rstrip("/") if storage.is_url(root) else os.path.abspath(storage.local_path(root))
+        self.remote = storage.is_url(self.root)
+        self.staging = (staging or default_staging_dir(self.root)) if self.remote else ""
+
+    # -- paths ------------------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return storage.join(self.root, *parts)
+
+    def work(self, *parts: str) -> str:
+        return self.path(WORK_DIR, *parts)
+
+    @property
+    def build_root(self) -> str:
+        """The local directory shard files are written under (ShardWriter's root)."""
+        return self.staging if self.remote else self.root
+
+    # -- plain files ------------------------------------------------------------------------------
+    def exists(self, *parts: str) -> bool:
+        return storage.exists(self.path(*parts))
+
+    def read_text(self, *parts: str) -> str:
+        return storage.read_bytes(self.path(*parts)).decode("utf-8")
+
+    def write_atomic(self, relpath: str, data: bytes) -> None:
+        path = self.path(relpath)
+        if not self.remote:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        storage.write_bytes_atomic(path, data)
+
+    def listdir(self, *parts: str) -> list[str]:
+        try:
+            return storage.listdir(self.path(*parts))
+        except FileNotFoundError:
+            return []
+
+    def remove(self, relpath: str) -> None:
+        storage.remove(self.path(relpath))
+
+    def remove_tree(self, *parts: str) -> None:
+        """Delete a folder (a prefix behind a URL) and everything under it; absent is fine."""
+        path = self.path(*parts)
+        if not self.remote:
+            shutil.rmtree(path, ignore_errors=True)
+            return
+        fs, p = storage.filesystem(path)
+        with storage.errors(path):
+            if fs.exists(p):
+                fs.rm(p, recursive=True)
+            fs.invalidate_cache(p)
+
+    def is_empty(self) -> bool:
+        """True when nothing is at the root (or the root does not exist yet)."""
+        return not self.listdir()
+
+    # -- shards -----------------------------------------------------------------------------------
+    def commit_shard(self, entry: ShardEntry) -> None:
+        """Put a finished shard (renamed into place under build_root) at its final place in the set."""
+        if not self.remote:
+            return  # ShardWriter already renamed it into the set's shards/
+        from shards.copy import transfer
+
+        local = os.path.join(self.staging, entry.path)
+        transfer(local, self.path(entry.path), entry)  # verified: sha256 on the way, size after
+        os.remove(local)
+
+    def shard_names(self) -> list[str]:
+        """The files under shards/ (finished, temporary or foreign), by base name."""
+        return self.listdir(SHARDS_DIR)
+
+    def clean_leftovers(self, worker: int, committed: set[str]) -> list[str]:
+        """Delete this worker id's shards that no journal line committed (a killed run's), here and in
+        the staging folder; returns what was deleted."""
+        pattern = re.compile(rf"^[^-]+-{worker:04d}-\d+\.tar({re.escape(TMP_SUFFIX)})?$")
+        gone = []
+        for name in self.shard_names():
+            rel = f"{SHARDS_DIR}/{name}"
+            if pattern.match(name) and (name.endswith(TMP_SUFFIX) or rel not in committed):
+                self.remove(rel)
+                gone.append(rel)
+        if self.remote and os.path.isdir(os.path.join(self.staging, SHARDS_DIR)):
+            for name in os.listdir(os.path.join(self.staging, SHARDS_DIR)):
+                if pattern.match(name):
+                    os.remove(os.path.join(self.staging, SHARDS_DIR, name))
+        return gone
+
+
+# -- --overwrite: the new set is built beside the old one, and swapped in only when complete ---------
+
+SWAP_MARKER = "_swapping"
+
+
+def overwrite_sibling(out: SetOutput) -> SetOutput:
+    """Where `--overwrite` builds the new set: `<parent>/.<name>.overwrite` (same filesystem, so the swap
+    is two renames), or `<ROOT>.overwrite` behind a URL."""
+    if out.remote:
+        return SetOutput(out.root + ".overwrite", out.staging + "-overwrite")
+    parent, name = os.path.split(out.root)
+    return SetOutput(os.path.join(parent, f".{name}.overwrite"))
+
+
+def _replaced(out: SetOutput) -> str:
+    parent, name = os.path.split(out.root)
+    return os.path.join(parent, f".{name}.replaced")
+
+
+def swap_in(new: SetOutput, out: SetOutput) -> None:
+    """Replace the set at `out` by the complete set at `new` (then gone). Interrupted, `finish_swap`
+    completes it: locally two renames; behind a URL the old manifest goes first (readers then see no
+    set rather than a mixed one), then the old objects, the new ones are copied, the manifest last."""
+    if not out.remote:
+        if os.path.exists(out.root):
+            os.replace(out.root, _replaced(out))
+        os.replace(new.root, out.root)
+        shutil.rmtree(_replaced(out), ignore_errors=True)
+        return
+    new.write_atomic(SWAP_MARKER, b"")
+    _copy_remote(new, out)
+
+
+def _copy_remote(new: SetOutput, out: SetOutput) -> None:
+    from lake.schema import INDEX_NAME, MANIFEST_NAME, QUARANTINE_NAME
+
+    out.remove(MANIFEST_NAME)
+    for name in out.listdir():
+        if name in (SHARDS_DIR, WORK_DIR):
+            out.remove_tree(name)
+        elif name != "_lock.json":  # the lock of the ingest doing this swap
+            out.remove(name)
+    fs, _ = storage.filesystem(new.root)
+    names = [f"{SHARDS_DIR}/{n}" for n in new.shard_names()] + [n for n in (INDEX_NAME, QUARANTINE_NAME)
+                                                                  if new.exists(n)]
+    for rel in names + [MANIFEST_NAME]:  # the manifest last: a set exactly when it is whole
+        src, dst = new.path(rel), out.path(rel)
+        with storage.errors(dst):
+            fs.copy(storage.filesystem(src)[1], storage.filesystem(dst)[1])
+    new.remove_tree()
+
+
+def finish_swap(out: SetOutput) -> str | None:
+    """Complete a swap an interrupted `--overwrite` had begun; says what it did (None: nothing to do)."""
+    if not out.remote:
+        replaced = _replaced(out)
+        if not os.path.exists(replaced):
+            return None
+        new = overwrite_sibling(out)
+        if not os.path.exists(out.root) and os.path.exists(new.root):
+            os.replace(new.root, out.root)
+        shutil.rmtree(replaced, ignore_errors=True)
+        return f"completed an interrupted --overwrite: {out.root} now holds the new set"
+    new = overwrite_sibling(out)
+    if not new.exists(SWAP_MARKER):
+        return None
+    _copy_remote(new, out)
+    return f"completed an interrupted --overwrite: {out.root} now holds the new set"
