@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from lake.errors import LakeError
+from lake.errors import LakeError, about
 from lake.schema import ShardEntry
 from ingest.output import SetOutput
 
@@ -80,9 +80,10 @@ class Journal:
             self.out.write_atomic(f"_work/{self._dir}/{self._seq:08d}.json", line.encode("utf-8"))
             self._seq += 1
             return
-        self._f.write(line)
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        with about(self.path):
+            self._f.write(line)
+            self._f.flush()
+            os.fsync(self._f.fileno())
 
     def shard(self, entry: ShardEntry, rows: list[dict]) -> None:
         """Rows sidecar first, then the shard into place, then the record: the record commits all three."""

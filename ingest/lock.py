@@ -22,9 +22,9 @@ import uuid
 
 from lake import storage
 from lake.errors import LakeError
+from ingest.output import LOCK_OBJECT
 
 LEASE_S = 120.0
-LOCK_OBJECT = "_lock.json"
 
 
 def _now() -> str:

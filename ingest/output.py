@@ -26,6 +26,7 @@ from lake.schema import SHARDS_DIR, ShardEntry
 from shards.format import TMP_SUFFIX
 
 WORK_DIR = "_work"
+LOCK_OBJECT = "_lock.json"  # ingest.lock's lock object behind a URL
 
 
 def default_staging_dir(root: str) -> str:
@@ -89,8 +90,8 @@ class SetOutput:
             fs.invalidate_cache(p)
 
     def is_empty(self) -> bool:
-        """True when nothing is at the root (or the root does not exist yet)."""
-        return not self.listdir()
+        """True when nothing but the set's own lock object is at the root (or the root does not exist yet)."""
+        return not [n for n in self.listdir() if n != LOCK_OBJECT]
 
     # -- shards -----------------------------------------------------------------------------------
     def commit_shard(self, entry: ShardEntry) -> None:
@@ -164,7 +165,7 @@ def _copy_remote(new: SetOutput, out: SetOutput) -> None:
     for name in out.listdir():
         if name in (SHARDS_DIR, WORK_DIR):
             out.remove_tree(name)
-        elif name != "_lock.json":  # the lock of the ingest doing this swap
+        elif name != LOCK_OBJECT:  # the lock of the ingest doing this swap
             out.remove(name)
     fs, _ = storage.filesystem(new.root)
     names = [f"{SHARDS_DIR}/{n}" for n in new.shard_names()] + [n for n in (INDEX_NAME, QUARANTINE_NAME)

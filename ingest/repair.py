@@ -27,7 +27,7 @@ from lake.catalog import ShardSet
 from lake.errors import LakeError
 from lake.schema import MANIFEST_NAME, QUARANTINE_NAME, SHARDS_DIR, BlockEntry, Manifest, ShardEntry
 from ingest.output import SetOutput
-from shards.format import TMP_SUFFIX, HashingFile, iter_tar_blocks
+from shards.format import TMP_SUFFIX, HashingFile, decode_member, iter_tar_blocks
 from shards.writer import index_rows
 
 
@@ -82,10 +82,6 @@ def inspect_set(out: SetOutput, deep: bool = False) -> Findings:
 
 def scan_shard(out: SetOutput, relpath: str, taxonomy: list[str]) -> tuple[ShardEntry, list[dict]]:
     """A shard's manifest entry and index rows, from the tar itself (one sequential read)."""
-    import io
-
-    import numpy as np
-
     path = out.path(relpath)
     blocks, rows = [], []
     with storage.open_file(path, "rb") as raw:
@@ -93,7 +89,7 @@ def scan_shard(out: SetOutput, relpath: str, taxonomy: list[str]) -> tuple[Shard
         for b, (_, members) in enumerate(iter_tar_blocks(reader, path)):
             try:
                 meta = json.loads(members["meta.json"][1].decode("utf-8"))
-                labels = np.load(io.BytesIO(members["label.npy"][1]), allow_pickle=False)
+                labels = decode_member("label.npy", members["label.npy"][1])[1]
             except (KeyError, ValueError, UnicodeDecodeError) as e:
                 raise LakeError(f"{path}: block {b} cannot be read ({type(e).__name__}: {e})") from None
             blocks.append(BlockEntry(rows=len(labels), members={s.split(".", 1)[0]: [off, len(data)]

@@ -61,8 +61,12 @@ class BackgroundWriter:
         self._check()
 
     def abort(self) -> None:
-        """After a failure or an interrupt: stop the thread and drop unfinished shards."""
+        """After a failure or an interrupt: stop the thread and drop unfinished shards (never raises over
+        the failure that brought us here)."""
         self._error = self._error or RuntimeError("aborted")
-        self._q.put(None)
+        try:
+            self._q.put(None, timeout=30)
+        except queue.Full:  # the thread is stuck writing: it is a daemon, and the shards it holds stay uncommitted
+            return
         self._thread.join(timeout=30)
         self.writer.abort()

@@ -74,7 +74,8 @@ class ShardSet:
 
         path = self.path(INDEX_NAME)
         if not storage.exists(path):
-            raise LakeError(f"{path}: missing (the set's per-clip index); run `python -m shards verify {self.root}`")
+            raise LakeError(f"{path}: missing (the set's per-clip index); re-run the ingest command that made the set: "
+                            "it checks the set and rebuilds the index from the shards")
         try:
             # by path (local) or from bytes (URL): never through a Python file object, whose buffers
             # arrow's readahead threads would release during interpreter shutdown (std::terminate)

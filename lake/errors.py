@@ -6,6 +6,7 @@ a stop signal was obeyed and the work saved. OS errors (a full disk, a read-only
 filesystem, a permission) are described by `describe_os_error`, naming the path.
 """
 
+import contextlib
 import errno
 import os
 
@@ -45,3 +46,15 @@ def describe_os_error(e: OSError) -> str:
     if hint:
         return hint.format(path=path)
     return f"{path}: {e.strerror or type(e).__name__}" + (f" ({e})" if not e.strerror else "")
+
+
+@contextlib.contextmanager
+def about(path):
+    """OS errors raised inside name `path` when they name no file themselves: a write() or fsync() that fails
+    (a full disk) does not say which file it was writing, and the message must."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is None and e.errno is not None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise

@@ -79,7 +79,8 @@ class Progress:
     def _line(self) -> None:
         self._last = time.time()
         elapsed = self._last - self._t0
-        done = _count(self.n, self.unit) + (f" of {_count(self._total, self.unit)}" if self._total else "")
+        known = self._total and self._total >= self.n  # an estimate that fell behind says nothing
+        done = _count(self.n, self.unit) + (f" of {_count(self._total, self.unit)}" if known else "")
         rate = f", {_count(self.n / elapsed, self.unit)}/s" if elapsed > 0 and self.n else ""
         print(f"{self.desc}: {done} in {elapsed:.0f} s{rate}" + (f"  {self._postfix}" if self._postfix else ""),
               file=self.file, flush=True)

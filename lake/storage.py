@@ -26,7 +26,7 @@ import os
 import re
 from typing import IO
 
-from lake.errors import LakeError
+from lake.errors import LakeError, about
 
 _SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -322,8 +322,13 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
         return
     path = local_path(path)
     tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with about(path), open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk: the old file stays, and so must the first error
+            os.remove(tmp)
+        raise

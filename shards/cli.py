@@ -18,6 +18,7 @@ import sys
 
 from lake import storage
 from lake.catalog import default_cache_dir, open_shard_set
+from lake.cliargs import at_least, bounded
 from lake.errors import LakeError
 
 
@@ -74,7 +75,16 @@ def cmd_stats(args) -> int:
 def cmd_verify(args) -> int:
     from shards.verify import verify_set
 
-    open_shard_set(args.set)  # a set that cannot be opened at all (bad URL, no bucket, no server): exit 2
+    from lake.schema import MANIFEST_NAME
+    from shards.verify import repair_hint
+
+    try:
+        open_shard_set(args.set)
+    except LakeError as e:
+        if not storage.exists(storage.join(args.set, MANIFEST_NAME)):
+            raise  # not a set at all (a bad path or URL, no bucket, no server): exit 2
+        print(f"problem: {e}\nFAILED: the manifest cannot be read\n{repair_hint()}")
+        return 1
     problems, warnings, summary = verify_set(args.set, workers=args.workers, progress=sys.stderr.isatty())
     for w in warnings:
         print(f"warning: {w}")
@@ -82,6 +92,7 @@ def cmd_verify(args) -> int:
         print(f"problem: {p}")
     if problems:
         print(f"FAILED: {len(problems)} problem(s)" + (f" in {summary['bad_shards']} shard(s)" if summary.get("bad_shards") else ""))
+        print(summary["repair"])
         return 1
     print(f"OK: {summary['shards']} shards, {summary['rows']} rows, {_human(summary['bytes'])} match the manifest and the index")
     return 0
@@ -181,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("head", parents=[common], help="the first rows of the index as a table",
                        description="The first rows of index.parquet: key, split, label, duration, transcript.")
     s.add_argument("set", metavar="SET", help=set_help)
-    s.add_argument("-n", type=int, default=10, help="number of rows (default: 10)")
+    s.add_argument("-n", type=bounded(int, at_least(1)), default=10, help="number of rows")
     s.set_defaults(func=cmd_head)
 
     s = sub.add_parser("cp", parents=[common], help="copy a set between a directory, s3:// and hf://, resumably",

@@ -29,7 +29,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from lake import storage
-from lake.errors import LakeError
+from lake.errors import LakeError, about
 from lake.schema import ARRAY_MEMBERS, MEMBER_SUFFIX, META_MEMBER, BlockEntry, ShardEntry
 
 Block = dict[str, Any]
@@ -82,7 +82,9 @@ def decode_member(suffix: str, data: bytes) -> tuple[str, Any]:
     name = suffix.split(".", 1)[0]
     if suffix == MEMBER_SUFFIX[META_MEMBER]:
         return name, json.loads(data.decode("utf-8"))
-    return name, np.load(io.BytesIO(data), allow_pickle=False)
+    from shards.mapped import npy_view  # numpy's own header parser is not thread-safe on Python 3.11
+
+    return name, npy_view(data, 0, len(data), where=suffix)
 
 
 class HashingFile:
@@ -165,6 +167,10 @@ class ShardWriter:
 
     def add_block(self, block: Block) -> int:
         """Write one block; returns its index within the shard."""
+        with about(self.tmp):
+            return self._add_block(block)
+
+    def _add_block(self, block: Block) -> int:
         n = check_block(block)
         index = len(self.blocks)
         members: dict[str, list[int]] = {}
@@ -182,21 +188,23 @@ class ShardWriter:
 
     def close(self) -> ShardEntry:
         """Finish the tar, fsync, rename into place. The shard is visible only from here on."""
-        self._tar.close()
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
-        os.replace(self.tmp, self.final)
+        with about(self.tmp):
+            self._tar.close()
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self.tmp, self.final)
         return ShardEntry(path=self.relpath, split=self.split, rows=self.rows, bytes=self._hash.bytes,
                           sha256=self._hash.sha.hexdigest(), blocks=self.blocks)
 
     def abort(self) -> None:
-        """Drop the partial shard (the temporary file); nothing visible changes."""
-        try:
-            self._file.close()
-        finally:
-            if os.path.exists(self.tmp):
-                os.remove(self.tmp)
+        """Drop the partial shard (the temporary file); nothing visible changes. Never raises: it runs
+        after a failure (a full disk fails the close's flush too), which must stay the error reported."""
+        for step in (self._file.close, lambda: os.path.exists(self.tmp) and os.remove(self.tmp)):
+            try:
+                step()
+            except OSError:
+                pass
 
 
 def iter_tar_blocks(f, where: str) -> Iterator[tuple[str, dict[str, tuple[int, bytes]]]]:

@@ -10,10 +10,11 @@ cache) its blocks are read with ranged reads of exactly the recorded byte ranges
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import mmap
 import os
+import re
+import threading
 
 import numpy as np
 
@@ -21,10 +22,31 @@ from lake import storage
 from lake.errors import LakeError
 from lake.schema import MEMBER_SUFFIX, META_MEMBER, BlockEntry, ShardEntry
 
-_HEADER_READERS = {
-    (1, 0): np.lib.format.read_array_header_1_0,
-    (2, 0): np.lib.format.read_array_header_2_0,
-}
+# The header dict numpy writes: {'descr': '<f2', 'fortran_order': False, 'shape': (3, 1, 8), }
+_HEADER = re.compile(r"^\{'descr': '([<>|=][a-zA-Z]\d*)', 'fortran_order': (True|False), "
+                     r"'shape': \(((?:\d+, ?)*\d*)\), \}\s*$")
+_NUMPY_PARSER = threading.Lock()
+
+
+def parse_npy_header(text: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of an .npy header, without numpy's parser.
+
+    numpy reads headers with `ast.literal_eval`, and Python 3.11's AST builder is not safe to run
+    in two threads at once (cpython gh-106905: "SystemError: AST constructor recursion depth
+    mismatch"), which the loader's prefetch threads and verify's workers would do. Headers this
+    project writes match the regex; any other is handed to numpy under a lock.
+    """
+    m = _HEADER.match(text)
+    if m:
+        shape = tuple(int(x) for x in m.group(3).replace(" ", "").split(",") if x)
+        return shape, m.group(2) == "True", np.dtype(m.group(1))
+    import ast
+
+    with _NUMPY_PARSER:
+        d = ast.literal_eval(text)
+    if not isinstance(d, dict) or set(d) != {"descr", "fortran_order", "shape"}:
+        raise ValueError(f"not an .npy header: {text[:80]!r}")
+    return tuple(d["shape"]), bool(d["fortran_order"]), np.lib.format.descr_to_dtype(d["descr"])
 
 
 def npy_view(buf, offset: int, size: int, where: str = "") -> np.ndarray:
@@ -32,16 +54,13 @@ def npy_view(buf, offset: int, size: int, where: str = "") -> np.ndarray:
     mv = memoryview(buf)
     prefix = bytes(mv[offset:offset + 12])
     # the magic string, then the header length: 2 bytes (v1) or 4 bytes (v2), little-endian
-    if len(prefix) < 10 or prefix[:6] != b"\x93NUMPY" or (prefix[6], prefix[7]) not in _HEADER_READERS:
+    if len(prefix) < 10 or prefix[:6] != b"\x93NUMPY" or (prefix[6], prefix[7]) not in ((1, 0), (2, 0)):
         raise LakeError(f"{where}: not an .npy member at offset {offset}")
-    version = (prefix[6], prefix[7])
-    start = 10 if version == (1, 0) else 12
+    start = 10 if prefix[6] == 1 else 12
     header_len = start + int.from_bytes(prefix[8:start], "little")
-    head = io.BytesIO(bytes(mv[offset:offset + header_len]))
-    head.seek(8)
     try:
-        shape, fortran, dtype = _HEADER_READERS[version](head)
-    except ValueError as e:
+        shape, fortran, dtype = parse_npy_header(bytes(mv[offset + start:offset + header_len]).decode("latin1"))
+    except (ValueError, SyntaxError, TypeError) as e:
         raise LakeError(f"{where}: unreadable .npy header ({e})") from None
     if fortran:
         raise LakeError(f"{where}: Fortran-ordered array (not written by this project)")

@@ -172,6 +172,14 @@ def check_index(shards: ShardSet, reports: dict[str, ShardReport]) -> list[str]:
     return problems
 
 
+def repair_hint(manifest=None) -> str:
+    """What repairs a damaged set: the ingest command that made it, run again."""
+    argv = manifest.ingest.get("settings", {}).get("argv") if manifest is not None else None
+    command = ("`python -m ingest " + " ".join(argv) + "`") if argv else "the ingest command that made it"
+    return (f"to repair: re-run {command}: it checks the set, rebuilds the index and the manifest from the shards and "
+            "ingests again the clips of damaged shards (add --check to hash every shard first)")
+
+
 def verify_set(root: str, workers: int = 4, progress: bool = False) -> tuple[list[str], list[str], dict]:
     """(problems, warnings, summary) for the shard set at root. No problems = the set is sound."""
     try:
@@ -208,5 +216,5 @@ def verify_set(root: str, workers: int = 4, progress: bool = False) -> tuple[lis
             elif name.endswith(".tar") and name not in listed:
                 problems.append(f"{storage.join(shard_dir, name)}: shard not listed in the manifest")
     summary = {"shards": len(m.shards), "rows": sum(s.rows for s in m.shards), "bytes": total_bytes,
-               "bad_shards": len({r.path for r in reports if r.problems})}
+               "bad_shards": len({r.path for r in reports if r.problems}), "repair": repair_hint(m)}
     return problems, warnings, summary

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # One intra-op thread for torch/numpy in the tests and the processes they start: the models here are
 # tiny, and on a 2-core machine several threads per process spend their time waiting on each other
 # (a 3,000-step test ran 17x faster). Set before anything imports torch.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# the shard cache of sets read from an object store: a folder of this test session, never the user's own
+os.environ.setdefault("EMOLAKE_CACHE_DIR", os.path.join(tempfile.mkdtemp(prefix="emolake-test-"), "cache"))
 import numpy as np
 import pytest
 
@@ -133,15 +136,23 @@ def s3_server():
 _buckets = iter(range(1, 10**6))
 
 
+def make_bucket() -> str:
+    """A fresh, empty bucket on the running loopback server (the `s3_server` fixture): its URL."""
+    import s3fs
+
+    name = f"test-bucket-{next(_buckets):04d}"
+    s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
+    return f"s3://{name}"
+
+
 @pytest.fixture
 def s3_bucket(s3_server):
     """A fresh, empty bucket on the loopback server; yields its URL, e.g. s3://test-bucket-0001."""
     import s3fs
 
-    name = f"test-bucket-{next(_buckets):04d}"
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    fs.mkdir(name)
-    yield f"s3://{name}"
+    url = make_bucket()
+    name = url[len("s3://"):]
+    yield url
     if not s3_server.running:  # a test that stopped it failed before restarting it
         s3_server.start()
     s3fs.S3FileSystem(skip_instance_cache=True).rm(name, recursive=True)

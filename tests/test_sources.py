@@ -50,27 +50,6 @@ def same_rows(a: dict, b: dict) -> bool:
 # -- an object store on loopback ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def s3_bucket():
-    """A moto S3 server on 127.0.0.1 and an empty bucket in it: yields "s3://BUCKET"."""
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import boto3
-
-    boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="emolake-sources")
-    yield "s3://emolake-sources"
-    for k, v in saved.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    server.stop()
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     from ingest.synthetic import generate
 
@@ -90,7 +69,10 @@ def local_set(corpus, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def s3_laion(corpus, s3_bucket):
+def s3_laion(corpus, s3_server):
+    from conftest import make_bucket
+
+    s3_bucket = make_bucket()
     import fsspec
 
     fs = fsspec.filesystem("s3")
