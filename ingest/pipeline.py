@@ -196,9 +196,9 @@ class RankWorker:
             if d.failure.startswith("encode error"):  # the encoder itself, not the clip ("too short")
                 self._failures_in_a_row += 1
                 if self._failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-                    raise LakeError(f"the audio encoder failed on {self._failures_in_a_row} clips in a row in the decode "
-                                    f"workers (last: {d.failure}); stopping. Finished shards are kept: fix the cause "
-                                    "and re-run the same command")
+                    raise LakeError(f"the audio encoder failed on {self._failures_in_a_row} clips in a row in the "
+                                    f"decode workers (last: {d.failure}); stopping. Finished shards are kept: fix the "
+                                    "cause and re-run the same command")
         return [d.features for _, d in batch]
 
     def _encode_audio(self, batch: list) -> list:

@@ -109,7 +109,8 @@ class OpenSmileEncoder(AudioEncoder):
                           "analysis window (it needs 0.06 s)")
         if not finite.all():
             bad = [n for n, ok in zip(self.feature_names, finite) if not ok]
-            return None, f"encode error: openSMILE {self.feature_set} gave {len(bad)} non-finite features ({bad[0]}, ...)"
+            return None, (f"encode error: openSMILE {self.feature_set} gave {len(bad)} non-finite features "
+                          f"({bad[0]}, ...)")
         return compress(y)[None, :], None
 
     def encode(self, waves: list[np.ndarray]) -> np.ndarray:
