@@ -6,20 +6,37 @@ so memory stays bounded however large a source unit is (Pool.imap would read the
 whole input ahead). The consumer (the encoding loop, on the GPU's thread) gets
 results in submission order and never reads or decodes itself. A worker that dies
 costs only the clip it died on.
+
+An audio encoder that is CPU work (openSMILE's functionals) runs here too, right after each
+clip's decode (`chunk_fn`): it then scales with the decode workers and the encoding loop only
+packs what they computed.
 """
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from ingest.decode import Decoded
 
 _DONE = object()
 
 
-def _decode_one(clip, max_seconds: float):
+@dataclass
+class Featured(Decoded):
+    """A decoded clip with the audio features its decode worker computed: float32 [L, D], or None
+    and why the encoder cannot use the clip (`failure`, "category: detail")."""
+    features: np.ndarray | None = None
+    failure: str | None = None
+
+
+def _decode_one(clip, max_seconds: float, features: Callable | None = None):
     from ingest.decode import DecodeError, decode_audio
 
     try:
@@ -30,12 +47,23 @@ def _decode_one(clip, max_seconds: float):
         decoded, reason = None, str(e)
     except Exception as e:  # noqa: BLE001 - a clip must never stop the run
         decoded, reason = None, f"decode error: {type(e).__name__}: {e}"
+    if decoded is not None and features is not None:
+        feats, failure = features(decoded.wave)
+        decoded = Featured(decoded.wave, decoded.duration_s, decoded.cut, feats, failure)
     return replace(clip, audio=None), decoded, reason
 
 
-def decode_chunk(items: list) -> list:
-    """Runs in a decode worker: [(Clip, max_seconds)] in, [(clip without its bytes, Decoded or None, reason)] out."""
-    return [_decode_one(clip, max_seconds) for clip, max_seconds in items]
+def decode_chunk(items: list, features: Callable | None = None) -> list:
+    """Runs in a decode worker: [(Clip, max_seconds)] in, [(clip without its bytes, Decoded or None, reason)] out.
+    With `features` (wave -> (float32 [L, D] or None, failure or None)) every decoded clip is `Featured`."""
+    return [_decode_one(clip, max_seconds, features) for clip, max_seconds in items]
+
+
+def chunk_fn(audio_enc) -> Callable[[list], list]:
+    """What the decode workers run for this audio encoder: decoding, plus the encoder's features
+    where it computes them on the CPU (a picklable `worker_features(wave)`; no others have one)."""
+    features = getattr(audio_enc, "worker_features", None)
+    return functools.partial(decode_chunk, features=features) if features is not None else decode_chunk
 
 
 def crashed(item) -> tuple:

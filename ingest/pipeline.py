@@ -21,7 +21,7 @@ import numpy as np
 
 from lake.errors import LakeError, Preempted
 from ingest.config import IngestConfig
-from ingest.decode_pool import OrderedDecoder, decode_chunk
+from ingest.decode_pool import Featured, OrderedDecoder, chunk_fn
 from ingest.journal import Journal, JournalState
 from ingest.output import SetOutput
 from ingest.packer import BlockPacker
@@ -152,7 +152,7 @@ class RankWorker:
         workers = cfg.decode_workers if cfg.decode_workers > 0 else max(1, (os.cpu_count() or 2) // local_ranks - 1)
         # spawn, not fork: the parent holds CUDA contexts and a writer thread
         decoder = OrderedDecoder(lambda: ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")),
-                                 decode_chunk, chunk=4, max_pending=cfg.batch_size * 32)
+                                 chunk_fn(self.audio_enc), chunk=4, max_pending=cfg.batch_size * 32)
 
         def process(seg: list[Unit], committed: set[str], packer: BlockPacker) -> None:
             clips = self._clips(seg, committed)
@@ -239,9 +239,26 @@ class RankWorker:
                 if self.progress is not None:
                     self.progress.update(1)
 
+    def _worker_features(self, batch: list) -> list:
+        """Features the decode workers computed (`Featured`); their failures are quarantined here."""
+        for clip, d in batch:
+            if d.failure is None:
+                self._failures_in_a_row = 0
+                continue
+            self._quarantine(clip.key, "encode", d.failure, clip.source_uri, self.split_of(clip))
+            if d.failure.startswith("encode error"):  # the encoder itself, not the clip ("too short")
+                self._failures_in_a_row += 1
+                if self._failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+                    raise LakeError(f"the audio encoder failed on {self._failures_in_a_row} clips in a row in the "
+                                    f"decode workers (last: {d.failure}); stopping. Finished shards are kept: fix the "
+                                    "cause and re-run the same command")
+        return [d.features for _, d in batch]
+
     def _encode_audio(self, batch: list) -> list:
         """Per clip: float32 [L, D], or None (quarantined). A failing batch is retried clip by clip;
         an encoder that fails on every clip (a lost GPU, a broken model) stops the run instead."""
+        if isinstance(batch[0][1], Featured):
+            return self._worker_features(batch)
         waves = [d.wave for _, d in batch]
         try:
             out = list(self.audio_enc.encode(waves))

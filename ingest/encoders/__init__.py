@@ -1,6 +1,7 @@
 """Frozen encoders behind one small interface, selected by name on the command line.
 
-audio: `fbank` (offline default), `auristream` (WavCoch tokens -> AuriStream hidden states)
+audio: `fbank` (offline default), `auristream` (WavCoch tokens -> AuriStream hidden states),
+       `egemaps` / `compare` (openSMILE eGeMAPSv02 / ComParE 2016 functionals, in the decode workers)
 text:  `hashing` (offline default), `minilm` (the real all-MiniLM-L6-v2 from its wheel),
        `embeddinggemma` (google/embeddinggemma-300m), `st:ID_OR_PATH` (any sentence-transformers model)
 """
@@ -15,6 +16,10 @@ def build_audio_encoder(name: str, device: str = "cpu", layers: str = "all", **o
         from ingest.encoders.fbank import FbankEncoder
 
         return FbankEncoder(layers=layers, **options)
+    if name in ("egemaps", "compare"):
+        from ingest.encoders.opensmile import OpenSmileEncoder
+
+        return OpenSmileEncoder(name, layers=layers)
     if name == "auristream" or name.startswith("auristream:"):
         from ingest.encoders.auristream import AuriStreamEncoder
 
@@ -23,7 +28,7 @@ def build_audio_encoder(name: str, device: str = "cpu", layers: str = "all", **o
         return AuriStreamEncoder(device=device, layers=layers, **options)
     from lake.errors import LakeError
 
-    raise LakeError(f"unknown audio encoder {name!r}; choose fbank or auristream")
+    raise LakeError(f"unknown audio encoder {name!r}; choose fbank, egemaps, compare or auristream")
 
 
 def build_text_encoder(name: str, device: str = "cpu", **options) -> TextEncoder:
@@ -78,6 +83,12 @@ def encoders_from_manifest(encoders: dict, device: str = "cpu", text_model: str 
     layers = ",".join(a["layers"])
     if a["id"] == "fbank":
         audio = build_audio_encoder("fbank", layers=layers, n_mels=acfg.get("n_mels", 64))
+    elif a["id"] in ("egemaps", "compare"):
+        audio = build_audio_encoder(a["id"], layers=layers)
+        if any(audio.config()[k] != acfg.get(k) for k in ("feature_names", "fp16")):
+            raise LakeError(f"this openSMILE ({audio.config()['openSMILE']}) computes other {a['id']} features "
+                            f"than the set's ({acfg.get('openSMILE')}); install the opensmile package the set "
+                            f"was made with ({acfg.get('opensmile')})")
     else:
         opts = {"model": audio_model or acfg.get("model"), "tokenizer": audio_tokenizer or acfg.get("tokenizer")}
         if not audio_model and acfg.get("model_revision"):
