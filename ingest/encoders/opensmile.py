@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from ingest.encoders.base import SAMPLE_RATE, AudioEncoder, resolve_layers
+from ingest.encoders.base import SAMPLE_RATE, AudioEncoder
+from lake.layers import resolve_layers
 
 FEATURE_SETS = {"egemaps": "eGeMAPSv02", "compare": "ComParE_2016"}
 KNEE, PER_E = 8192.0, 1024.0  # identity up to KNEE, then 1024 per factor e
@@ -84,7 +85,7 @@ class OpenSmileEncoder(AudioEncoder):
                                       feature_level=opensmile.FeatureLevel.Functionals)
         self.feature_names = list(self._smile.feature_names)
         self.dim = len(self.feature_names)
-        self.layers = resolve_layers(layers, ["functionals"], "functionals")
+        self.layers = resolve_layers(layers, ["functionals"])
         self.package_version = opensmile.__version__
         # what ingest hands to its decode workers (picklable: a module function and a name)
         self.worker_features = functools.partial(worker_features, name)
