@@ -26,6 +26,18 @@ def _common(p: argparse.ArgumentParser, ckpt_flag: str, ckpt_help: str) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="where the model runs")
     p.add_argument("--num-workers", type=bounded(int, at_least(0)), default=0,
                    help="loader worker processes (0: in this process, fastest for a local set)")
+    add_reading_flags(p)
+
+
+def add_reading_flags(p: argparse.ArgumentParser) -> None:
+    """How a set behind a URL is read: the trainers' flags of the same names."""
+    from lake.catalog import default_cache_limit_gb
+
+    p.add_argument("--cache-dir", default="", help="a set behind a URL: the local shard cache (empty: "
+                   "$EMOLAKE_CACHE_DIR, else ~/.cache/emolake/shards)")
+    p.add_argument("--cache-limit", type=bounded(float, at_least(0)), default=default_cache_limit_gb(),
+                   help="a set behind a URL: GB the shard cache may hold (0: ranged reads of each block)")
+    p.add_argument("--storage-options", default="", help="JSON of fsspec options for a --data-root URL")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,7 +92,10 @@ def _run(args) -> int:
         return 0 if all("error" not in r for r in results) else 1
     from evaluation import stages
 
-    common = dict(data_root=args.data_root, out=args.out, split=args.split, batch_size=args.batch_size,
+    from lake.catalog import open_shard_set
+
+    shards = open_shard_set(args.data_root, args.cache_dir, args.cache_limit, args.storage_options)
+    common = dict(data_root=shards, out=args.out, split=args.split, batch_size=args.batch_size,
                   device=args.device, num_workers=args.num_workers)
     if args.command == "stage2":
         res = stages.stage2(args.clap_ckpt, block=args.block, template=args.template,

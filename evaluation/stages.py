@@ -36,6 +36,11 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _open(data_root) -> ShardSet:
+    """`data_root`: a set's path or URL, or an already opened ShardSet (the CLI opens it with its cache flags)."""
+    return data_root if isinstance(data_root, ShardSet) else open_shard_set(data_root)
+
+
 def _context(checkpoint: str, shards: ShardSet, split: str, rows: int, **extra) -> dict:
     return {"checkpoint": os.path.abspath(checkpoint), "data_root": shards.root, "fingerprint": shards.fingerprint,
             "split": split, "num_rows": rows, **extra}
@@ -60,7 +65,7 @@ def _classification_stage(stage: str, task_cls, ckpt_path: str, data_root: str, 
     from trainers.reference import reference_note
 
     dev = _device(device)
-    shards = open_shard_set(data_root)
+    shards = _open(data_root)
     task, model = task_cls.from_checkpoint(ckpt_path, shards, **files)
     loader = task.loader(split, batch_size, ONE, num_workers=num_workers)
     metrics = evaluate(task, model.to(dev), loader, dev, ONE)
@@ -109,7 +114,7 @@ def stage2(clap_ckpt: str, data_root: str, out: str, split: str = "test", batch_
     from trainers.metrics import retrieval_both_directions
 
     dev = _device(device)
-    shards = open_shard_set(data_root)
+    shards = _open(data_root)
     m = shards.manifest
     task, model = _clap(clap_ckpt, shards)
     model.to(dev)

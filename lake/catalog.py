@@ -101,12 +101,15 @@ class ShardSet:
         return rows
 
 
-def open_shard_set(root: str, cache_dir: str | None = None, cache_limit_gb: float | None = None) -> ShardSet:
+def open_shard_set(root: str, cache_dir: str | None = None, cache_limit_gb: float | None = None,
+                   storage_options: str | dict | None = None) -> ShardSet:
     """Read `root/manifest.json`; every problem becomes one LakeError naming the file.
 
-    `cache_dir` / `cache_limit_gb` (GB) matter only for a set behind a URL; None means the default.
+    `cache_dir` / `cache_limit_gb` (GB) matter only for a set behind a URL; None (or "") means the default.
+    `storage_options`: fsspec options for the URL's filesystem (JSON text or a dict; `--storage-options`).
     """
     root = str(root).rstrip("/") or "/"
+    storage.set_storage_options([root], storage_options)
     if cache_limit_gb is not None and cache_limit_gb < 0:
         raise LakeError(f"--cache-limit {cache_limit_gb}: must be 0 (no cache) or more GB")
     manifest_path = storage.join(root, MANIFEST_NAME)
@@ -121,6 +124,6 @@ def open_shard_set(root: str, cache_dir: str | None = None, cache_limit_gb: floa
         raise LakeError(f"{manifest_path}: cannot read ({e})") from None
     shards = ShardSet(root=root, manifest=Manifest.from_json(text, where=manifest_path))
     if storage.is_url(root):
-        shards.cache_dir = cache_dir or default_cache_dir()
+        shards.cache_dir = cache_dir or default_cache_dir()  # "" from a command line: the default
         shards.cache_limit_gb = default_cache_limit_gb() if cache_limit_gb is None else float(cache_limit_gb)
     return shards

@@ -189,7 +189,7 @@ class Run:
 
     def __init__(self, task_cls, cfg: TrainConfig, world: World, device: torch.device, preempted):
         self.cfg, self.world, self.device, self.preempted = cfg, world, device, preempted
-        self.shards = open_shard_set(cfg.data_root)
+        self.shards = open_shard_set(cfg.data_root, cfg.cache_dir, cfg.cache_limit, cfg.storage_options)
         self.val_split = validation_split(self.shards.manifest.splits)
         torch.manual_seed(cfg.seed)  # the same init on every rank
         self.task = task = task_cls(cfg, self.shards)
@@ -339,6 +339,7 @@ class Run:
             test_loader = self.task.loader("test", cfg.eval_batch_size, self.world, False, min(cfg.num_workers, 2))
             summary["test"] = evaluate(self.task, self.raw, test_loader, self.device, self.world, desc="test",
                                        progress=cfg.progress)
+            test_loader.close()
             self.log.line(f"test (best checkpoint, epoch {state.best_epoch:03d}): {self.task.headline(summary['test'])}")
         if self.world.is_main:
             self.log.line(f"best {self.task.selection} {state.best_value:.4f} at epoch {state.best_epoch:03d}: "
@@ -348,6 +349,8 @@ class Run:
         return summary
 
     def close(self) -> None:
+        self.train_loader.close()
+        self.val_loader.close()
         self.log.close()
 
 
