@@ -17,6 +17,7 @@ an uninterrupted run would have seen next.
 
 from __future__ import annotations
 
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -27,7 +28,7 @@ from lake import storage
 from lake.catalog import ShardSet
 from lake.errors import LakeError
 from shards.mapped import ShardMap
-from shards.partition import block_offsets, epoch_order, eval_batches, train_batches, worker_batches
+from shards.partition import block_offsets, eval_batches, rank_batches, worker_batches
 
 STATE_VERSION = 1
 
@@ -48,13 +49,46 @@ class _BatchPlan(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         epoch, start = int(self.position[0]), int(self.position[1])
-        if self.training:
-            order = epoch_order(self.block_rows, self.seed, epoch, self.window)
-            batches = train_batches(order, self.rank, self.world, self.local_batch)
-        else:
-            batches = eval_batches(int(self.block_rows.sum()), self.rank, self.world, self.local_batch)
+        batches = rank_batches(self.block_rows, self.training, self.seed, epoch, self.window, self.rank,
+                               self.world, self.local_batch)
         for j in worker_batches(len(batches), start, worker, workers):
-            yield np.asarray(batches[j])
+            yield batches[j]
+
+
+class _Buffers:
+    """Where batches are gathered: arrays reused once nothing refers to the batch made of them.
+
+    A fresh 1.5 - 12 MB array per batch pays page faults and zeroing on every batch (measured
+    here: a third of the gather at 23 KB rows; BENCHMARKS.md). Each batch is handed out as
+    views of a pooled array, watched by weakrefs: the tensors made from a view, and any tensor
+    sharing their memory, keep it alive, so a slot is refilled only after the consumer has
+    dropped everything of its batch (a batch never changes under anyone's feet).
+    Pinned batches (training on CUDA) come from torch's caching host allocator instead, which
+    also waits for asynchronous copies out of a block before it reuses it.
+    """
+
+    def __init__(self, pinned: bool, keep: int = 4):
+        self.pinned, self.keep = pinned, keep
+        self._slots: list[tuple[dict, list]] = []  # (full-size arrays, weakrefs of the views handed out)
+
+    def get(self, shapes: dict[str, tuple[tuple, np.dtype]], n: int) -> dict:
+        """{name: array of n rows}: numpy views of a free slot, or pinned torch tensors."""
+        if self.pinned:
+            return {k: torch.empty((n,) + shape[1:], dtype=_TORCH_DTYPES[np.dtype(dt)], pin_memory=True)
+                    for k, (shape, dt) in shapes.items()}
+        for arrays, refs in self._slots:
+            if all(r() is None for r in refs):
+                break
+        else:
+            arrays, refs = {k: np.empty(shape, dt) for k, (shape, dt) in shapes.items()}, []
+            if len(self._slots) < self.keep:
+                self._slots.append((arrays, refs))
+        views = {k: a[:n] for k, a in arrays.items()}
+        refs[:] = [weakref.ref(v) for v in views.values()]
+        return views
+
+
+_TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
 
 
 class _Gather:
@@ -62,8 +96,8 @@ class _Gather:
 
     Labels (2 bytes a row) are read once for the whole split and indexed per batch; the
     embeddings are copied block by block, each block's rows being one contiguous slice of
-    the batch (rows are sorted into storage order: the order within a batch does not
-    matter to a mean loss, and the `row` tensor says which rows came).
+    the batch (a plan's rows come in storage order: the order within a batch does not matter
+    to a mean loss, and the `row` tensor says which rows came), into reused buffers (`_Buffers`).
     """
 
     def __init__(self, loader: "ShardLoader"):
@@ -71,6 +105,7 @@ class _Gather:
         self.block_table = loader.block_table  # [n_blocks, 2]: shard index, block index in shard
         self.offsets = block_offsets(loader.block_rows)
         self.layer_idx = loader.layer_idx
+        self.local_batch = loader.local_batch
         stored = len(loader.shards.manifest.audio_layers)
         all_layers = len(self.layer_idx) == stored and (self.layer_idx == np.arange(stored)).all()
         self.audio_parts = 1 if all_layers else len(self.layer_idx)  # views per block: one, or one per layer
@@ -80,6 +115,8 @@ class _Gather:
         self._maps: dict[int, ShardMap] = {}
         self._blocks: OrderedDict = OrderedDict()
         self._cache_size = 10**9 if all(not storage.is_url(p) for p in self.paths) else 2 * loader.window_blocks
+        self._buffers = _Buffers(pinned=loader.pin_memory and loader.num_workers == 0 and torch.cuda.is_available())
+        self._shapes = None
 
     def _map(self, s: int) -> ShardMap:
         shard = self._maps.get(s)
@@ -114,18 +151,21 @@ class _Gather:
         return [audio[:, j:j + 1] for j in self.layer_idx]
 
     def _outputs(self, arrays: list[np.ndarray], n: int, out: dict) -> list[np.ndarray]:
-        """Allocate the batch arrays into `out`; return one destination per block array (see `_block`)."""
-        dsts, k = [], 0
+        """Fill `out` with the batch arrays; return one destination per block array (see `_block`)."""
+        if self._shapes is None:
+            self._shapes, k = {}, 0
+            for m in self.members:
+                trailing = (len(self.layer_idx), arrays[k].shape[2]) if m == "audio" else arrays[k].shape[1:]
+                self._shapes[m] = ((self.local_batch,) + trailing, arrays[k].dtype)
+                k += self.audio_parts if m == "audio" else 1
+        out.update(self._buffers.get(self._shapes, n))
+        dsts = []
         for m in self.members:
-            if m == "audio":
-                dim = arrays[k].shape[2]
-                full = out["audio"] = np.empty((n, len(self.layer_idx), dim), dtype=arrays[k].dtype)
-                dsts += [full] if self.audio_parts == 1 else [full[:, j:j + 1] for j in range(self.audio_parts)]
-                k += self.audio_parts
+            full = out[m].numpy() if isinstance(out[m], torch.Tensor) else out[m]
+            if m == "audio" and self.audio_parts > 1:
+                dsts += [full[:, j:j + 1] for j in range(self.audio_parts)]
             else:
-                out[m] = np.empty((n,) + arrays[k].shape[1:], dtype=arrays[k].dtype)
-                dsts.append(out[m])
-                k += 1
+                dsts.append(full)
         return dsts
 
     def labels(self) -> np.ndarray:
@@ -137,29 +177,34 @@ class _Gather:
         return self._labels
 
     def __call__(self, plans):
-        for rows in plans:
-            rows = np.sort(rows)
+        for rows in plans:  # ascending row ids (shards.partition.rank_batches)
             blocks = np.searchsorted(self.offsets, rows, side="right") - 1
+            local = rows - self.offsets[blocks]  # row within its block
             cuts = np.flatnonzero(np.diff(blocks)) + 1
             starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(rows)]])
-            out: dict[str, np.ndarray] = {}
+            out: dict = {}
             dsts = None
             for start, end, b in zip(starts.tolist(), ends.tolist(), blocks[starts].tolist()):
                 arrays = self._block(b)
-                local = rows[start:end] - self.offsets[b]
                 if dsts is None:
                     dsts = self._outputs(arrays, len(rows), out)
+                idx = local[start:end]
                 for src, dst in zip(arrays, dsts):
-                    src.take(local, axis=0, out=dst[start:end])
+                    # mode="clip" (the ids are in range): with the default "raise", numpy copies `out` to a
+                    # temporary and back on every call, tripling the bytes moved
+                    src.take(idx, axis=0, out=dst[start:end], mode="clip")
+            dsts = None
             if self.with_label:
                 out["label"] = self.labels()[rows]
             out["row"] = rows
             yield out
+            out = None  # the next batch may reuse this one's buffers once the consumer drops it
 
 
 def _to_torch(batches):
     for b in batches:
-        yield {k: torch.from_numpy(v) for k, v in b.items()}
+        yield {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in b.items()}
+        b = None
 
 
 class ShardLoader:
@@ -210,7 +255,7 @@ class ShardLoader:
         import multiprocessing as mp
 
         self._position = mp.Array("q", 2, lock=False)  # (epoch, first batch), read by the workers
-        self._dataloader = None
+        self._dataloader = self._inline = None
 
     @staticmethod
     def default_window(m, fields, layers, target_bytes: int = 64 << 20) -> int:
@@ -237,6 +282,21 @@ class ShardLoader:
     def _pipeline(self) -> wds.DataPipeline:
         return wds.DataPipeline(_BatchPlan(self), _Gather(self), _to_torch)
 
+    def _source(self):
+        """Kept across epochs, so mapped shards, cached blocks, buffers and workers are set up once."""
+        if self.num_workers == 0:  # in-process: nothing between the gather and the consumer
+            if self._inline is None:
+                self._inline = self._pipeline()
+            return self._inline
+        if self._dataloader is None:
+            self._dataloader = torch.utils.data.DataLoader(
+                self._pipeline(), batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                prefetch_factor=4, persistent_workers=True,
+                # a private generator: creating an iterator must not draw from the global RNG, or a run resumed
+                # mid-epoch would see other dropout masks than an uninterrupted one
+                generator=torch.Generator().manual_seed(self.seed))
+        return self._dataloader
+
     def __iter__(self):
         """Training: the rest of the current epoch, from the batch after the last consumed one.
         Evaluation: the whole split, every time."""
@@ -246,15 +306,7 @@ class ShardLoader:
         if start >= len(self):
             return
         self._position[0], self._position[1] = self.epoch, start
-        if self._dataloader is None:
-            self._dataloader = torch.utils.data.DataLoader(
-                self._pipeline(), batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                prefetch_factor=4 if self.num_workers else None, persistent_workers=self.num_workers > 0,
-                # a private generator: creating an iterator must not draw from the global RNG, or a run resumed
-                # mid-epoch would see other dropout masks than an uninterrupted one
-                generator=torch.Generator().manual_seed(self.seed))
-        loader = self._dataloader
-        for batch in loader:
+        for batch in self._source():
             self.consumed += 1
             yield batch
 
