@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from lake.catalog import ShardSet
-from shards.loader import ShardLoader, _Gather
+from shards.loader import ShardLoader, _Buffers, _Gather
 from shards.partition import eval_batches, rank_batches
 
 DEFAULT_SHARE = 0.5
@@ -59,6 +59,8 @@ class DeviceLoader:
     def __init__(self, loader: ShardLoader, device: torch.device | str):
         self.loader, self.device = loader, torch.device(device)
         self.data = self._load()
+        self._arrays = self._shapes = None  # CPU: numpy views of `data` and the batch shapes
+        self._buffers = _Buffers(pinned=False)
 
     @classmethod
     def of(cls, shards: ShardSet, split: str, batch_size: int, device: torch.device | str, **kwargs) -> "DeviceLoader":
@@ -103,14 +105,13 @@ class DeviceLoader:
     num_rows = property(lambda self: self.loader.num_rows)
     training = property(lambda self: self.loader.training)
 
-    def _plan(self) -> tuple[torch.Tensor, list[int]]:
-        """The epoch's row ids on the device, concatenated, and where each batch starts (then the end)."""
+    def _plan(self) -> tuple[np.ndarray, list[int]]:
+        """The epoch's row ids, concatenated, and where each batch starts (then the end)."""
         lo = self.loader
         batches = rank_batches(lo.block_rows, lo.training, lo.seed, lo.epoch, lo.window_blocks, lo.rank, lo.world,
                                lo.local_batch)
-        bounds = np.concatenate([[0], np.cumsum([len(b) for b in batches])]).tolist()
-        rows = np.concatenate(batches) if batches else np.empty(0, np.int64)
-        return torch.from_numpy(rows).to(self.device), bounds
+        bounds = np.concatenate([[0], np.cumsum([len(b) for b in batches])]).astype(int).tolist()
+        return (np.concatenate(batches) if batches else np.empty(0, np.int64)), bounds
 
     def __iter__(self):
         """As ShardLoader's: the rest of the epoch (training), or the whole split (evaluation)."""
@@ -120,9 +121,23 @@ class DeviceLoader:
         if lo.consumed >= len(lo):
             return
         rows, bounds = self._plan()
+        on_cpu = self.device.type == "cpu"
+        if not on_cpu:
+            rows = torch.from_numpy(rows).to(self.device)  # one copy an epoch
         for j in range(lo.consumed, len(bounds) - 1):
             idx = rows[bounds[j]:bounds[j + 1]]
-            batch = {k: v.index_select(0, idx) for k, v in self.data.items()}
-            batch["row"] = idx
+            batch = self._take_cpu(idx) if on_cpu else {k: v.index_select(0, idx) for k, v in self.data.items()}
+            batch["row"] = torch.from_numpy(idx) if on_cpu else idx
             lo.consumed += 1
             yield batch
+
+    def _take_cpu(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
+        """On the CPU, numpy's take into reused buffers: torch's CPU index_select copies fp16 rows element
+        by element (measured here: 1.1M rows/s at 3 KB rows on one thread, vs >10M rows/s for take)."""
+        if self._arrays is None:
+            self._arrays = {k: v.numpy() for k, v in self.data.items()}
+            self._shapes = {k: ((self.loader.local_batch,) + a.shape[1:], a.dtype) for k, a in self._arrays.items()}
+        out = self._buffers.get(self._shapes, len(idx))
+        for k, a in self._arrays.items():
+            a.take(idx, axis=0, out=out[k], mode="clip")  # see shards.loader._Gather: "raise" copies `out` twice
+        return {k: torch.from_numpy(v) for k, v in out.items()}

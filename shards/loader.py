@@ -4,6 +4,10 @@ Built from webdataset pipeline stages (`wds.DataPipeline`): a per-worker plan of
 batches (shards.partition) -> a gather stage that copies each batch's rows out of
 the blocks (memory-mapped views of local shards, or ranged reads of the recorded
 byte ranges behind a URL) -> tensors. Rows are never read one tar member at a time.
+With num_workers=0 (the trainers' default) the stages run in the caller's process with
+no DataLoader between them, and rows are copied straight into the batch's memory:
+reused buffers (`_Buffers`), or pinned memory when training on CUDA. Faster ways tried,
+and why they were not kept, are in BENCHMARKS.md (Loader).
 
 Batches are dicts of CPU tensors, pinned when training on CUDA:
     audio [b, L, Da] float16 (the stored layers asked for), text [b, Dt] float16,
@@ -74,7 +78,7 @@ class _Buffers:
     def get(self, shapes: dict[str, tuple[tuple, np.dtype]], n: int) -> dict:
         """{name: array of n rows}: numpy views of a free slot, or pinned torch tensors."""
         if self.pinned:
-            return {k: torch.empty((n,) + shape[1:], dtype=_TORCH_DTYPES[np.dtype(dt)], pin_memory=True)
+            return {k: torch.empty((n,) + shape[1:], dtype=torch.from_numpy(np.empty(0, dt)).dtype, pin_memory=True)
                     for k, (shape, dt) in shapes.items()}
         for arrays, refs in self._slots:
             if all(r() is None for r in refs):
@@ -86,9 +90,6 @@ class _Buffers:
         views = {k: a[:n] for k, a in arrays.items()}
         refs[:] = [weakref.ref(v) for v in views.values()]
         return views
-
-
-_TORCH_DTYPES = {np.dtype(np.float16): torch.float16, np.dtype(np.float32): torch.float32}
 
 
 class _Gather:
@@ -197,6 +198,8 @@ class _Gather:
             if self.with_label:
                 out["label"] = self.labels()[rows]
             out["row"] = rows
+            if self._buffers.pinned:  # the small ones too, so that every copy to the GPU can be asynchronous
+                out.update({k: torch.from_numpy(out[k]).pin_memory() for k in ("label", "row") if k in out})
             yield out
             out = None  # the next batch may reuse this one's buffers once the consumer drops it
 
