@@ -5,9 +5,9 @@ batches (shards.partition) -> a gather stage that copies each batch's rows out o
 the blocks (memory-mapped views of local shards, or ranged reads of the recorded
 byte ranges behind a URL) -> tensors. Rows are never read one tar member at a time.
 With num_workers=0 (the trainers' default) the stages run in the caller's process with
-no DataLoader between them, and rows are copied straight into the batch's memory:
-reused buffers (`_Buffers`), or pinned memory when training on CUDA. Faster ways tried,
-and why they were not kept, are in BENCHMARKS.md (Loader).
+no DataLoader between them, and rows are copied straight into the batch's memory
+(pinned when training on CUDA). What was tried for speed, kept or not, and why, is in
+BENCHMARKS.md (Loader).
 
 Batches are dicts of CPU tensors, pinned when training on CUDA:
     audio [b, L, Da] float16 (the stored layers asked for), text [b, Dt] float16,
@@ -21,7 +21,6 @@ an uninterrupted run would have seen next.
 
 from __future__ import annotations
 
-import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -59,46 +58,15 @@ class _BatchPlan(torch.utils.data.IterableDataset):
             yield batches[j]
 
 
-class _Buffers:
-    """Where batches are gathered: arrays reused once nothing refers to the batch made of them.
-
-    A fresh 1.5 - 12 MB array per batch pays page faults and zeroing on every batch (measured
-    here: a third of the gather at 23 KB rows; BENCHMARKS.md). Each batch is handed out as
-    views of a pooled array, watched by weakrefs: the tensors made from a view, and any tensor
-    sharing their memory, keep it alive, so a slot is refilled only after the consumer has
-    dropped everything of its batch (a batch never changes under anyone's feet).
-    Pinned batches (training on CUDA) come from torch's caching host allocator instead, which
-    also waits for asynchronous copies out of a block before it reuses it.
-    """
-
-    def __init__(self, pinned: bool, keep: int = 4):
-        self.pinned, self.keep = pinned, keep
-        self._slots: list[tuple[dict, list]] = []  # (full-size arrays, weakrefs of the views handed out)
-
-    def get(self, shapes: dict[str, tuple[tuple, np.dtype]], n: int) -> dict:
-        """{name: array of n rows}: numpy views of a free slot, or pinned torch tensors."""
-        if self.pinned:
-            return {k: torch.empty((n,) + shape[1:], dtype=torch.from_numpy(np.empty(0, dt)).dtype, pin_memory=True)
-                    for k, (shape, dt) in shapes.items()}
-        for arrays, refs in self._slots:
-            if all(r() is None for r in refs):
-                break
-        else:
-            arrays, refs = {k: np.empty(shape, dt) for k, (shape, dt) in shapes.items()}, []
-            if len(self._slots) < self.keep:
-                self._slots.append((arrays, refs))
-        views = {k: a[:n] for k, a in arrays.items()}
-        refs[:] = [weakref.ref(v) for v in views.values()]
-        return views
-
-
 class _Gather:
     """Second stage: rows -> numpy arrays, block by block.
 
     Labels (2 bytes a row) are read once for the whole split and indexed per batch; the
     embeddings are copied block by block, each block's rows being one contiguous slice of
     the batch (a plan's rows come in storage order: the order within a batch does not matter
-    to a mean loss, and the `row` tensor says which rows came), into reused buffers (`_Buffers`).
+    to a mean loss, and the `row` tensor says which rows came), straight into the batch's
+    memory: pinned when training on CUDA in-process (no second copy by a DataLoader), else a
+    fresh array (a pool of reused ones measured no faster: the allocator already recycles them).
     """
 
     def __init__(self, loader: "ShardLoader"):
@@ -116,7 +84,7 @@ class _Gather:
         self._maps: dict[int, ShardMap] = {}
         self._blocks: OrderedDict = OrderedDict()
         self._cache_size = 10**9 if all(not storage.is_url(p) for p in self.paths) else 2 * loader.window_blocks
-        self._buffers = _Buffers(pinned=loader.pin_memory and loader.num_workers == 0 and torch.cuda.is_available())
+        self.pinned = loader.pin_memory and loader.num_workers == 0 and torch.cuda.is_available()
         self._shapes = None
 
     def _map(self, s: int) -> ShardMap:
@@ -152,21 +120,21 @@ class _Gather:
         return [audio[:, j:j + 1] for j in self.layer_idx]
 
     def _outputs(self, arrays: list[np.ndarray], n: int, out: dict) -> list[np.ndarray]:
-        """Fill `out` with the batch arrays; return one destination per block array (see `_block`)."""
+        """Allocate the batch arrays into `out`; return one destination per block array (see `_block`)."""
         if self._shapes is None:
             self._shapes, k = {}, 0
             for m in self.members:
                 trailing = (len(self.layer_idx), arrays[k].shape[2]) if m == "audio" else arrays[k].shape[1:]
-                self._shapes[m] = ((self.local_batch,) + trailing, arrays[k].dtype)
+                self._shapes[m] = (trailing, arrays[k].dtype)
                 k += self.audio_parts if m == "audio" else 1
-        out.update(self._buffers.get(self._shapes, n))
         dsts = []
-        for m in self.members:
-            full = out[m].numpy() if isinstance(out[m], torch.Tensor) else out[m]
-            if m == "audio" and self.audio_parts > 1:
-                dsts += [full[:, j:j + 1] for j in range(self.audio_parts)]
+        for m, (trailing, dtype) in self._shapes.items():
+            if self.pinned:
+                out[m] = torch.empty((n,) + trailing, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True)
+                full = out[m].numpy()
             else:
-                dsts.append(full)
+                full = out[m] = np.empty((n,) + trailing, dtype)
+            dsts += [full[:, j:j + 1] for j in range(self.audio_parts)] if m == "audio" and self.audio_parts > 1 else [full]
         return dsts
 
     def labels(self) -> np.ndarray:
@@ -194,20 +162,17 @@ class _Gather:
                     # mode="clip" (the ids are in range): with the default "raise", numpy copies `out` to a
                     # temporary and back on every call, tripling the bytes moved
                     src.take(idx, axis=0, out=dst[start:end], mode="clip")
-            dsts = None
             if self.with_label:
                 out["label"] = self.labels()[rows]
             out["row"] = rows
-            if self._buffers.pinned:  # the small ones too, so that every copy to the GPU can be asynchronous
+            if self.pinned:  # the small ones too, so that every copy to the GPU can be asynchronous
                 out.update({k: torch.from_numpy(out[k]).pin_memory() for k in ("label", "row") if k in out})
             yield out
-            out = None  # the next batch may reuse this one's buffers once the consumer drops it
 
 
 def _to_torch(batches):
     for b in batches:
         yield {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in b.items()}
-        b = None
 
 
 class ShardLoader:
