@@ -41,6 +41,7 @@ import platform
 import shutil
 import tempfile
 import time
+import warnings
 
 import numpy as np
 
@@ -214,6 +215,8 @@ def time_mds(out: str, batch: int, limit: int):
     from streaming import StreamingDataset
     from streaming.base.util import clean_stale_shared_memory
 
+    # MDS hands out read-only arrays; torch's collate warns once that its tensors of them must not be written
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     clean_stale_shared_memory()
     dataset = StreamingDataset(local=out, shuffle=True, shuffle_seed=0, batch_size=batch)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=0)

@@ -70,19 +70,20 @@ class DeviceLoader:
         """Whether the loader's fields take at most `share` of the device's memory."""
         return split_bytes(loader) <= share * device_memory(device)
 
-    def _load(self) -> dict[str, torch.Tensor]:
-        """Every row of the split, in row-id order, read with the streaming gather in batch-sized runs."""
+    def _load(self, chunk_bytes: int = 64 << 20) -> dict[str, torch.Tensor]:
+        """Every row of the split, in row-id order, read with the streaming gather ~64 MB at a time
+        (batch-sized pieces took 5x longer: per-call costs)."""
         lo = self.loader
-        gather = _Gather(lo)
-        plans = eval_batches(lo.num_rows, 0, 1, lo.local_batch)
+        chunk = max(1, chunk_bytes * lo.num_rows // max(1, split_bytes(lo)))
         data: dict[str, torch.Tensor] = {}
-        for batch in gather(plans):
+        for batch in _Gather(lo)(eval_batches(lo.num_rows, 0, 1, chunk)):
             rows = batch.pop("row")
+            first, last = int(rows[0]), int(rows[-1]) + 1
             for k, v in batch.items():
                 v = torch.as_tensor(v)
                 if k not in data:
                     data[k] = torch.empty((lo.num_rows,) + tuple(v.shape[1:]), dtype=v.dtype, device=self.device)
-                data[k][int(rows[0]):int(rows[-1]) + 1].copy_(v)
+                data[k][first:last].copy_(v)
         return data
 
     # -- the ShardLoader interface ---------------------------------------------------

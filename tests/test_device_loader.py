@@ -87,3 +87,5 @@ def test_fits_and_the_bytes_it_needs(shards):
     device = DeviceLoader(loader, "cpu")
     assert sum(t.numel() * t.element_size() for t in device.data.values()) == split_bytes(loader)
     assert DeviceLoader.fits(loader, "cpu") and not DeviceLoader.fits(loader, "cpu", share=1e-12)
+    pieces = device._load(chunk_bytes=300)  # the split read in many pieces (~6 rows) lands the same
+    assert list(pieces) == list(device.data) and all(torch.equal(pieces[k], device.data[k]) for k in pieces)
