@@ -83,7 +83,8 @@ class _Gather:
         self._labels = None
         self._maps: dict[int, ShardMap] = {}
         self._blocks: OrderedDict = OrderedDict()
-        self._cache_size = 10**9 if all(not storage.is_url(p) for p in self.paths) else 2 * loader.window_blocks
+        self._local = all(not storage.is_url(p) for p in self.paths)
+        self._cache_size = 10**9 if self._local else 2 * loader.window_blocks
         self.pinned = loader.pin_memory and loader.num_workers == 0 and torch.cuda.is_available()
         self._shapes = None
 
@@ -153,15 +154,16 @@ class _Gather:
             starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(rows)]])
             out: dict = {}
             dsts = None
+            block = self._blocks.get if self._local else self._block  # local: every block stays cached
             for start, end, b in zip(starts.tolist(), ends.tolist(), blocks[starts].tolist()):
-                arrays = self._block(b)
+                arrays = block(b) or self._block(b)
                 if dsts is None:
                     dsts = self._outputs(arrays, len(rows), out)
                 idx = local[start:end]
                 for src, dst in zip(arrays, dsts):
-                    # mode="clip" (the ids are in range): with the default "raise", numpy copies `out` to a
-                    # temporary and back on every call, tripling the bytes moved
-                    src.take(idx, axis=0, out=dst[start:end], mode="clip")
+                    # mode "clip" (the ids are in range): with the default "raise", numpy copies `out` to a
+                    # temporary and back on every call, tripling the bytes moved. Positional: cheaper to parse.
+                    src.take(idx, 0, dst[start:end], "clip")
             if self.with_label:
                 out["label"] = self.labels()[rows]
             out["row"] = rows
