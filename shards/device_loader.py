@@ -3,10 +3,11 @@
 The small heads (SLM, MELD, CLAP on stored embeddings) read a few KB a row, so a whole split
 fits on a training GPU: 1.2M rows x (768 + 768) x 2 bytes = 3.7 GB. `DeviceLoader` reads
 the split's needed fields once, through the streaming loader's own gather, into one tensor
-per field on `device`; each batch is then an `index_select` there.
+per field on `device`; each batch is then gathered there (`index_select` on CUDA, numpy's
+take on the CPU), so an epoch moves nothing from the host but the epoch's row order.
 
 It is a drop-in for a `ShardLoader` (it wraps one): the same batch dicts (audio [b, L, Da],
-text, caption, label int64, row int64; all on `device`), the same row order (the plan of
+text, caption, label int64, row int64; all on `device`, `row` too), the same row order (the plan of
 shards.partition, each batch in ascending row ids), `__len__`, `set_epoch`, and the
 wrapped loader's own `state_dict` / `load_state_dict`, so a checkpoint written by either
 resumes with the other.
