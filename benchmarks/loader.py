@@ -1,66 +1,144 @@
-"""Read the same rows three ways: this project's loader, a per-row webdataset pipeline, a raw read.
+"""Read the same rows every way, in one run: this loader, the split on the device, peers, the raw bytes.
 
-    python -m benchmarks.loader [--rows 200000] [--dim 768] [--layers 1] [--batch-size 512] [--workers 0]
+    uv run python -m benchmarks.loader                          # loader, device, per-row webdataset, raw
+    uv run --group bench python -m benchmarks.loader --peers    # + LitData and MosaicML Streaming (MDS)
 
-1. `ShardLoader` over a shard set of format v1 (blocks of 1024 rows), shuffled training
-   batches of --batch-size, one process unless --workers;
-2. a plain webdataset pipeline over the same rows written one tar member set per row
-   (`<key>.audio.npy`, `<key>.text.npy`, `<key>.cls`), decoded with np.load per member;
-3. a raw sequential read of the format-v1 shard files' bytes (the physical limit here).
+For each row width (--layers: stored audio layers L; a row is audio L x 768 + text 768,
+fp16, and an int label: 3 KB at L=1, 23 KB at L=14, all of AuriStream's layers) the same
+--rows are written in every layout, then read in this one process, shuffled, in batches of
+--batch-size, on a warm page cache (every layout's files dropped from the cache and read
+back before anything is timed: see `warm`; a width's layouts together stay well inside a
+24 GB machine's page cache: 200k rows at L=1 and 40k rows at L=14 by default, ~0.6 GB and
+~0.9 GB a layout, 1.8 GB and 1.2 GB one member per row):
 
-All three run on a warm page cache (each is read once before it is timed); the raw read and
-the loader report the best of three passes. Ends with one JSON line of the figures.
+- raw: a sequential read of the format-v1 shard files (`readinto` one reused 8 MB buffer):
+  the physical limit, not a loader (no shuffle, no batches);
+- loader: `ShardLoader` over format v1 (blocks of 1024 rows, shards of 16384), training
+  order (blocks permuted, rows shuffled in windows of blocks), num_workers=0;
+- device: `DeviceLoader` on --device (cpu by default): the split read once into one tensor
+  per field there (its load time is printed), then every batch gathered there (on the CPU
+  numpy's take into reused buffers, on CUDA `index_select`), in the loader's order;
+- litdata: `litdata.optimize` (fn yielding one {audio, text, label} dict a row, chunk_bytes
+  64MB, no compression) -> `StreamingDataset(dir, shuffle=True)` read by
+  `StreamingDataLoader(batch_size, num_workers=0)`, as LitData's README reads an optimized
+  local dataset (chunks read in place, items decoded by its serializers, default collate);
+- mds: `MDSWriter(columns audio ndarray:float16:L,768, text ndarray:float16:768, label int,
+  no compression)` -> `StreamingDataset(local=dir, shuffle=True, batch_size)` read by a
+  torch `DataLoader(batch_size, num_workers=0)`, MDS's documented local reading;
+- webdataset_per_row: one tar member set per row (`<key>.audio.npy`, `.text.npy`, `.cls`),
+  `WebDataset(urls, shardshuffle, seed).shuffle(1000).decode().to_tuple(...).batched(batch)`.
+
+The loader, device, litdata and raw figures are the best of --passes full passes; mds and
+webdataset_per_row (per-row Python work, ~1000x slower) are timed over --slow-rows rows of
+an epoch after a short warm-up. Ends with one JSON line keyed by width, rows/s per reader.
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import platform
 import shutil
 import tempfile
 import time
+import warnings
 
 import numpy as np
 
+DIM, CLASSES, BLOCK = 768, 36, 1024
 
-def write_sets(root: str, rows: int, dim: int, layers: int, num_classes: int = 36, seed: int = 0):
-    import webdataset as wds
 
+def make_block(start: int, rows: int, layers: int, seed: int = 0) -> dict:
+    """Rows start.. of the set (up to 1024), as the shard writer takes them; seeded by block, so every
+    layout (and LitData's worker process) writes the same values."""
+    rng = np.random.default_rng([seed, start])
+    n = min(BLOCK, rows - start)
+    return {"audio": rng.standard_normal((n, layers, DIM), dtype=np.float32).astype(np.float16),
+            "text": rng.standard_normal((n, DIM), dtype=np.float32).astype(np.float16),
+            "label": rng.integers(0, CLASSES, n).astype(np.int16),
+            "meta": {"keys": [f"k{start + i:08d}" for i in range(n)], "durations": [1.0] * n,
+                     "transcripts": [""] * n, "source_uris": [""] * n}}
+
+
+def make_blocks(rows: int, layers: int):
+    for start in range(0, rows, BLOCK):
+        yield make_block(start, rows, layers)
+
+
+def write_v1(root: str, rows: int, layers: int) -> str:
     from lake.schema import Manifest
     from shards.writer import SetWriter
 
     manifest = Manifest(name="bench", source={"kind": "benchmark"},
-                        encoders={"audio": {"id": "bench", "revision": None, "dim": dim,
+                        encoders={"audio": {"id": "bench", "revision": None, "dim": DIM,
                                             "layers": [f"h{i}" for i in range(layers)]},
-                                  "text": {"id": "bench", "revision": None, "dim": dim}},
-                        taxonomy=[f"c{i}" for i in range(num_classes)], fields=["audio", "text", "label"])
-    rng = np.random.default_rng(seed)
-    blocked = SetWriter(os.path.join(root, "v1"), manifest, rows_per_shard=16384)
-    os.makedirs(os.path.join(root, "perrow"), exist_ok=True)
-    per_row_urls, sink, written = [], None, 0
-    for start in range(0, rows, 1024):
-        n = min(1024, rows - start)
-        block = {"audio": rng.standard_normal((n, layers, dim), dtype=np.float32).astype(np.float16),
-                 "text": rng.standard_normal((n, dim), dtype=np.float32).astype(np.float16),
-                 "label": rng.integers(0, num_classes, n).astype(np.int16),
-                 "meta": {"keys": [f"k{start + i:08d}" for i in range(n)], "durations": [1.0] * n,
-                          "transcripts": [""] * n, "source_uris": [""] * n}}
-        blocked.add_block("train", block)
-        for i in range(n):
+                                  "text": {"id": "bench", "revision": None, "dim": DIM}},
+                        taxonomy=[f"c{i}" for i in range(CLASSES)], fields=["audio", "text", "label"])
+    out = os.path.join(root, "v1")
+    writer = SetWriter(out, manifest, rows_per_shard=16384)
+    for block in make_blocks(rows, layers):
+        writer.add_block("train", block)
+    writer.close()
+    return out
+
+
+def write_per_row(root: str, rows: int, layers: int) -> str:
+    import webdataset as wds
+
+    out = os.path.join(root, "perrow")
+    os.makedirs(out)
+    sink, written = None, 0
+    for block in make_blocks(rows, layers):
+        for i, key in enumerate(block["meta"]["keys"]):
             if written % 16384 == 0:
                 if sink is not None:
                     sink.close()
-                per_row_urls.append(os.path.join(root, "perrow", f"train-{len(per_row_urls):06d}.tar"))
-                sink = wds.TarWriter(per_row_urls[-1])
-            sink.write({"__key__": block["meta"]["keys"][i], "audio.npy": block["audio"][i],
-                        "text.npy": block["text"][i], "cls": int(block["label"][i])})
+                sink = wds.TarWriter(os.path.join(out, f"train-{written // 16384:06d}.tar"))
+            sink.write({"__key__": key, "audio.npy": block["audio"][i], "text.npy": block["text"][i],
+                        "cls": int(block["label"][i])})
             written += 1
     sink.close()
-    blocked.close()
-    return os.path.join(root, "v1"), per_row_urls
+    return out
+
+
+def write_litdata(root: str, rows: int, layers: int) -> str:
+    import litdata
+
+    out = os.path.join(root, "litdata")
+    for var, name in (("DATA_OPTIMIZER_CACHE_FOLDER", "chunks"), ("DATA_OPTIMIZER_DATA_CACHE_FOLDER", "data")):
+        os.environ[var] = os.path.join(root, "litdata-cache", name)  # its scratch folders (else under /tmp)
+    litdata.optimize(fn=_BlockRows(rows, layers), inputs=list(range(0, rows, BLOCK)), output_dir=out,
+                     chunk_bytes="64MB", num_workers=1, verbose=False, start_method="fork")
+    return out
+
+
+class _BlockRows:
+    """LitData's fn: a block's first row -> that block's rows, one {audio, text, label} dict each."""
+
+    def __init__(self, rows: int, layers: int):
+        self.rows, self.layers = rows, layers
+
+    def __call__(self, start: int):
+        block = make_block(start, self.rows, self.layers)
+        for i in range(len(block["label"])):
+            yield {"audio": block["audio"][i], "text": block["text"][i], "label": int(block["label"][i])}
+
+
+def write_mds(root: str, rows: int, layers: int) -> str:
+    from streaming import MDSWriter
+
+    out = os.path.join(root, "mds")
+    columns = {"audio": f"ndarray:float16:{layers},{DIM}", "text": f"ndarray:float16:{DIM}", "label": "int"}
+    with MDSWriter(out=out, columns=columns, compression=None, size_limit=1 << 26) as writer:
+        for block in make_blocks(rows, layers):
+            for i in range(len(block["label"])):
+                writer.write({"audio": block["audio"][i], "text": block["text"][i], "label": int(block["label"][i])})
+    return out
+
+
+def files_under(root: str) -> list[str]:
+    return sorted(os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs)
 
 
 def raw_read(paths: list[str], chunk: int = 8 << 20) -> int:
@@ -76,92 +154,228 @@ def raw_read(paths: list[str], chunk: int = 8 << 20) -> int:
     return total
 
 
-def time_loader(root: str, batch: int, workers: int) -> tuple[int, float]:
+def warm(paths: list[str]) -> None:
+    """Put the files in the page cache as a reader finds them after reading them from storage.
+
+    Pages just written sit in the cache in the small folios of the writes, and a sequential read
+    of those ran at 6-8 GB/s here against 16-17 GB/s for the same bytes read back from disk (the
+    loaders were barely affected): so every layout is dropped from the cache and read back.
+    """
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fdatasync(fd)  # only clean pages can be dropped
+            if hasattr(os, "posix_fadvise"):
+                os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    raw_read(paths)
+
+
+def best_of(passes: int, run) -> tuple[int, float]:
+    """(rows, seconds) of the fastest of `passes` calls of run(i) -> rows."""
+    best = None
+    for i in range(passes):
+        t0 = time.perf_counter()
+        rows = run(i)
+        secs = time.perf_counter() - t0
+        if best is None or secs < best[1]:
+            best = (rows, secs)
+    return best
+
+
+def count(batches, key, limit: int | None = None) -> int:
+    n = 0
+    for b in batches:
+        n += len(b[key])
+        if limit is not None and n >= limit:
+            break
+    return n
+
+
+def time_loader(v1: str, batch: int, passes: int):
     from lake.catalog import open_shard_set
     from shards.loader import ShardLoader
 
-    loader = ShardLoader(open_shard_set(root), "train", batch, num_workers=workers, seed=0)
-    loader.set_epoch(0)
-    for _ in loader:  # warm: page cache, workers started
-        pass
-    best = None
-    for epoch in (1, 2, 3):  # best of three epochs
-        loader.set_epoch(epoch)
-        t0 = time.perf_counter()
-        rows = sum(len(b["label"]) for b in loader)
-        secs = time.perf_counter() - t0
-        best = secs if best is None else min(best, secs)
-    return rows, best
+    loader = ShardLoader(open_shard_set(v1), "train", batch, seed=0)
+    count(loader, "row")  # warm: blocks mapped, buffers allocated
+
+    def epoch(i):
+        loader.set_epoch(i + 1)
+        return count(loader, "row")
+    return best_of(passes, epoch)
 
 
-def time_per_row(urls: list[str], max_rows: int) -> tuple[int, float]:
+def time_device(v1: str, batch: int, passes: int, device: str):
+    from lake.catalog import open_shard_set
+    from shards.device_loader import DeviceLoader
+
+    t0 = time.perf_counter()
+    loader = DeviceLoader.of(open_shard_set(v1), "train", batch, device, seed=0)
+    load_s = time.perf_counter() - t0
+    count(loader, "row")
+
+    def epoch(i):
+        loader.set_epoch(i + 1)
+        return count(loader, "row")
+    return best_of(passes, epoch), load_s
+
+
+def time_litdata(out: str, batch: int, passes: int):
+    from litdata import StreamingDataLoader, StreamingDataset
+
+    dataset = StreamingDataset(out, shuffle=True, seed=0)
+    loader = StreamingDataLoader(dataset, batch_size=batch, num_workers=0)
+    count(loader, "label")  # warm
+
+    return best_of(passes, lambda i: count(loader, "label"))  # each pass a new epoch (StreamingDataLoader counts them)
+
+
+def time_mds(out: str, batch: int, limit: int):
+    import torch
+    from streaming import StreamingDataset
+    from streaming.base.util import clean_stale_shared_memory
+
+    # MDS hands out read-only arrays; torch's collate warns once that its tensors of them must not be written
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    clean_stale_shared_memory()
+    dataset = StreamingDataset(local=out, shuffle=True, shuffle_seed=0, batch_size=batch)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=0)
+    count(loader, "label", 4 * batch)  # warm: the shuffle computed, threads started
+    t0 = time.perf_counter()
+    n = count(loader, "label", limit)
+    secs = time.perf_counter() - t0
+    del loader, dataset
+    clean_stale_shared_memory()
+    return n, secs
+
+
+def time_per_row(out: str, batch: int, limit: int):
     import webdataset as wds
 
-    def decode(sample):
-        return (np.load(io.BytesIO(sample["audio.npy"])), np.load(io.BytesIO(sample["text.npy"])),
-                int(sample["cls"]))
+    urls = files_under(out)
 
-    def run(limit):
-        n = 0
-        for _ in wds.WebDataset(urls, shardshuffle=False).map(decode):
-            n += 1
-            if n >= limit:
-                break
-        return n
-
-    run(min(max_rows, 2000))
+    def pipeline(seed):
+        return (wds.WebDataset(urls, shardshuffle=len(urls), seed=seed, empty_check=False).shuffle(1000)
+                .decode().to_tuple("audio.npy", "text.npy", "cls").batched(batch))
+    count(pipeline(1), 2, 4 * batch)  # warm
     t0 = time.perf_counter()
-    n = run(max_rows)
+    n = count(pipeline(2), 2, limit)
     return n, time.perf_counter() - t0
+
+
+def written(root: str, rows: int, layers: int, peers: bool) -> dict[str, str]:
+    """{layout: directory}: written under root, or found there from an earlier run with --keep."""
+    writers = {"v1": write_v1, "perrow": write_per_row}
+    if peers:
+        writers.update(litdata=write_litdata, mds=write_mds)
+    os.makedirs(root, exist_ok=True)
+    marker = os.path.join(root, "written.json")
+    done = json.load(open(marker)) if os.path.exists(marker) else {}
+    if done.get("rows") != rows or done.get("layers") != layers:
+        shutil.rmtree(root)
+        os.makedirs(root)
+        done = {"rows": rows, "layers": layers, "layouts": {}}
+    for name, write in writers.items():
+        if name not in done["layouts"]:
+            shutil.rmtree(os.path.join(root, name), ignore_errors=True)  # a layout an interrupted run left half-written
+            done["layouts"][name] = write(root, rows, layers)
+            with open(marker, "w") as f:
+                json.dump(done, f)
+    return {k: done["layouts"][k] for k in writers}
+
+
+def run_width(root: str, rows: int, layers: int, args) -> dict:
+    """Write every layout of one width, read each; {reader: (rows/s, MB/s)} plus what was written."""
+    t0 = time.perf_counter()
+    layouts = written(root, rows, layers, args.peers)
+    sizes = {k: sum(os.path.getsize(f) for f in files_under(v)) for k, v in layouts.items()}
+    print(f"L={layers}: {rows} rows as {', '.join(f'{k} {v / 1e6:,.0f} MB' for k, v in sizes.items())} "
+          f"(written or found in {time.perf_counter() - t0:.0f} s)")
+    for path in layouts.values():
+        warm(files_under(path))
+    shard_files = files_under(os.path.join(layouts["v1"], "shards"))
+    per_row_bytes = sizes["v1"] / rows  # MB/s are of the same rows' bytes (v1's), for every reader
+
+    results = {}
+
+    def record(name, n, secs):
+        results[name] = {"rows_per_s": n / secs, "mb_per_s": n * per_row_bytes / secs / 1e6, "rows_timed": n}
+
+    n, secs = best_of(args.passes, lambda i: raw_read(shard_files))
+    record("raw", rows, secs)
+    record("loader", *time_loader(layouts["v1"], args.batch_size, args.passes))
+    (n, secs), load_s = time_device(layouts["v1"], args.batch_size, args.passes, args.device)
+    record("device", n, secs)
+    results["device"]["load_s"] = load_s
+    if args.peers:
+        record("litdata", *time_litdata(layouts["litdata"], args.batch_size, args.passes))
+        record("mds", *time_mds(layouts["mds"], args.batch_size, args.slow_rows))
+    record("webdataset_per_row", *time_per_row(layouts["perrow"], args.batch_size, args.slow_rows))
+    return {"rows": rows, "layers": layers, "bytes": sizes, "readers": results}
+
+
+LABELS = {"raw": "raw sequential read (v1 files)", "loader": "ShardLoader (this project)",
+          "device": "DeviceLoader (split on {device})", "litdata": "LitData StreamingDataset",
+          "mds": "MosaicML Streaming (MDS)", "webdataset_per_row": "webdataset, one member set per row"}
+
+
+def print_table(width: dict, device: str) -> None:
+    r = width["readers"]
+    peers = [k for k in ("litdata", "mds", "webdataset_per_row") if k in r]
+    best_peer = max(peers, key=lambda k: r[k]["rows_per_s"])
+    print(f"\nL={width['layers']} ({width['rows']:,} rows, {width['bytes']['v1'] / width['rows'] / 1e3:.1f} KB a row)")
+    print(f"{'reader':<38}{'rows/s':>13}{'MB/s':>9}{'/ raw':>8}{'/ best peer':>13}")
+    for k, v in r.items():
+        print(f"{LABELS[k].format(device=device):<38}{v['rows_per_s']:>13,.0f}{v['mb_per_s']:>9,.0f}"
+              f"{v['rows_per_s'] / r['raw']['rows_per_s']:>8.2f}{v['rows_per_s'] / r[best_peer]['rows_per_s']:>12.1f}x")
+    print(f"(best peer: {best_peer}; device load {r['device']['load_s']:.1f} s; "
+          f"mds and webdataset_per_row timed over {r[peers[-1]]['rows_timed']:,} rows)")
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.loader", description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=int, default=200_000, help="rows in the set (default: 200000)")
-    p.add_argument("--dim", type=int, default=768, help="embedding width, audio and text (default: 768)")
-    p.add_argument("--layers", type=int, default=1, help="stored audio layers (default: 1)")
-    p.add_argument("--batch-size", type=int, default=512, help="loader batch (default: 512)")
-    p.add_argument("--workers", type=int, default=0, help="loader DataLoader workers (default: 0, one process)")
-    p.add_argument("--per-row-max", type=int, default=50_000,
-                   help="rows timed for the per-row pipeline (it is slow; its rate is per row)")
-    p.add_argument("--keep", help="write the sets here and keep them (default: a temporary directory)")
+    p.add_argument("--layers", default="1,14", help="row widths, as stored audio layers (default: 1,14)")
+    p.add_argument("--rows", default="200000,40000", help="rows at each width (default: 200000,40000)")
+    p.add_argument("--batch-size", type=int, default=512, help="batch of every reader (default: 512)")
+    p.add_argument("--passes", type=int, default=3, help="full passes of the fast readers, best kept (default: 3)")
+    p.add_argument("--slow-rows", type=int, default=30_000,
+                   help="rows timed for mds and webdataset_per_row (per-row readers; default: 30000)")
+    p.add_argument("--peers", action="store_true", help="also LitData and MDS (needs `uv run --group bench`)")
+    p.add_argument("--device", default="cpu", help="where DeviceLoader holds the split (default: cpu)")
+    p.add_argument("--keep", help="write the layouts under this directory and keep them; a later run with the same "
+                                  "directory reads them again instead of rewriting (default: a temporary one)")
     args = p.parse_args(argv)
-    root = args.keep or tempfile.mkdtemp(prefix="bench-loader-")
+    widths = [int(x) for x in args.layers.split(",")]
+    counts = [int(x) for x in args.rows.split(",")]
+    if len(counts) != len(widths):
+        p.error(f"--rows needs one count per width in --layers ({len(widths)})")
+    if args.peers:
+        try:
+            import litdata  # noqa: F401
+            import streaming  # noqa: F401
+        except ImportError as e:
+            p.exit(2, f"error: --peers needs the bench group ({e.name} is missing); run "
+                      "`uv run --group bench python -m benchmarks.loader --peers`\n")
+    base = args.keep or tempfile.mkdtemp(prefix="bench-loader-")
+    out = {}
     try:
-        t0 = time.perf_counter()
-        v1, per_row = write_sets(root, args.rows, args.dim, args.layers)
-        print(f"wrote {args.rows} rows both ways in {time.perf_counter() - t0:.1f} s under {root}")
-        shard_paths = [os.path.join(v1, "shards", f) for f in sorted(os.listdir(os.path.join(v1, "shards")))]
-        v1_bytes = sum(os.path.getsize(x) for x in shard_paths)
-        pr_bytes = sum(os.path.getsize(x) for x in per_row)
-        raw_read(shard_paths)  # warm
-        raw_s = None
-        for _ in range(3):  # best of three
-            t0 = time.perf_counter()
-            nbytes = raw_read(shard_paths)
-            raw_s = min(raw_s or 1e9, time.perf_counter() - t0)
-        raw_rows = args.rows / raw_s
-        rows, secs = time_loader(v1, args.batch_size, args.workers)
-        loader_rows = rows / secs
-        n, secs_pr = time_per_row(per_row, args.per_row_max)
-        pr_rows = n / secs_pr
-        print(f"\n{'reader':<34}{'rows/s':>14}{'MB/s':>10}")
-        print(f"{'raw sequential read (v1 shards)':<34}{raw_rows:>14,.0f}{nbytes / raw_s / 1e6:>10,.0f}")
-        print(f"{'ShardLoader (shuffled batches)':<34}{loader_rows:>14,.0f}{loader_rows * v1_bytes / args.rows / 1e6:>10,.0f}")
-        print(f"{'webdataset, one member per row':<34}{pr_rows:>14,.0f}{pr_rows * pr_bytes / args.rows / 1e6:>10,.0f}")
-        print(f"\nloader / raw read: {loader_rows / raw_rows:.2f}   loader / per-row webdataset: {loader_rows / pr_rows:.1f}x"
-              f"   bytes on disk: v1 {v1_bytes / 1e6:.0f} MB, per-row {pr_bytes / 1e6:.0f} MB ({pr_bytes / v1_bytes:.2f}x)")
-        result = {"benchmark": "loader", "rows": args.rows, "dim": args.dim, "layers": args.layers,
-                  "batch_size": args.batch_size, "workers": args.workers,
-                  "loader_rows_per_s": round(loader_rows), "webdataset_per_row_rows_per_s": round(pr_rows),
-                  "raw_read_rows_per_s": round(raw_rows), "loader_vs_raw": round(loader_rows / raw_rows, 3),
-                  "loader_vs_per_row": round(loader_rows / pr_rows, 1), "v1_bytes": v1_bytes, "per_row_bytes": pr_bytes,
-                  "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()}
-        print(json.dumps(result))
-        return result
+        for layers, rows in zip(widths, counts):
+            root = os.path.join(base, f"L{layers}")
+            out[f"L{layers}"] = run_width(root, rows, layers, args)
+            print_table(out[f"L{layers}"], args.device)
+            if not args.keep:
+                shutil.rmtree(root, ignore_errors=True)  # the next width gets the page cache
     finally:
         if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
+            shutil.rmtree(base, ignore_errors=True)
+    detail = {"benchmark": "loader", "batch_size": args.batch_size, "device": args.device, "cpus": os.cpu_count(),
+              "load_avg": os.getloadavg(), "machine": platform.machine(), "python": platform.python_version(),
+              "widths": out}
+    print(json.dumps(detail, default=float))
+    summary = {w: {k: round(v["rows_per_s"]) for k, v in d["readers"].items()} for w, d in out.items()}
+    print(json.dumps(summary))
+    return summary
 
 
 if __name__ == "__main__":

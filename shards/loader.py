@@ -4,6 +4,10 @@ Built from webdataset pipeline stages (`wds.DataPipeline`): a per-worker plan of
 batches (shards.partition) -> a gather stage that copies each batch's rows out of
 the blocks (memory-mapped views of local shards, or ranged reads of the recorded
 byte ranges behind a URL) -> tensors. Rows are never read one tar member at a time.
+With num_workers=0 (the trainers' default) the stages run in the caller's process with
+no DataLoader between them, and rows are copied straight into the batch's memory
+(pinned when training on CUDA). What was tried for speed, kept or not, and why, is in
+BENCHMARKS.md (Loader).
 
 Batches are dicts of CPU tensors, pinned when training on CUDA:
     audio [b, L, Da] float16 (the stored layers asked for), text [b, Dt] float16,
@@ -28,7 +32,7 @@ from lake.catalog import ShardSet
 from lake.errors import LakeError
 from shards.cache import Prefetcher, cache_for
 from shards.mapped import ShardMap
-from shards.partition import block_offsets, epoch_order, eval_batches, train_batches, worker_batches
+from shards.partition import block_offsets, eval_batches, rank_batches, worker_batches
 
 STATE_VERSION = 1
 
@@ -49,13 +53,10 @@ class _BatchPlan(torch.utils.data.IterableDataset):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         epoch, start = int(self.position[0]), int(self.position[1])
-        if self.training:
-            order = epoch_order(self.block_rows, self.seed, epoch, self.window)
-            batches = train_batches(order, self.rank, self.world, self.local_batch)
-        else:
-            batches = eval_batches(int(self.block_rows.sum()), self.rank, self.world, self.local_batch)
+        batches = rank_batches(self.block_rows, self.training, self.seed, epoch, self.window, self.rank,
+                               self.world, self.local_batch)
         for j in worker_batches(len(batches), start, worker, workers):
-            yield np.asarray(batches[j])
+            yield batches[j]
 
 
 class _Gather:
@@ -63,8 +64,10 @@ class _Gather:
 
     Labels (2 bytes a row) are read once for the whole split and indexed per batch; the
     embeddings are copied block by block, each block's rows being one contiguous slice of
-    the batch (rows are sorted into storage order: the order within a batch does not
-    matter to a mean loss, and the `row` tensor says which rows came).
+    the batch (a plan's rows come in storage order: the order within a batch does not matter
+    to a mean loss, and the `row` tensor says which rows came), straight into the batch's
+    memory: pinned when training on CUDA in-process (no second copy by a DataLoader), else a
+    fresh array (a pool of reused ones measured no faster: the allocator already recycles them).
     """
 
     def __init__(self, loader: "ShardLoader"):
@@ -72,6 +75,7 @@ class _Gather:
         self.block_table = loader.block_table  # [n_blocks, 2]: shard index, block index in shard
         self.offsets = block_offsets(loader.block_rows)
         self.layer_idx = loader.layer_idx
+        self.local_batch = loader.local_batch
         stored = len(loader.shards.manifest.audio_layers)
         all_layers = len(self.layer_idx) == stored and (self.layer_idx == np.arange(stored)).all()
         self.audio_parts = 1 if all_layers else len(self.layer_idx)  # views per block: one, or one per layer
@@ -80,7 +84,10 @@ class _Gather:
         self._labels = None
         self._maps: dict[int, ShardMap] = {}
         self._blocks: OrderedDict = OrderedDict()
-        self._cache_size = 10**9 if all(not storage.is_url(p) for p in self.paths) else 2 * loader.window_blocks
+        self._local = all(not storage.is_url(p) for p in self.paths)
+        self._cache_size = 10**9 if self._local else 2 * loader.window_blocks
+        self.pinned = loader.pin_memory and loader.num_workers == 0 and torch.cuda.is_available()
+        self._shapes = None
 
     def _map(self, s: int) -> ShardMap:
         shard = self._maps.get(s)
@@ -116,17 +123,20 @@ class _Gather:
 
     def _outputs(self, arrays: list[np.ndarray], n: int, out: dict) -> list[np.ndarray]:
         """Allocate the batch arrays into `out`; return one destination per block array (see `_block`)."""
-        dsts, k = [], 0
-        for m in self.members:
-            if m == "audio":
-                dim = arrays[k].shape[2]
-                full = out["audio"] = np.empty((n, len(self.layer_idx), dim), dtype=arrays[k].dtype)
-                dsts += [full] if self.audio_parts == 1 else [full[:, j:j + 1] for j in range(self.audio_parts)]
-                k += self.audio_parts
+        if self._shapes is None:
+            self._shapes, k = {}, 0
+            for m in self.members:
+                trailing = (len(self.layer_idx), arrays[k].shape[2]) if m == "audio" else arrays[k].shape[1:]
+                self._shapes[m] = (trailing, arrays[k].dtype)
+                k += self.audio_parts if m == "audio" else 1
+        dsts = []
+        for m, (trailing, dtype) in self._shapes.items():
+            if self.pinned:
+                out[m] = torch.empty((n,) + trailing, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True)
+                full = out[m].numpy()
             else:
-                out[m] = np.empty((n,) + arrays[k].shape[1:], dtype=arrays[k].dtype)
-                dsts.append(out[m])
-                k += 1
+                full = out[m] = np.empty((n,) + trailing, dtype)
+            dsts += [full[:, j:j + 1] for j in range(self.audio_parts)] if m == "audio" and self.audio_parts > 1 else [full]
         return dsts
 
     def labels(self) -> np.ndarray:
@@ -138,23 +148,28 @@ class _Gather:
         return self._labels
 
     def __call__(self, plans):
-        for rows in plans:
-            rows = np.sort(rows)
+        for rows in plans:  # ascending row ids (shards.partition.rank_batches)
             blocks = np.searchsorted(self.offsets, rows, side="right") - 1
+            local = rows - self.offsets[blocks]  # row within its block
             cuts = np.flatnonzero(np.diff(blocks)) + 1
             starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(rows)]])
-            out: dict[str, np.ndarray] = {}
+            out: dict = {}
             dsts = None
+            block = self._blocks.get if self._local else self._block  # local: every block stays cached
             for start, end, b in zip(starts.tolist(), ends.tolist(), blocks[starts].tolist()):
-                arrays = self._block(b)
-                local = rows[start:end] - self.offsets[b]
+                arrays = block(b) or self._block(b)
                 if dsts is None:
                     dsts = self._outputs(arrays, len(rows), out)
+                idx = local[start:end]
                 for src, dst in zip(arrays, dsts):
-                    src.take(local, axis=0, out=dst[start:end])
+                    # mode "clip" (the ids are in range): with the default "raise", numpy copies `out` to a
+                    # temporary and back on every call, tripling the bytes moved. Positional: cheaper to parse.
+                    src.take(idx, 0, dst[start:end], "clip")
             if self.with_label:
                 out["label"] = self.labels()[rows]
             out["row"] = rows
+            if self.pinned:  # the small ones too, so that every copy to the GPU can be asynchronous
+                out.update({k: torch.from_numpy(out[k]).pin_memory() for k in ("label", "row") if k in out})
             yield out
 
 
@@ -169,7 +184,7 @@ def _unwrapped(e: LakeError) -> LakeError:
 
 def _to_torch(batches):
     for b in batches:
-        yield {k: torch.from_numpy(v) for k, v in b.items()}
+        yield {k: v if isinstance(v, torch.Tensor) else torch.from_numpy(v) for k, v in b.items()}
 
 
 class ShardLoader:
@@ -225,7 +240,7 @@ class ShardLoader:
         import multiprocessing as mp
 
         self._position = mp.Array("q", 2, lock=False)  # (epoch, first batch), read by the workers
-        self._dataloader = None
+        self._dataloader = self._inline = None
 
     @staticmethod
     def default_window(m, fields, layers, target_bytes: int = 64 << 20) -> int:
@@ -252,6 +267,21 @@ class ShardLoader:
     def _pipeline(self) -> wds.DataPipeline:
         return wds.DataPipeline(_BatchPlan(self), _Gather(self), _to_torch)
 
+    def _source(self):
+        """Kept across epochs, so mapped shards, cached blocks, buffers and workers are set up once."""
+        if self.num_workers == 0:  # in-process: nothing between the gather and the consumer
+            if self._inline is None:
+                self._inline = self._pipeline()
+            return self._inline
+        if self._dataloader is None:
+            self._dataloader = torch.utils.data.DataLoader(
+                self._pipeline(), batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                prefetch_factor=4, persistent_workers=True,
+                # a private generator: creating an iterator must not draw from the global RNG, or a run resumed
+                # mid-epoch would see other dropout masks than an uninterrupted one
+                generator=torch.Generator().manual_seed(self.seed))
+        return self._dataloader
+
     def __iter__(self):
         """Training: the rest of the current epoch, from the batch after the last consumed one.
         Evaluation: the whole split, every time."""
@@ -261,14 +291,7 @@ class ShardLoader:
         if start >= len(self):
             return
         self._position[0], self._position[1] = self.epoch, start
-        if self._dataloader is None:
-            self._dataloader = torch.utils.data.DataLoader(
-                self._pipeline(), batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
-                prefetch_factor=4 if self.num_workers else None, persistent_workers=self.num_workers > 0,
-                # a private generator: creating an iterator must not draw from the global RNG, or a run resumed
-                # mid-epoch would see other dropout masks than an uninterrupted one
-                generator=torch.Generator().manual_seed(self.seed))
-        batches = iter(self._dataloader)  # workers start (fork) here, before any prefetch thread exists
+        batches = iter(self._source())  # workers start (fork) here, before any prefetch thread exists
         if self.prefetcher is not None and self.prefetcher.needed():
             self.prefetcher.start(self._shard_order(start))
         try:
@@ -282,12 +305,9 @@ class ShardLoader:
 
     def _shard_order(self, start: int) -> np.ndarray:
         """Shards in the order this rank's batches from `start` on first touch them: what to prefetch first."""
-        if self.training:
-            order = epoch_order(self.block_rows, self.seed, self.epoch, self.window_blocks)
-            rows = train_batches(order, self.rank, self.world, self.local_batch)[start:].ravel()
-        else:
-            parts = eval_batches(self.num_rows, self.rank, self.world, self.local_batch)
-            rows = np.concatenate(parts) if parts else np.empty(0, np.int64)
+        batches = rank_batches(self.block_rows, self.training, self.seed, self.epoch, self.window_blocks, self.rank,
+                               self.world, self.local_batch)[start:]
+        rows = np.concatenate(batches) if batches else np.empty(0, np.int64)
         blocks = np.searchsorted(block_offsets(self.block_rows), rows, side="right") - 1
         shards = self.block_table[blocks, 0]
         _, first = np.unique(shards, return_index=True)

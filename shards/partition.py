@@ -12,7 +12,17 @@ block). An epoch's order is a function of (block sizes, seed, epoch) only:
    of full batches -- uneven shards can never make one rank run out first and
    hang the others in a collective;
 4. batch j of a rank goes to DataLoader worker (j - start) % workers, so the
-   DataLoader's round-robin hands the batches back in order, from any start.
+   DataLoader's round-robin hands the batches back in order, from any start;
+5. inside a batch the rows are in ascending id order (`rank_batches`): which rows
+   share a batch is the shuffle, their order inside it is not, and ascending ids let
+   the gather copy each block's rows in one call.
+
+What a batch mixes: rows are shuffled one by one inside a window of W blocks, so a
+batch of b rows holds about b / W rows of each of the window's blocks, from as many
+up to W shards (W = 21 for 3 KB rows, 16 for 23 KB rows: ShardLoader.default_window; a batch
+that straddles two windows mixes both), and rows neighbouring in a block share a batch
+with probability ~b / (W * 1024) per epoch, independently across epochs
+(tests/test_loader.py::test_shuffle_quality_per_batch_and_across_epochs).
 
 Evaluation order is the natural order, split into near-equal contiguous chunks,
 with every row exactly once (no drop, no padding with duplicates).
@@ -70,3 +80,16 @@ def eval_batches(num_rows: int, rank: int, world: int, batch_size: int) -> list[
 def worker_batches(num_batches: int, start: int, worker: int, workers: int) -> range:
     """Indices of the batches (from `start` on) that DataLoader worker `worker` produces."""
     return range(start + worker, num_batches, workers)
+
+
+def rank_batches(block_rows: np.ndarray, training: bool, seed: int, epoch: int, window_blocks: int, rank: int,
+                 world: int, batch_size: int) -> list[np.ndarray]:
+    """This rank's batches of the epoch, each batch's rows in storage order (ascending ids).
+
+    Which rows share a batch is the shuffle's business; their order inside a batch is not
+    (a mean loss ignores it): ascending ids let a gather copy each block's rows as one run.
+    """
+    if training:
+        order = epoch_order(block_rows, seed, epoch, window_blocks)
+        return list(np.sort(train_batches(order, rank, world, batch_size), axis=1))
+    return eval_batches(int(np.sum(block_rows)), rank, world, batch_size)

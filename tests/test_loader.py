@@ -11,7 +11,7 @@ import torch
 from lake.catalog import open_shard_set
 from lake.errors import LakeError
 from shards.loader import ShardLoader
-from shards.partition import epoch_order, eval_batches, train_batches, worker_batches
+from shards.partition import block_offsets, epoch_order, eval_batches, rank_batches, train_batches, worker_batches
 
 from conftest import make_manifest, write_set
 
@@ -48,6 +48,33 @@ def test_epoch_order_depends_on_seed_and_epoch_only():
     assert np.array_equal(a, epoch_order(np.array(UNEVEN), seed=3, epoch=0))
     assert not np.array_equal(a, epoch_order(np.array(UNEVEN), seed=3, epoch=1))
     assert not np.array_equal(a, epoch_order(np.array(UNEVEN), seed=4, epoch=0))
+
+
+def test_shuffle_quality_per_batch_and_across_epochs():
+    """The partition docstring's claim: with W-block windows, a batch of b rows holds rows of every
+    block of its window (shards in label order are mixed), and which rows share a batch changes
+    every epoch (neighbours in a block share one with probability ~b / (W * block rows), not always)."""
+    block_rows, window, b = np.full(64, 1024), 16, 512
+    offsets = block_offsets(block_rows)
+    label_of_block = np.arange(64) // 4  # shards of 4 blocks, one label each (LAION: one emotion per tar)
+    first = np.arange(offsets[-1] - 1)
+    neighbours = np.searchsorted(offsets, first, side="right") == np.searchsorted(offsets, first + 1, side="right")
+    together = []
+    for epoch in range(8):
+        batches = rank_batches(block_rows, True, 0, epoch, window, 0, 1, b)
+        batch_of = np.full(offsets[-1], -1)
+        for j, rows in enumerate(batches):
+            assert np.all(np.diff(rows) > 0)  # ascending ids inside a batch
+            blocks = np.searchsorted(offsets, rows, side="right") - 1
+            assert len(set(blocks.tolist())) == window  # ~b / W = 32 rows of each of the window's blocks
+            assert len(set(label_of_block[blocks].tolist())) >= 8  # of the 16 labels
+            batch_of[rows] = j
+        together.append((batch_of[first] == batch_of[first + 1]) & (batch_of[first] >= 0) & neighbours)
+    together = np.array(together)
+    share = together[:, neighbours].mean(axis=1)
+    assert np.all((share > 0.02) & (share < 0.05))  # ~1/32 per epoch
+    assert together.all(axis=0).sum() == 0  # no pair of neighbours shares a batch in every epoch
+    assert together.sum(axis=0).max() <= 4
 
 
 @pytest.mark.parametrize("world", [1, 2, 3, 5])
@@ -87,6 +114,16 @@ def test_loader_batches_hold_the_right_rows(uneven_set):
         assert np.array_equal(batch["text"].numpy(), truth["text"][src])
         assert np.array_equal(batch["caption"].numpy(), truth["caption"][src])
         assert np.array_equal(batch["label"].numpy(), truth["label"][src].astype(np.int64))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs CUDA")
+def test_pinned_batches_equal_plain_ones(uneven_set):
+    shards, _ = uneven_set
+    pinned = ShardLoader(shards, "train", 16, seed=1, pin_memory=True, layers=["h2", "h0"])
+    plain = ShardLoader(shards, "train", 16, seed=1, layers=["h2", "h0"])
+    for a, b in zip(pinned, plain):
+        assert all(v.is_pinned() for v in a.values())
+        assert all(torch.equal(a[k], b[k]) for k in b)
 
 
 def test_batches_mix_label_ordered_shards(uneven_set):
