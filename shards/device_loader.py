@@ -100,6 +100,10 @@ class DeviceLoader:
     def load_state_dict(self, state: dict) -> None:
         self.loader.load_state_dict(state)
 
+    def close(self) -> None:
+        self.loader.close()
+        self.data = {}
+
     epoch = property(lambda self: self.loader.epoch)
     consumed = property(lambda self: self.loader.consumed)
     num_rows = property(lambda self: self.loader.num_rows)

@@ -330,3 +330,18 @@ def test_sigterm_saves_mid_epoch_and_the_resumed_run_ends_where_an_uninterrupted
     assert a["train"]["step"] == b["train"]["step"] == 3000
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_data_on_device_trains_to_the_same_weights_as_streaming(trained, tmp_path):
+    """--data-on-device on holds the splits on the device (here the CPU): the same batches, the same run."""
+    root, proj, _ = trained
+    runs = {}
+    for choice in ("off", "on"):
+        save = str(tmp_path / choice)
+        assert slm.main(["--data-root", root, "--clap-ckpt", proj, "--save-dir", save, "--epochs", "2", "--batch-size",
+                         "32", "--lr", "1e-3", "--no-progress", "--device", "cpu", "--data-on-device", choice]) == 0
+        runs[choice] = load_checkpoint(os.path.join(save, "slm_stage3_last.pt"))
+    a, b = runs["off"], runs["on"]
+    assert a["loader"] == b["loader"] and a["train"] == b["train"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k

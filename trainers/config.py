@@ -35,6 +35,9 @@ class TrainConfig:
     num_workers: int = arg(0, "loader worker processes per rank; 0 gathers rows in the training process, fastest "
                            "for a local set (~1M rows/s here; processes pay a shared-memory copy per batch), "
                            "workers help for sets behind a URL", range=at_least(0))
+    data_on_device: str = arg("auto", "hold the train and validation splits on the training device and gather batches "
+                              "there (no host-to-device copy per batch): on, off, or auto (on for CUDA when the "
+                              "fields read take at most half of its memory)", choices=["auto", "on", "off"])
     eval_batch_size: int = arg(1024, "global batch size for validation and test passes", range=at_least(1))
     seed: int = arg(0, "seed of the model init, the data order and dropout", range=at_least(0))
     device: str = arg("auto", "auto, cuda or cpu", choices=["auto", "cuda", "cpu"])

@@ -172,6 +172,15 @@ def gather_outputs(task: Task, model: torch.nn.Module, loader: ShardLoader, devi
     return local
 
 
+def on_device(loader: ShardLoader, choice: str, device: torch.device):
+    """The loader, or its split held on the training device (--data-on-device): the same batches either way."""
+    from shards.device_loader import DeviceLoader
+
+    if choice == "on" or (choice == "auto" and device.type == "cuda" and DeviceLoader.fits(loader, device)):
+        return DeviceLoader(loader, device)
+    return loader
+
+
 def duration_quantiles(shards: ShardSet, split: str) -> dict:
     """Clip durations of a split (seconds, from index.parquet): min, 1/50/99th percentile, max."""
     import pyarrow.compute as pc
@@ -204,8 +213,10 @@ class Run:
         torch.manual_seed(cfg.seed + 1000 * world.rank)  # dropout differs across ranks
         self.dtype = amp_dtype(cfg.amp, device)
         pin = device.type == "cuda"
-        self.train_loader = task.loader("train", cfg.batch_size, world, True, cfg.num_workers, pin)
-        self.val_loader = task.loader(self.val_split, cfg.eval_batch_size, world, False, min(cfg.num_workers, 2), pin)
+        self.train_loader = on_device(task.loader("train", cfg.batch_size, world, True, cfg.num_workers, pin),
+                                      cfg.data_on_device, device)
+        self.val_loader = on_device(task.loader(self.val_split, cfg.eval_batch_size, world, False,
+                                                min(cfg.num_workers, 2), pin), cfg.data_on_device, device)
         self.steps_per_epoch = len(self.train_loader)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
