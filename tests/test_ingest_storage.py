@@ -177,3 +177,27 @@ def test_two_nodes_train_from_s3_like_one_node_with_two_processes(s3_bucket, tmp
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     assert json.dumps(a["loader"]) == json.dumps(b["loader"])
+
+
+def test_an_object_store_outage_mid_ingest_is_one_line_and_the_rerun_resumes(corpus, local_set, s3_bucket, s3_server,
+                                                                              tmp_path):
+    url = f"{s3_bucket}/sets/outage"
+    args = ["--source", "laion", "--input", str(corpus), "--out", url, *ARGS, "--checkpoint-mb", "0.02",
+            "--staging-dir", str(tmp_path / "staging")]
+    proc = subprocess.Popen([sys.executable, "-m", "ingest", *args], cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while _units_done(url) < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "ingest finished before the outage"
+    s3_server.stop()  # the store goes away mid-run
+    try:
+        _, err = proc.communicate(timeout=240)
+    finally:
+        s3_server.start()  # same port, same objects
+    assert proc.returncode == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: ") and url.split("/")[2] in last and "cannot reach" in last, last
+    resumed = ingest(*args)  # the dead run's lock object names a dead pid of this host: taken over
+    assert "resuming" in resumed.stderr
+    assert verify_set(url)[0] == [] and sorted(keys_of(url)) == sorted(keys_of(local_set))
