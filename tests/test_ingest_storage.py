@@ -201,3 +201,10 @@ def test_an_object_store_outage_mid_ingest_is_one_line_and_the_rerun_resumes(cor
     resumed = ingest(*args)  # the dead run's lock object names a dead pid of this host: taken over
     assert "resuming" in resumed.stderr
     assert verify_set(url)[0] == [] and sorted(keys_of(url)) == sorted(keys_of(local_set))
+
+
+def test_ingest_into_a_bucket_that_does_not_exist_is_one_line(corpus, s3_server):
+    proc = ingest("--source", "laion", "--input", corpus, "--out", "s3://no-such-bucket-here/sets/x", *ARGS, check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "no-such-bucket-here" in last and "does not exist" in last, last
