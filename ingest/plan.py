@@ -114,7 +114,10 @@ def _decide_plain(cfg, plan: dict, out: SetOutput, overwrite_stale: bool = False
     """The status of `out` itself. `overwrite_stale`: an --overwrite build: a partial one made with other
     settings is wiped (it was never a set anyone read), not refused."""
     if out.exists(MANIFEST_NAME):
-        return _finished(cfg, plan, out), out
+        if overwrite_stale and differences(_plan_of_finished(out) or {}, plan):  # an old --overwrite build, never swapped in
+            out.remove_tree()
+        else:
+            return _finished(cfg, plan, out), out
     if out.exists(WORK_DIR, PLAN_NAME):
         diff = differences(json.loads(out.read_text(WORK_DIR, PLAN_NAME)), plan)
         if not diff:
@@ -131,10 +134,7 @@ def _finished(cfg, plan: dict, out: SetOutput) -> str:
     """A set with a manifest: refuse other settings, check it, and reopen it if it is damaged."""
     from ingest.repair import inspect_set, reopen
 
-    try:
-        old = json.loads(out.read_text(MANIFEST_NAME)).get("ingest", {}).get("plan", {})
-    except (ValueError, UnicodeDecodeError, AttributeError):
-        old = None  # unreadable: rebuilt below under this command's settings
+    old = _plan_of_finished(out)  # None: unreadable, rebuilt below under this command's settings
     diff = differences(old, plan) if old is not None else []
     if diff:
         raise LakeError(f"{out.root}: a finished set made with other settings:\n" + "\n".join(diff)
@@ -149,6 +149,14 @@ def _finished(cfg, plan: dict, out: SetOutput) -> str:
     for line in done:
         print(f"repair: {line}", file=sys.stderr)
     return "repair" if reingest else "merge"
+
+
+def _plan_of_finished(out: SetOutput) -> dict | None:
+    """The plan a finished set's manifest records (None when the manifest cannot be read)."""
+    try:
+        return json.loads(out.read_text(MANIFEST_NAME)).get("ingest", {}).get("plan", {})
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return None
 
 
 def _clean_finished(out: SetOutput) -> None:
