@@ -90,7 +90,8 @@ def encoder(n_clips: int, peak_tflops: float | None, root: str, device: str = "c
         sync()
         return time.perf_counter() - t0
 
-    tokenize_s = timed(enc._tokenize)
+    with torch.inference_mode():  # as inside encode
+        tokenize_s = timed(enc._tokenize)
     encode_s = timed(enc.encode)
     transformer_s = max(encode_s - tokenize_s, 1e-9)
     audio_s = float(lengths.sum())
@@ -123,7 +124,7 @@ def slm_steps(rows: int, steps: int, root: str, device: str = "cuda") -> dict:
         f = measure("slm", data, work, device, path, steps, 10)
         out[path] = {"steps_per_s": round(1000 / f["step_ms_mean"], 1), "step_ms_p50": round(f["step_ms_p50"], 3),
                      "loader_wait_share": round(f["loader_wait_share"], 4), "rows_per_s": round(f["rows_per_s"]),
-                     "setup_s": round(f["setup_s"], 2), "amp": f["amp"]}
+                     "setup_s": round(f["setup_s"], 2), "amp": f["amp"], "gflop_per_step": round(f["gflop_per_step"], 2)}
         if "rows_per_s_pipelined" in f:
             out[path]["steps_per_s_pipelined"] = round(f["rows_per_s_pipelined"] / BATCH["slm"], 1)
     return out

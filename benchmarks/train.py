@@ -17,7 +17,8 @@ last checkpoint: each stage's inputs come from the stage before, as in a real ru
 Per step: the time to get the next batch onto the device (`next(batches)` + the copy;
 "loader wait") and the step itself (`Run._step`: forward, loss, backward, clipping, AdamW,
 schedule), on CUDA each closed by `torch.cuda.synchronize()`. Reported: rows/s, step time
-(mean and p50, loader wait included) and the loader-wait share of the time. On CUDA also
+(mean and p50, loader wait included), the loader-wait share of the time, and the FLOPs of a
+step (torch's FlopCounterMode on the first warm-up step) over its mean time. On CUDA also
 rows/s "as the loop runs": the same steps with no synchronisation but one at the end, so
 the loader's work overlaps the GPU's queue. The projection: hours of training steps for the
 reference SLM schedule (150 epochs x 1.2M rows) at the measured rate (validation passes,
@@ -129,6 +130,7 @@ def time_steps(run, steps: int, warmup: int) -> dict:
     """Loader wait and step time of `steps` optimizer steps (synchronised each on CUDA), after `warmup`;
     on CUDA also the rows/s of the same number of unsynchronised steps."""
     import torch
+    from torch.utils.flop_counter import FlopCounterMode
 
     from trainers.loop import to_device
 
@@ -138,12 +140,18 @@ def time_steps(run, steps: int, warmup: int) -> dict:
     run.train_loader.set_epoch(0)
     it = batches(run.train_loader)
     waits, totals, rows = [], [], 0
+    flops = 0
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         batch = to_device(next(it), run.device)
         sync()
         t1 = time.perf_counter()
-        run._step(batch)
+        if i == 0:  # the first warm-up step: its FLOPs counted (forward, backward, optimizer), untimed
+            with FlopCounterMode(display=False) as counter:
+                run._step(batch)
+            flops = counter.get_total_flops()
+        else:
+            run._step(batch)
         sync()
         t2 = time.perf_counter()
         if i >= warmup:
@@ -153,7 +161,8 @@ def time_steps(run, steps: int, warmup: int) -> dict:
     total = float(np.sum(totals))
     out = {"steps": steps, "rows_per_s": rows / total, "step_ms_mean": 1000 * total / steps,
            "step_ms_p50": 1000 * float(np.median(totals)), "loader_wait_share": float(np.sum(waits)) / total,
-           "loader_wait_ms_mean": 1000 * float(np.mean(waits))}
+           "loader_wait_ms_mean": 1000 * float(np.mean(waits)), "gflop_per_step": flops / 1e9,
+           "gflop_per_s": flops * steps / total / 1e9}
     if cuda:
         rows = 0
         t0 = time.perf_counter()
@@ -194,14 +203,14 @@ def best_rate(f: dict) -> float:
 
 def print_table(results: dict) -> None:
     pipelined = any("rows_per_s_pipelined" in f for s in results.values() for f in s.values())
-    print("\n| stage (batch) | path | rows/s | step ms mean | p50 | loader wait | set-up s |"
+    print("\n| stage (batch) | path | rows/s | step ms mean | p50 | loader wait | GFLOP/s | set-up s |"
           + (" rows/s as the loop runs |" if pipelined else ""))
-    print("|---|---|---|---|---|---|---|" + ("---|" if pipelined else ""))
+    print("|---|---|---|---|---|---|---|---|" + ("---|" if pipelined else ""))
     for stage, paths in results.items():
         for path, f in paths.items():
             print(f"| {stage} ({f['batch_size']}) | {path} ({f['loader']}) | {f['rows_per_s']:,.0f} | "
                   f"{f['step_ms_mean']:.2f} | {f['step_ms_p50']:.2f} | {f['loader_wait_share']:.1%} | "
-                  f"{f['setup_s']:.1f} |" + (f" {f['rows_per_s_pipelined']:,.0f} |" if pipelined else ""))
+                  f"{f['gflop_per_s']:,.0f} | {f['setup_s']:.1f} |" + (f" {f['rows_per_s_pipelined']:,.0f} |" if pipelined else ""))
     for path, f in results.get("slm", {}).items():
         print(f"projection, {path}: the reference SLM schedule ({REFERENCE_SLM['epochs']} epochs x "
               f"{REFERENCE_SLM['rows']:,} rows) at {best_rate(f):,.0f} rows/s = {projection(best_rate(f)):.2f} h "
@@ -214,7 +223,8 @@ def main(argv=None) -> dict:
     p.add_argument("--stages", default="clap,slm,meld", help="stages to time, of clap,slm,meld (default: all)")
     p.add_argument("--paths", default="streaming,device", help="loader paths, of streaming,device (default: both)")
     p.add_argument("--steps", type=int, help="timed steps per stage and path (default: 100 on the CPU, 500 on CUDA)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default: 5)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first, the first one's FLOPs counted "
+                                                         "(default: 5)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA if present")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
     p.add_argument("--keep", help="write the set under this directory and keep it; a later run with the same directory "
@@ -228,6 +238,8 @@ def main(argv=None) -> dict:
         p.error(f"--paths: choose from {','.join(PATHS)} (got {args.paths!r})")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be at least 1")
+    if args.steps is not None and args.steps < 1 or args.warmup < 1:
+        p.error("--steps and --warmup must be at least 1")
     if args.rows < max(BATCH[s] for s in stages):
         p.error(f"--rows {args.rows}: fewer than one batch of the stages asked for")
     import torch
