@@ -1,20 +1,14 @@
-"""Ingest throughput: the CPU pipeline on a synthetic corpus; AuriStream-shaped encoding on a GPU.
+"""Ingest throughput: the CPU pipeline on a synthetic corpus.
 
     python -m benchmarks.ingest [--clips 600] [--decode-workers W] [--audio-encoder fbank|egemaps|compare]
-                                [--gpu-clips 512] [--peak-tflops T]
 
-CPU part: `python -m ingest` (in-process) on a freshly generated synthetic corpus: FFmpeg
+`python -m ingest` (in-process) on a freshly generated synthetic corpus: FFmpeg
 decode in worker processes + the audio encoder (fbank in the main process; egemaps/compare,
 openSMILE, inside the decode workers) + hashing + block packing + shard writing; then the
 stages alone (decode, the audio encoder) in one process on the same clips, i.e. per core, to
-show what limits the pipeline.
+show what limits the pipeline. Ends with one JSON line of the figures.
 
-GPU part (only where CUDA is available): the real `auristream` encoder code path with a
-randomly initialised model of the real 100M shape (12 layers, 768 wide, 12 heads, RoPE,
-vocab 8192, seq_len 4096), built from the stand-in remote code in tests/fixtures, on
-synthetic 16 kHz clips; clips/s, audio-seconds/s and model FLOPs utilisation against the
-GPU's dense bf16 peak. The WavCoch tokenizer there is the tiny stand-in, so the figure is
-the transformer's, not the real tokenizer's. Ends with one JSON line of the figures.
+The GPU encoder (AuriStream-100M-shaped, MFU) is measured by `python -m benchmarks.gpu`.
 """
 
 from __future__ import annotations
@@ -29,11 +23,6 @@ import tempfile
 import time
 
 import numpy as np
-
-# dense bf16 tensor-core peaks, TFLOP/s
-PEAK_BF16 = {"H100 SXM": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0,
-             "A10": 125.0, "L4": 121.0}
-
 
 def cpu_seconds() -> float:
     """CPU time of this process and its finished children (the decode workers, once joined): what a
@@ -99,47 +88,6 @@ def cpu_pipeline(clips: int, decode_workers: int, root: str, audio_encoder: str 
             "encoder_ms_per_audio_second": round(1000 * enc_s / wave_s, 2), "decode_workers": decode_workers}
 
 
-def gpu_auristream(n_clips: int, peak_tflops: float | None, root: str) -> dict:
-    import torch
-    from transformers import AutoConfig, AutoModel
-
-    from ingest.encoders.auristream import AuriStreamEncoder
-
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    fixtures = os.path.join(here, "tests", "fixtures")
-    model_dir = os.path.join(root, "auristream_100m_random")
-    shutil.copytree(os.path.join(fixtures, "auristream_tiny"), model_dir)
-    os.remove(os.path.join(model_dir, "model.safetensors"))
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
-    for k, v in dict(n_layer=12, n_head=12, n_embd=768, vocab_size=8192, seq_len=4096).items():
-        setattr(config, k, v)
-    torch.manual_seed(0)
-    AutoModel.from_config(config, trust_remote_code=True).save_pretrained(model_dir)
-    enc = AuriStreamEncoder(device="cuda", layers="all", model=model_dir, tokenizer=os.path.join(fixtures, "wavcoch_tiny"))
-    rng = np.random.default_rng(0)
-    lengths = rng.uniform(2.0, 12.0, n_clips)  # LAION clips: a few seconds each
-    waves = [(0.1 * rng.standard_normal(int(s * 16000))).astype(np.float32) for s in lengths]
-    enc.encode(waves[:32])  # warm-up (cuDNN/cuBLAS autotune, allocator)
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for i in range(0, n_clips, 64):
-        enc.encode(waves[i:i + 64])
-    torch.cuda.synchronize()
-    secs = time.perf_counter() - t0
-    tokens = sum(len(w) // enc.hop for w in waves)
-    flops = sum(enc.flops_per_token(min(len(w) // enc.hop, enc.seq_len)) * (len(w) // enc.hop) for w in waves)
-    name = torch.cuda.get_device_name(0)
-    if peak_tflops is None:
-        peak_tflops = next((v for k, v in PEAK_BF16.items() if k.replace(" ", "").lower() in name.replace(" ", "").lower()), None)
-    out = {"gpu": name, "clips": n_clips, "clips_per_s": round(n_clips / secs, 1),
-           "audio_seconds_per_s": round(float(lengths.sum()) / secs, 1), "tokens_per_s": round(tokens / secs),
-           "achieved_tflops": round(flops / secs / 1e12, 2)}
-    if peak_tflops:
-        out["peak_bf16_tflops"] = peak_tflops
-        out["mfu"] = round(flops / secs / 1e12 / peak_tflops, 4)
-    return out
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ingest", description=__doc__.split("\n\n")[0])
     p.add_argument("--clips", type=int, default=600, help="synthetic LAION clips for the CPU pipeline (default: 600)")
@@ -147,37 +95,20 @@ def main(argv=None) -> dict:
                    help="decode processes (default: cores - 1)")
     p.add_argument("--audio-encoder", default="fbank", choices=["fbank", "egemaps", "compare"],
                    help="the CPU pipeline's audio encoder (default: fbank)")
-    p.add_argument("--gpu-clips", type=int, default=512, help="clips for the GPU AuriStream measurement")
-    p.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, if not in the built-in table")
-    p.add_argument("--skip-cpu", action="store_true", help="only the GPU part")
     args = p.parse_args(argv)
     root = tempfile.mkdtemp(prefix="bench-ingest-")
     result = {"benchmark": "ingest", "cpus": os.cpu_count(), "machine": platform.machine()}
     try:
-        if not args.skip_cpu:
-            cpu = cpu_pipeline(args.clips, args.decode_workers, root, args.audio_encoder)
-            print(f"\nCPU pipeline (decode x{cpu['decode_workers']} + {args.audio_encoder} + hashing + writing): "
-                  f"{cpu['clips_per_s']} clips/s, {cpu['audio_seconds_per_s']} audio-s/s over {cpu['rows']} clips "
-                  f"({cpu['audio_hours']} h); {cpu['cpu_seconds']} CPU-s = {cpu['audio_seconds_per_cpu_s']} audio-s "
-                  "per core-second")
-            print(f"  alone, one process: decode {cpu['decode_only_clips_per_s_1proc']} clips/s; {args.audio_encoder} "
-                  f"{cpu['encoder_only_clips_per_cpu_s']} clips = {cpu['encoder_only_audio_seconds_per_cpu_s']} "
-                  f"audio-s per CPU-second ({cpu['encoder_ms_per_audio_second']} ms per audio second)")
-            result.update(cpu)
-        import torch
-
-        if torch.cuda.is_available():
-            gpu = gpu_auristream(args.gpu_clips, args.peak_tflops, root)
-            print(f"GPU auristream (100M shape, random weights) on {gpu['gpu']}: {gpu['clips_per_s']} clips/s, "
-                  f"{gpu['audio_seconds_per_s']} audio-s/s, {gpu['achieved_tflops']} TFLOP/s"
-                  + (f", MFU {gpu['mfu']:.1%}" if "mfu" in gpu else ""))
-            result["gpu"] = gpu
-            if args.skip_cpu:
-                result.update(clips_per_s=gpu["clips_per_s"], audio_seconds_per_s=gpu["audio_seconds_per_s"])
-            if "mfu" in gpu:
-                result["mfu"] = gpu["mfu"]
-        else:
-            print("no CUDA GPU here: the AuriStream figure and MFU need one")
+        cpu = cpu_pipeline(args.clips, args.decode_workers, root, args.audio_encoder)
+        print(f"\nCPU pipeline (decode x{cpu['decode_workers']} + {args.audio_encoder} + hashing + writing): "
+              f"{cpu['clips_per_s']} clips/s, {cpu['audio_seconds_per_s']} audio-s/s over {cpu['rows']} clips "
+              f"({cpu['audio_hours']} h); {cpu['cpu_seconds']} CPU-s = {cpu['audio_seconds_per_cpu_s']} audio-s "
+              "per core-second")
+        print(f"  alone, one process: decode {cpu['decode_only_clips_per_s_1proc']} clips/s; {args.audio_encoder} "
+              f"{cpu['encoder_only_clips_per_cpu_s']} clips = {cpu['encoder_only_audio_seconds_per_cpu_s']} "
+              f"audio-s per CPU-second ({cpu['encoder_ms_per_audio_second']} ms per audio second)")
+        print("(the GPU encoder, AuriStream-100M-shaped, and its MFU: python -m benchmarks.gpu)")
+        result.update(cpu)
         print(json.dumps(result))
         return result
     finally:
