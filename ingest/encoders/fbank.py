@@ -31,6 +31,9 @@ class FbankEncoder(AudioEncoder):
             sample_rate=SAMPLE_RATE, n_fft=self.n_fft, hop_length=self.hop, n_mels=n_mels, f_min=50.0,
             f_max=7600.0, power=2.0, center=True)
 
+    def info(self):
+        return {**super().info(), "standardize": True}  # bands and statistics on different scales
+
     def config(self):
         return {"n_mels": self.n_mels, "n_fft": self.n_fft, "hop": self.hop, "stats": ["mean", "std", "dmean", "dstd"]}
 
