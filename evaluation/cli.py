@@ -3,9 +3,11 @@
     python -m evaluation stage2 --clap-ckpt clap_projectors.pt --data-root SET --out reports/stage2
     python -m evaluation stage3 --stage3-ckpt slm_stage3_best.pt --data-root SET --out reports/stage3
     python -m evaluation stage4 --meld-ckpt meld_slm_A_best.pt --data-root MELDSET --out reports/stage4
+    python -m evaluation probe --data-root SET [--split test] [--out reports/probe]
     python -m evaluation predict --stage3-ckpt S --clap-ckpt P [--meld-ckpt M] FILE...
 
-Each stage writes metrics.json, report.md and confusion.png to --out.
+Each stage writes metrics.json, report.md and confusion.png to --out. Stages 3 and 4 show the
+model beside a linear probe of its own inputs and without its audio / without its text.
 """
 
 from __future__ import annotations
@@ -40,6 +42,15 @@ def add_reading_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage-options", default="", help="JSON of fsspec options for a --data-root URL")
 
 
+def _baseline_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ablate", default="all", choices=["all", "audio", "text", "none"],
+                   help="also evaluate with every row's audio (or text) replaced by the train split's mean vector: "
+                        "all = both, one table (two more evaluation passes); none = skip")
+    p.add_argument("--no-probe", action="store_true",
+                   help="skip the linear-probe baseline (logistic regression on the stored embeddings, fitted on "
+                        "train, C chosen on the validation split; seconds on small sets, at most 20,000 train rows)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m evaluation", description=__doc__, formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -59,12 +70,27 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Classify a split with a trained SLM and report accuracy, macro and weighted F1, "
                                    "top-3/top-5 accuracy, per-class precision/recall/F1 and the confusion matrix.")
     _common(s, "--stage3-ckpt", "the SLM checkpoint (e.g. checkpoints/slm_stage3_best.pt)")
+    _baseline_flags(s)
     s = sub.add_parser("stage4", formatter_class=HelpFormatter, help="MELD: weighted F1 (the benchmark number), accuracy, macro F1, confusion",
                        description="Classify MELD's test split with a trained MELD head and report weighted F1 "
                                    "(MELD's standard metric), accuracy, macro F1, per-class and confusions.")
     _common(s, "--meld-ckpt", "the MELD checkpoint (e.g. checkpoints/meld_slm_A_best.pt)")
     s.add_argument("--stage3-ckpt", default="", help="only for a reference-layout MELD head (the previous tooling's "
                    "meld_slm_A/B_best.pt, which holds no SLM): the stage-3 checkpoint it was trained on")
+    _baseline_flags(s)
+    s = sub.add_parser("probe", formatter_class=HelpFormatter, help="the linear-probe baseline on stored embeddings",
+                       description="Standardised logistic regression (scikit-learn) on the stored audio embedding, "
+                                   "the transcript embedding, and both: fitted on train, C chosen on the validation "
+                                   "split (macro-F1; weighted F1 for MELD sets), scored on --split with the stage "
+                                   "metrics. The number a stage-3/4 model must beat.")
+    s.add_argument("--data-root", required=True, help="the shard set (directory or fsspec URL)")
+    s.add_argument("--split", default="test", help="which split to score (not train or the validation split)")
+    s.add_argument("--audio-layer", default="last", help="stored audio layer(s): a name, an index, a comma list, "
+                   "'last' or 'all' (several are concatenated)")
+    s.add_argument("--max-train-rows", type=bounded(int, at_least(1)), default=None,
+                   help="fit on at most this many train rows, a fixed-seed subsample beyond (default 20,000)")
+    s.add_argument("--out", default="", help="also write metrics.json and report.md here")
+    add_reading_flags(s)
     s = sub.add_parser("predict", formatter_class=HelpFormatter, help="top emotions of audio files",
                        description="Decode and encode audio files with the encoders recorded in the SLM's data "
                                    "manifest, then print the top emotions with probabilities.")
@@ -95,16 +121,27 @@ def _run(args) -> int:
     from lake.catalog import open_shard_set
 
     shards = open_shard_set(args.data_root, args.cache_dir, args.cache_limit, args.storage_options)
+    if args.command == "probe":
+        res = stages.probe(shards, args.out, args.split, args.audio_layer, args.max_train_rows)
+        print(f"probe on {args.data_root} [{args.split}]: {res['headline']}")
+        for name, path in res["paths"].items():
+            print(f"  {name}: {path}")
+        return 0
     common = dict(data_root=shards, out=args.out, split=args.split, batch_size=args.batch_size,
                   device=args.device, num_workers=args.num_workers)
     if args.command == "stage2":
         res = stages.stage2(args.clap_ckpt, block=args.block, template=args.template,
                             zero_shot=not args.no_zero_shot, text_model=args.text_model, **common)
     elif args.command == "stage3":
-        res = stages.stage3(args.stage3_ckpt, **common)
+        res = stages.stage3(args.stage3_ckpt, probe=not args.no_probe, ablate=args.ablate, **common)
     else:
-        res = stages.stage4(args.meld_ckpt, stage3_ckpt=args.stage3_ckpt, **common)
+        res = stages.stage4(args.meld_ckpt, stage3_ckpt=args.stage3_ckpt, probe=not args.no_probe,
+                            ablate=args.ablate, **common)
     print(f"{args.command} on {args.data_root} [{args.split}]: {res['headline']}")
+    m, metric = res["metrics"], "weighted_f1" if args.command == "stage4" else "macro_f1"
+    for r in m.get("baselines", [])[1:] + m.get("ablation", [])[1:]:  # beside the model's headline
+        print(f"  {r.get('model') or r['input']}: {metric} {r[metric]:.4f}"
+              + (f" ({r['change']:+.4f})" if "change" in r else ""))
     for name, path in res["paths"].items():
         print(f"  {name}: {path}")
     return 0

@@ -9,6 +9,11 @@ fits), and zero-shot emotion classification by similarity to the projected text 
 of the class names (the set's own text encoder embeds them).
 stage3 (SLM): accuracy, macro/weighted F1, top-3/top-5, per-class P/R/F1, confusion matrix.
 stage4 (MELD): weighted F1 (the benchmark number), accuracy, macro F1, per-class, confusion.
+
+Both classification stages also show the model beside the linear probe of its own inputs
+(evaluation.probe: what a researcher runs first) and the modality ablation (evaluation.ablation:
+the model without its audio, without its text), so a report says whether the model beats the
+obvious baseline and whether it uses the prosody it is built for.
 """
 
 from __future__ import annotations
@@ -59,16 +64,46 @@ def _finish(out: str, stage: str, metrics: dict, context: dict, taxonomy: list[s
     return paths
 
 
+def _baselines(task: Task, model, loader, dev, shards: ShardSet, split: str, metrics: dict, name: str,
+               probe: bool, ablate: str) -> tuple[dict, list[tuple[str, str]]]:
+    """`metrics` with the probe beside the model and the ablation rows (their tables right after the
+    headline numbers), and the report's notes on them."""
+    from evaluation.ablation import VARIANTS, ablation, ablation_note, train_means
+    from evaluation.probe import SHOWN, linear_probe, probe_note, probe_rows
+    from lake.splits import validation_split
+
+    sections = []
+    if probe and split not in ("train", validation_split(shards.manifest.splits)):
+        p = linear_probe(shards, split, layers=task.layers, selection=task.selection)
+        metrics["baselines"] = [{"model": name, "C": None, **{k: metrics[k] for k in SHOWN}}] + probe_rows(p)
+        metrics["probe_settings"] = p["settings"]
+        sections.append(("Baseline: linear probe", probe_note(p)))
+    elif probe:
+        sections.append(("Baseline: linear probe", f"Not run on {split}: the probe is fitted on train and selected "
+                                                   "on the validation split; evaluate on test to see it."))
+    if VARIANTS[ablate]:
+        means = train_means(shards, task.layers)
+        ab = ablation(lambda replaced: evaluate(task, model, replaced, dev, ONE), loader, means, VARIANTS[ablate],
+                      task.selection, metrics)
+        metrics["ablation"], metrics["ablation_per_class"] = ab["rows"], ab["per_class"]
+        sections.append(("Modality ablation", ablation_note(task.selection)))
+    first = {k: v for k, v in metrics.items() if not isinstance(v, list) or k in ("baselines", "ablation")}
+    return {**first, **metrics}, sections
+
+
 def _classification_stage(stage: str, task_cls, ckpt_path: str, data_root: str, out: str, split: str,
-                          batch_size: int, device: str, num_workers: int, title: str, **files) -> dict:
-    """Classify a split with a trained stage-3/4 model and write the stage's report."""
+                          batch_size: int, device: str, num_workers: int, title: str, probe: bool = True,
+                          ablate: str = "all", **files) -> dict:
+    """Classify a split with a trained stage-3/4 model (and, by default, its baselines); write the report."""
     from trainers.reference import reference_note
 
     dev = _device(device)
     shards = _open(data_root)
     task, model = task_cls.from_checkpoint(ckpt_path, shards, **files)
     loader = task.loader(split, batch_size, ONE, num_workers=num_workers)
-    metrics = evaluate(task, model.to(dev), loader, dev, ONE)
+    model = model.to(dev)
+    metrics = evaluate(task, model, loader, dev, ONE)
+    metrics, sections = _baselines(task, model, loader, dev, shards, split, metrics, title, probe, ablate)
     metrics["confusion_matrix_normalized"] = normalized_confusion(np.asarray(metrics["confusion_matrix"])).round(4).tolist()
     ckpt = task.checkpoint
     extra = {"mode": ckpt["arch"]["mode"]} if "mode" in ckpt["arch"] else {}
@@ -76,25 +111,27 @@ def _classification_stage(stage: str, task_cls, ckpt_path: str, data_root: str, 
         extra["checkpoint_layout"] = reference_note(ckpt)
     context = _context(ckpt_path, shards, split, loader.num_rows, trained_on=ckpt["data"]["fingerprint"],
                        epoch=ckpt["train"]["epoch"], **extra)
-    paths = _finish(out, stage, metrics, context, shards.taxonomy, f"{title} on {shards.name} {split}")
+    paths = _finish(out, stage, metrics, context, shards.taxonomy, f"{title} on {shards.name} {split}", sections)
     return {"metrics": metrics, "paths": paths, "headline": task.headline(metrics)}
 
 
 def stage3(stage3_ckpt: str, data_root: str, out: str, split: str = "test", batch_size: int = 1024,
-           device: str = "auto", num_workers: int = 0) -> dict:
+           device: str = "auto", num_workers: int = 0, probe: bool = True, ablate: str = "all") -> dict:
+    """`probe`: the linear probe beside the model; `ablate`: none, audio, text or all (both, one table)."""
     from trainers.slm import SlmTask
 
     return _classification_stage("stage3", SlmTask, stage3_ckpt, data_root, out, split, batch_size, device,
-                                 num_workers, "SLM")
+                                 num_workers, "SLM", probe, ablate)
 
 
 def stage4(meld_ckpt: str, data_root: str, out: str, split: str = "test", batch_size: int = 1024,
-           device: str = "auto", num_workers: int = 0, stage3_ckpt: str = "") -> dict:
+           device: str = "auto", num_workers: int = 0, stage3_ckpt: str = "", probe: bool = True,
+           ablate: str = "all") -> dict:
     """`stage3_ckpt`: only for a reference-layout MELD head (it holds no SLM)."""
     from trainers.meld import MeldTask
 
     return _classification_stage("stage4", MeldTask, meld_ckpt, data_root, out, split, batch_size, device,
-                                 num_workers, "MELD", stage3_ckpt=stage3_ckpt)
+                                 num_workers, "MELD", probe, ablate, stage3_ckpt=stage3_ckpt)
 
 
 def _clap(clap_ckpt: str, shards: ShardSet) -> tuple[Task, torch.nn.Module]:
@@ -147,3 +184,25 @@ def stage2(clap_ckpt: str, data_root: str, out: str, split: str = "test", batch_
                        text_field=arch["text_field"])
     paths = _finish(out, "stage2", metrics, context, shards.taxonomy, f"CLAP zero-shot on {split}", sections)
     return {"metrics": metrics, "paths": paths, "headline": task.headline(metrics)}
+
+
+def probe(data_root: str, out: str = "", split: str = "test", audio_layer: str = "last",
+          max_train_rows: int | None = None) -> dict:
+    """The linear probe alone (evaluation.probe), written as a report when `out` is given."""
+    from evaluation.probe import MAX_TRAIN_ROWS, linear_probe, probe_note, probe_rows
+    from lake.layers import resolve_layers
+
+    shards = _open(data_root)
+    layers = resolve_layers(audio_layer, shards.manifest.audio_layers, what="--audio-layer (of the layers this set "
+                                                                            "stores)")
+    p = linear_probe(shards, split, layers, max_train_rows=max_train_rows or MAX_TRAIN_ROWS)
+    sel = p["settings"]["metric"]
+    headline = "  ".join(f"{what} {sel} {r['metrics'][sel]:.4f} (C={r['C']:g})" for what, r in p["results"].items())
+    paths = {}
+    if out:
+        metrics = {"baselines": probe_rows(p), "probe": p["results"], "probe_settings": p["settings"]}
+        context = {"checkpoint": "none (a linear probe fitted here)", "data_root": shards.root,
+                   "fingerprint": shards.fingerprint, "split": split,
+                   "num_rows": p["results"]["both"]["metrics"]["num_rows"]}
+        paths = _finish(out, "probe", metrics, context, shards.taxonomy, "", [("How it was fitted", probe_note(p))])
+    return {"metrics": p, "paths": paths, "headline": headline}

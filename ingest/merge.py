@@ -8,11 +8,13 @@ work directory. The manifest is written last: a set is complete when it exists.
 from __future__ import annotations
 
 from lake import storage
+from lake.catalog import ShardSet
 from lake.errors import LakeError
 from lake.schema import SHARDS_DIR, Manifest
 from ingest.journal import read_journals, rows_path, work_dir
 from ingest.output import SetOutput
 from ingest.sources.base import reason_category
+from shards.stats import standardization_stats
 from shards.writer import finalize_set
 
 
@@ -61,6 +63,7 @@ def merge_set(root, plan: dict, all_units: list[str], settings: dict) -> Manifes
         name=plan["name"], source=plan["source"], encoders=plan["encoders"], taxonomy=plan["taxonomy"],
         fields=plan["fields"], shards=entries, ingest={"plan": plan, "settings": settings},
     )
+    manifest.feature_stats = standardization_stats(ShardSet(root, manifest))  # before the manifest is written
     finalize_set(root, manifest, index if index is not None else [], sorted(quarantine.values(), key=lambda r: r["key"]))
     out.remove_tree("_work")
     return manifest

@@ -68,8 +68,8 @@ def run_demo(out: str, clips: int, meld_clips: int, seed: int, text_encoder: str
 
     _step("4/6 SLM (stage 3)", t0)
     slm_dir = os.path.join(ckpts, "slm")
-    _run(slm, ["--data-root", laion, "--clap-ckpt", projectors, "--save-dir", slm_dir, "--epochs", "40",
-               "--batch-size", "128", "--lr", "1e-3", *train_common], "SLM training")
+    _run(slm, ["--data-root", laion, "--clap-ckpt", projectors, "--save-dir", slm_dir, "--preset", "small",
+               *train_common], "SLM training")
 
     _step("5/6 MELD head, mode A (stage 4)", t0)
     meld_dir = os.path.join(ckpts, "meld")
@@ -96,8 +96,10 @@ def run_demo(out: str, clips: int, meld_clips: int, seed: int, text_encoder: str
         ("stage 2 CLAP", "zero-shot accuracy", f"{m['stage2']['zero_shot']['accuracy']:.3f}", f"{1 / n3:.3f}"),
         ("stage 3 SLM", "macro-F1 / accuracy", f"{m['stage3']['macro_f1']:.3f} / {m['stage3']['accuracy']:.3f}",
          f"{1 / n3:.3f}"),
+        *_beside("stage 3", m["stage3"], "macro_f1", f"{1 / n3:.3f}"),
         ("stage 4 MELD", "weighted F1 / accuracy", f"{m['stage4']['weighted_f1']:.3f} / {m['stage4']['accuracy']:.3f}",
          f"{_majority_weighted_f1(m['stage4']):.3f}"),
+        *_beside("stage 4", m["stage4"], "weighted_f1", f"{_majority_weighted_f1(m['stage4']):.3f}"),
     ]
     elapsed = time.time() - t0
     print(f"\n== done in {elapsed:.0f} s: headline numbers on the test splits\n")
@@ -110,9 +112,20 @@ def run_demo(out: str, clips: int, meld_clips: int, seed: int, text_encoder: str
     print(f"checkpoints: {ckpts}\nshard sets: {laion}, {meld_set}  (python -m shards stats DIR)")
     summary = {"seconds": round(elapsed, 1), "metrics": {k: {"macro_f1": v.get("macro_f1"), "weighted_f1": v.get("weighted_f1"),
                                                              "accuracy": v.get("accuracy")} for k, v in m.items()},
+               "baselines": {k: {"probe": m[k].get("baselines", [])[1:], "ablation": m[k].get("ablation", [])}
+                             for k in ("stage3", "stage4")},
                "reports": reports}
     json.dump(summary, open(os.path.join(out, "demo_summary.json"), "w"), indent=1)
     return summary
+
+
+def _beside(stage: str, metrics: dict, metric: str, chance: str) -> list[tuple[str, str, str, str]]:
+    """The model without its audio / its text, and the linear probes of its inputs (same metric)."""
+    name = metric.replace("_f1", " F1").replace("macro F1", "macro-F1")
+    rows = [(f"  {stage} {r['input']}", f"{name} (change)", f"{r[metric]:.3f} ({r['change']:+.3f})", chance)
+            for r in metrics.get("ablation", [])[1:]]
+    rows += [(f"  {stage} {r['model']}", name, f"{r[metric]:.3f}", chance) for r in metrics.get("baselines", [])[1:]]
+    return rows
 
 
 def _majority_weighted_f1(metrics: dict) -> float:

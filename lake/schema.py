@@ -131,6 +131,9 @@ class Manifest:
     created_at: str = ""
     dtype: str = "float16"
     schema_version: int = SCHEMA_VERSION
+    # the train split's per-feature mean/std of the embeddings whose encoder record says
+    # "standardize" (shards.stats); {} for every other set, and for sets made before it existed
+    feature_stats: dict[str, Any] = field(default_factory=dict)
 
     # -- derived -------------------------------------------------------------
     @property
@@ -193,6 +196,7 @@ class Manifest:
             "splits": self.splits,
             "shards": [s.to_dict() for s in self.shards],
             "ingest": self.ingest,
+            **({"feature_stats": self.feature_stats} if self.feature_stats else {}),
         }
 
     def to_json(self) -> str:
@@ -222,6 +226,7 @@ class Manifest:
                 splits=d.get("splits", {}),
                 shards=[ShardEntry.from_dict(s) for s in d["shards"]],
                 ingest=d.get("ingest", {}),
+                feature_stats=d.get("feature_stats", {}),
             )
         except (KeyError, TypeError, ValueError, IndexError) as e:
             raise LakeError(f"{where}: malformed manifest ({type(e).__name__}: {e})") from None

@@ -3,7 +3,8 @@
     python -m trainers.clap --data-root SET [--text-field transcript|caption] ...
     python -m trainers.clap export --checkpoint CKPT --out clap_projectors.pt
 
-Per modality Linear(d, P) -> Dropout 0.1 -> L2-normalise on unit-norm inputs; a
+Per modality Linear(d, P) -> Dropout 0.1 -> L2-normalise on unit-norm inputs (standardised
+per feature first for encoders on mixed scales: trainers.features); a
 learnable logit scale clamped to at most 5 (scale <= e^5); the loss is the mean of
 the audio->text and text->audio cross-entropies over the GLOBAL batch, gathered
 across ranks with the differentiable all_gather of torch.distributed.nn (a plain
@@ -32,7 +33,7 @@ from lake.cliargs import HelpFormatter, arg, at_least, between
 from lake.errors import LakeError
 from trainers.checkpoint import load_checkpoint, read_checkpoint_file, save_atomic
 from trainers.config import TrainConfig
-from trainers.features import LAYER_HELP, l2, resolve_layer
+from trainers.features import LAYER_HELP, Standardize, field_stats, l2, resolve_layer
 from trainers.cli import parse_stage_args, run_stage, stage_parser
 from trainers.loop import Task
 
@@ -59,23 +60,30 @@ DEFAULTS = dict(epochs=20, batch_size=1024, lr=5e-4, warmup_steps=100, schedule=
 
 
 class ProjHead(nn.Module):
-    """Linear -> Dropout -> L2-normalise. Parameter names (fc.weight, fc.bias) match the reference's."""
+    """[Standardise ->] L2-normalise -> Linear -> Dropout -> L2-normalise. Parameter names (fc.weight,
+    fc.bias) match the reference's; `standardize`: per-feature statistics first (trainers.features),
+    for encoders on mixed scales, held as `standardize.mean` / `standardize.std` buffers."""
 
-    def __init__(self, d_in: int, d_out: int, dropout: float = 0.1):
+    def __init__(self, d_in: int, d_out: int, dropout: float = 0.1, standardize: bool = False):
         super().__init__()
+        self.standardize = Standardize(d_in) if standardize else None
         self.fc = nn.Linear(d_in, d_out)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.standardize is not None:
+            x = self.standardize(x)
         return F.normalize(self.drop(self.fc(l2(x))), dim=-1)
 
 
 class Clap(nn.Module):
     def __init__(self, audio_dim: int, text_dim: int, proj_dim: int, dropout: float = 0.1,
-                 logit_scale_init: float = CLIP_SCALE_INIT, max_logit_scale: float = 5.0):
+                 logit_scale_init: float = CLIP_SCALE_INIT, max_logit_scale: float = 5.0,
+                 standardize: dict | None = None):
         super().__init__()
-        self.audio_proj = ProjHead(audio_dim, proj_dim, dropout)
-        self.text_proj = ProjHead(text_dim, proj_dim, dropout)
+        std = standardize or {}
+        self.audio_proj = ProjHead(audio_dim, proj_dim, dropout, bool(std.get("audio")))
+        self.text_proj = ProjHead(text_dim, proj_dim, dropout, bool(std.get("text")))
         self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
         self.max_logit_scale = max_logit_scale
 
@@ -127,14 +135,25 @@ class ClapTask(Task):
         if (self.dims["audio"], self.dims["text"]) != (m.audio_dim, m.text_dim):
             raise LakeError(f"CLAP projectors for audio {self.dims['audio']} / text {self.dims['text']} dims, but "
                             f"{shards.root} stores audio {m.audio_dim} / text {m.text_dim}")
+        # per-feature statistics of the train split, for encoders on mixed scales; a trained model has its own
+        self.stats = {} if ckpt else {k: v for k, v in (("audio", field_stats(m.feature_stats, "audio", self.layers)),
+                                                         ("text", field_stats(m.feature_stats, self.text_key))) if v}
+        self.standardize = dict(ckpt["arch"].get("standardize", {})) if ckpt else {k: True for k in self.stats}
 
     def build(self) -> nn.Module:
         c = self.cfg
-        return Clap(self.dims["audio"], self.dims["text"], self.dims["proj"], c.dropout, c.logit_scale_init,
-                    c.max_logit_scale)
+        model = Clap(self.dims["audio"], self.dims["text"], self.dims["proj"], c.dropout, c.logit_scale_init,
+                     c.max_logit_scale, self.standardize)
+        for k, head in (("audio", model.audio_proj), ("text", model.text_proj)):
+            if k in self.stats:
+                head.standardize.set(*self.stats[k])
+        return model
 
     def arch(self) -> dict:
-        return {"dims": self.dims, "audio_layer": self.layer, "text_field": self.text_field}
+        arch = {"dims": self.dims, "audio_layer": self.layer, "text_field": self.text_field}
+        if self.standardize:  # absent for sets without statistics: their checkpoints stay as they were
+            arch["standardize"] = self.standardize
+        return arch
 
     def loss(self, model, batch):
         a, t, scale = model(batch["audio"][:, 0], batch[self.text_key])
@@ -165,6 +184,8 @@ class ClapTask(Task):
                             "ingested with the same encoders")
         arch = {"dims": proj["dims"], "audio_layer": proj["audio_layer"] or resolve_layer("last", m.audio_layers),
                 "text_field": proj.get("text_field") or "transcript"}
+        if projector_standardize(proj):
+            arch["standardize"] = projector_standardize(proj)
         cfg = ClapConfig(data_root=shards.root, dropout=0.0)
         task = cls(cfg, shards, ckpt={"arch": arch})
         model = task.build()
@@ -205,6 +226,8 @@ def load_projectors(path: str) -> dict:
     heads = {k: linear_state(obj.get(k)) if isinstance(obj, dict) else None for k in ("audio_proj", "text_proj")}
     if not all(heads.values()):
         raise LakeError(f"{path}: not CLAP projectors (expected audio_proj and text_proj with fc.weight/fc.bias)")
+    for k, head in heads.items():  # ours may carry the input statistics they were trained with
+        head.update({n: v for n, v in obj[k].items() if isinstance(n, str) and n.startswith("standardize.")})
     a, t = heads["audio_proj"]["fc.weight"], heads["text_proj"]["fc.weight"]
     if a.shape[0] != t.shape[0]:
         raise LakeError(f"{path}: audio and text projections have different widths ({a.shape[0]} vs {t.shape[0]})")
@@ -216,9 +239,16 @@ def load_projectors(path: str) -> dict:
     return out
 
 
+def projector_standardize(proj: dict) -> dict:
+    """{"audio": True, "text": True} for the heads of `proj` that standardise their inputs (none: {})."""
+    return {k: True for k, head in (("audio", proj["audio_proj"]), ("text", proj["text_proj"]))
+            if "standardize.mean" in head}
+
+
 def projectors_into(head_a: ProjHead, head_t: ProjHead, proj: dict) -> None:
-    head_a.load_state_dict({k: v for k, v in proj["audio_proj"].items() if k.startswith("fc.")})
-    head_t.load_state_dict({k: v for k, v in proj["text_proj"].items() if k.startswith("fc.")})
+    """Load the heads (strictly: a head built with standardisation needs the statistics, and vice versa)."""
+    head_a.load_state_dict(proj["audio_proj"])
+    head_t.load_state_dict(proj["text_proj"])
 
 
 # -- command line -------------------------------------------------------------------

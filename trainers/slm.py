@@ -11,6 +11,13 @@
 
 Plain cross-entropy, AdamW lr 1e-4 wd 0.01, the global batch 512: the reference run,
 which trained 150 epochs as 50 + 50 + 50 with --resume. Selection: validation macro-F1.
+`--preset small` is the measured setting for sets of a few thousand clips (the demo's).
+
+For encoders whose features live on different scales (fbank, openSMILE: the set records
+its train statistics), x_a and x_p are standardised per feature before their L2
+normalisation (trainers.features.Standardize): the CLAP heads with the statistics they
+were trained with, the prosody branch with this set's. Measured on a synthetic corpus
+(BENCHMARKS.md), this took the SLM from below a linear probe of its own inputs to above it.
 """
 
 from __future__ import annotations
@@ -25,9 +32,9 @@ import torch.nn.functional as F
 
 from lake.cliargs import REQUIRED, arg, at_least, between
 from lake.errors import LakeError
-from trainers.clap import ProjHead, load_projectors, projectors_into
+from trainers.clap import ProjHead, load_projectors, projector_standardize, projectors_into
 from trainers.config import TrainConfig
-from trainers.features import LAYER_HELP, l2, resolve_layer
+from trainers.features import LAYER_HELP, Standardize, field_stats, l2, resolve_layer
 from trainers.cli import parse_stage_args, run_stage, stage_parser
 from trainers.loop import Task
 from trainers.metrics import classification_metrics_from
@@ -44,7 +51,14 @@ class SlmConfig(TrainConfig):
 
 
 DEFAULTS = dict(epochs=150, batch_size=512, lr=1e-4, weight_decay=0.01, grad_clip=0.0)
-PRESETS = {"debug": dict(epochs=2, batch_size=64, eval_batch_size=256, num_workers=0, log_every=5, _help="seconds on a CPU")}
+PRESETS = {
+    "debug": dict(epochs=2, batch_size=64, eval_batch_size=256, num_workers=0, log_every=5, _help="seconds on a CPU"),
+    # the reference's batch of 512 gives a set of ~1,000 train clips one or two steps an epoch: 150 steps in all,
+    # measured to undertrain (BENCHMARKS.md, "SLM against the linear probe")
+    "small": dict(epochs=40, batch_size=128, lr=1e-3, schedule="cosine", warmup_steps=20,
+                  _help="sets of a few thousand clips (the demo's): batch 128, lr 1e-3 with 20 warmup steps and "
+                        "cosine decay, 40 epochs"),
+}
 
 
 class ProsodySLM(nn.Module):
@@ -55,11 +69,15 @@ class ProsodySLM(nn.Module):
     """
 
     def __init__(self, audio_dim: int, text_dim: int, proj_dim: int, num_classes: int, num_layers: int,
-                 clap_index: int, prosody_index: int | None, hidden_dim: int = 1024, dropout: float = 0.1):
+                 clap_index: int, prosody_index: int | None, hidden_dim: int = 1024, dropout: float = 0.1,
+                 standardize: dict | None = None):
         super().__init__()
+        std = standardize or {}
         self.clap_index, self.prosody_index = clap_index, prosody_index
-        self.clap_audio = ProjHead(audio_dim, proj_dim, 0.0)
-        self.clap_text = ProjHead(text_dim, proj_dim, 0.0)
+        self.clap_audio = ProjHead(audio_dim, proj_dim, 0.0, bool(std.get("clap_audio")))
+        self.clap_text = ProjHead(text_dim, proj_dim, 0.0, bool(std.get("clap_text")))
+        # the prosody branch's own statistics (of this SLM's training set, all loaded layers)
+        self.prosody_standardize = Standardize((num_layers, audio_dim)) if std.get("prosody") else None
         for p in list(self.clap_audio.parameters()) + list(self.clap_text.parameters()):
             p.requires_grad_(False)
         self.layer_logits = nn.Parameter(torch.zeros(num_layers)) if prosody_index is None else None
@@ -79,6 +97,8 @@ class ProsodySLM(nn.Module):
     def fused(self, audio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         s_a = self.clap_audio(audio[:, self.clap_index])
         s_t = self.clap_text(text)
+        if self.prosody_standardize is not None:
+            audio = self.prosody_standardize(audio)
         if self.prosody_index is None:
             w = torch.softmax(self.layer_logits, 0)
             x_p = (w[None, :, None] * l2(audio)).sum(1)
@@ -140,13 +160,23 @@ class SlmTask(Task):
         self._arch = {"audio_dim": d["audio"], "text_dim": d["text"], "proj_dim": d["proj"],
                       "num_classes": len(self.taxonomy), "taxonomy": self.taxonomy, "layers": self.layers,
                       "clap_index": clap_index, "prosody_index": prosody_index, "hidden_dim": cfg.hidden_dim}
+        # the CLAP heads standardise as they were trained to; the prosody branch with this set's statistics
+        self.prosody_stats = field_stats(m.feature_stats, "audio", self.layers)
+        standardize = {f"clap_{k}": True for k in projector_standardize(self.proj)}
+        if self.prosody_stats:
+            standardize["prosody"] = True
+        if standardize:  # absent for sets without statistics: their checkpoints stay as they were
+            self._arch["standardize"] = standardize
         self.clap_info = {k: self.proj[k] for k in ("dims", "audio_layer", "data") if k in self.proj}
 
     def arch(self) -> dict:
         return self._arch
 
     def build(self) -> nn.Module:
-        return build_slm(self._arch, self.cfg.dropout, self.proj)
+        model = build_slm(self._arch, self.cfg.dropout, self.proj)
+        if self.proj is not None and self.prosody_stats:  # a new model (a trained one loads its own)
+            model.prosody_standardize.set(*self.prosody_stats)
+        return model
 
     def loss(self, model, batch):
         logits = model(batch["audio"], batch["text"])
@@ -172,7 +202,8 @@ class SlmTask(Task):
 
 def build_slm(arch: dict, dropout: float = 0.1, proj: dict | None = None) -> ProsodySLM:
     model = ProsodySLM(arch["audio_dim"], arch["text_dim"], arch["proj_dim"], arch["num_classes"],
-                       len(arch["layers"]), arch["clap_index"], arch["prosody_index"], arch["hidden_dim"], dropout)
+                       len(arch["layers"]), arch["clap_index"], arch["prosody_index"], arch["hidden_dim"], dropout,
+                       arch.get("standardize"))
     if proj is not None:
         projectors_into(model.clap_audio, model.clap_text, proj)
     return model
