@@ -33,6 +33,7 @@ import time
 import numpy as np
 
 from ingest.decode import decode_audio
+from lake.cliargs import at_least, bounded
 
 FFMPEG_HINT = "install it with `apt-get install -y ffmpeg` (Debian/Ubuntu) or `brew install ffmpeg` (macOS)"
 
@@ -129,9 +130,9 @@ def ensure_corpus(clips: int, meld_clips: int, corpus: str | None) -> str:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.decode", description=__doc__.split("\n\n")[0])
-    p.add_argument("--clips", type=int, default=300, help="LAION clips in the generated corpus (default: 300)")
-    p.add_argument("--meld-clips", type=int, default=60, help="MELD clips in the generated corpus (default: 60)")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--clips", type=bounded(int, at_least(1)), default=300, help="LAION clips in the generated corpus (default: 300)")
+    p.add_argument("--meld-clips", type=bounded(int, at_least(0)), default=60, help="MELD clips in the generated corpus (default: 60)")
+    p.add_argument("--workers", type=bounded(int, at_least(0)), default=0,
                    help="also time both ways over a pool of this many processes (default: 0, one process only)")
     p.add_argument("--corpus", help="a synthetic corpus to use (made there if missing; default: one in the temp dir)")
     args = p.parse_args(argv)

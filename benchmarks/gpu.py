@@ -36,6 +36,8 @@ import time
 
 import numpy as np
 
+from lake.cliargs import above, at_least, bounded
+
 # dense bf16 tensor-core peaks, TFLOP/s (the first key found in the device's name wins)
 PEAK_BF16 = {"H100 SXM": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0,
              "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
@@ -155,10 +157,10 @@ def table(r: dict) -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
-    p.add_argument("--clips", type=int, default=2048, help="synthetic clips for the encoder (default: 2048)")
-    p.add_argument("--peak-tflops", type=float, help="the GPU's dense bf16 peak, if not in the built-in table")
-    p.add_argument("--rows", type=int, default=200_000, help="rows of the SLM training set (default: 200000)")
-    p.add_argument("--steps", type=int, default=500, help="SLM steps timed per loader path (default: 500)")
+    p.add_argument("--clips", type=bounded(int, at_least(1)), default=2048, help="synthetic clips for the encoder (default: 2048)")
+    p.add_argument("--peak-tflops", type=bounded(float, above(0)), help="the GPU's dense bf16 peak, if not in the built-in table")
+    p.add_argument("--rows", type=bounded(int, at_least(1)), default=200_000, help="rows of the SLM training set (default: 200000)")
+    p.add_argument("--steps", type=bounded(int, at_least(1)), default=500, help="SLM steps timed per loader path (default: 500)")
     args = p.parse_args(argv)
     if args.clips < 1 or args.rows < 512 or args.steps < 1:
         p.error("--clips and --steps must be at least 1, --rows at least one SLM batch (512)")

@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+from lake.cliargs import at_least, bounded
+
 def cpu_seconds() -> float:
     """CPU time of this process and its finished children (the decode workers, once joined): what a
     stage costs in core-seconds, which other jobs on a shared machine do not inflate as they do wall
@@ -90,8 +92,8 @@ def cpu_pipeline(clips: int, decode_workers: int, root: str, audio_encoder: str 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.ingest", description=__doc__.split("\n\n")[0])
-    p.add_argument("--clips", type=int, default=600, help="synthetic LAION clips for the CPU pipeline (default: 600)")
-    p.add_argument("--decode-workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+    p.add_argument("--clips", type=bounded(int, at_least(1)), default=600, help="synthetic LAION clips for the CPU pipeline (default: 600)")
+    p.add_argument("--decode-workers", type=bounded(int, at_least(1)), default=max(1, (os.cpu_count() or 2) - 1),
                    help="decode processes (default: cores - 1)")
     p.add_argument("--audio-encoder", default="fbank", choices=["fbank", "egemaps", "compare"],
                    help="the CPU pipeline's audio encoder (default: fbank)")

@@ -46,6 +46,8 @@ import warnings
 
 import numpy as np
 
+from lake.cliargs import at_least, bounded
+
 DIM, CLASSES, BLOCK = 768, 36, 1024
 
 
@@ -337,9 +339,9 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.loader", description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", default="1,14", help="row widths, as stored audio layers (default: 1,14)")
     p.add_argument("--rows", default="200000,40000", help="rows at each width (default: 200000,40000)")
-    p.add_argument("--batch-size", type=int, default=512, help="batch of every reader (default: 512)")
-    p.add_argument("--passes", type=int, default=3, help="full passes of the fast readers, best kept (default: 3)")
-    p.add_argument("--slow-rows", type=int, default=30_000,
+    p.add_argument("--batch-size", type=bounded(int, at_least(1)), default=512, help="batch of every reader (default: 512)")
+    p.add_argument("--passes", type=bounded(int, at_least(1)), default=3, help="full passes of the fast readers, best kept (default: 3)")
+    p.add_argument("--slow-rows", type=bounded(int, at_least(1)), default=30_000,
                    help="rows timed for mds and webdataset_per_row (per-row readers; default: 30000)")
     p.add_argument("--peers", action="store_true", help="also LitData and MDS (needs `uv run --group bench`)")
     p.add_argument("--device", default="cpu", help="where DeviceLoader holds the split (default: cpu)")

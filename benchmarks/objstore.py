@@ -32,6 +32,8 @@ import time
 
 import numpy as np
 
+from lake.cliargs import at_least, bounded
+
 
 def write_set(root: str, rows: int, dim: int, num_classes: int = 36, seed: int = 0) -> None:
     from lake.schema import Manifest
@@ -83,9 +85,9 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.objstore", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", help="an existing shard set behind a URL (default: write one and serve it from a "
                                  "loopback S3 server)")
-    p.add_argument("--rows", type=int, default=100_000, help="rows of the written set (default: 100000)")
-    p.add_argument("--dim", type=int, default=768, help="embedding width of the written set (default: 768)")
-    p.add_argument("--batch-size", type=int, default=512, help="loader batch (default: 512)")
+    p.add_argument("--rows", type=bounded(int, at_least(1)), default=100_000, help="rows of the written set (default: 100000)")
+    p.add_argument("--dim", type=bounded(int, at_least(1)), default=768, help="embedding width of the written set (default: 768)")
+    p.add_argument("--batch-size", type=bounded(int, at_least(1)), default=512, help="loader batch (default: 512)")
     args = p.parse_args(argv)
 
     from lake.catalog import open_shard_set

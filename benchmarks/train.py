@@ -38,6 +38,7 @@ import time
 import numpy as np
 
 from benchmarks.loader import BLOCK, CLASSES, DIM, make_block
+from lake.cliargs import at_least, bounded
 
 BATCH = {"clap": 1024, "slm": 512, "meld": 128}
 REFERENCE_SLM = {"epochs": 150, "rows": 1_200_000}
@@ -219,14 +220,14 @@ def print_table(results: dict) -> None:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--rows", type=int, default=200_000, help="train rows of the synthetic set (default: 200000)")
+    p.add_argument("--rows", type=bounded(int, at_least(1)), default=200_000, help="train rows of the synthetic set (default: 200000)")
     p.add_argument("--stages", default="clap,slm,meld", help="stages to time, of clap,slm,meld (default: all)")
     p.add_argument("--paths", default="streaming,device", help="loader paths, of streaming,device (default: both)")
-    p.add_argument("--steps", type=int, help="timed steps per stage and path (default: 100 on the CPU, 500 on CUDA)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first, the first one's FLOPs counted "
+    p.add_argument("--steps", type=bounded(int, at_least(1)), help="timed steps per stage and path (default: 100 on the CPU, 500 on CUDA)")
+    p.add_argument("--warmup", type=bounded(int, at_least(0)), default=5, help="untimed steps first, the first one's FLOPs counted "
                                                          "(default: 5)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA if present")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's, one per core)")
+    p.add_argument("--threads", type=bounded(int, at_least(1)), help="torch CPU threads (default: torch's, one per core)")
     p.add_argument("--keep", help="write the set under this directory and keep it; a later run with the same directory "
                                   "and --rows reads it again (default: a temporary one)")
     args = p.parse_args(argv)

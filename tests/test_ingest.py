@@ -98,6 +98,34 @@ def test_meld_ingest_keeps_official_splits(corpus, tmp_path):
     assert set(shards.manifest.splits) == {"train", "dev", "test"}
 
 
+def test_a_meld_csv_cut_mid_row_is_reported_and_the_rest_ingested(corpus, tmp_path):
+    """Through the command: the cut row is quarantined with its file and line, every other clip lands."""
+    import csv
+
+    from ingest.sources.meld import SPLITS
+
+    src, truth = corpus
+    meld = tmp_path / "MELD.Raw"
+    meld.mkdir()
+    for csv_name, folder in SPLITS.values():
+        os.symlink(src / "meld" / folder, meld / folder)
+        (meld / csv_name).write_bytes((src / "meld" / csv_name).read_bytes())
+    text = (meld / "train_sent_emo.csv").read_text(encoding="utf-8").rstrip("\n")
+    head, last = text.rsplit("\n", 1)
+    row = next(csv.reader([last]))
+    cut_key = f"meld/train/dia{row[5]}_utt{row[6]}"
+    (meld / "train_sent_emo.csv").write_text(head + "\n" + last[: len(last) // 3], encoding="utf-8")
+    out = tmp_path / "meld_set"
+    proc = ingest("--source", "meld", "--input", meld, "--out", out, "--decode-workers", "1", "--block-rows", "16")
+    assert "Traceback" not in proc.stderr
+    assert verify_set(str(out))[0] == []
+    shards = open_shard_set(str(out))
+    ok = {k for k, t in ((t["key"], t) for t in truth if t["source"] == "meld") if t["status"] == "ok"}
+    assert set(_rows(out)) == ok - {cut_key}
+    bad = [q["reason"] for q in shards.quarantine() if q["reason"].startswith("bad csv row")]
+    assert len(bad) == 1 and f"train_sent_emo.csv line {head.count(chr(10)) + 2}" in bad[0], bad
+
+
 def test_standin_auristream_and_embeddinggemma(corpus, tmp_path):
     src, truth = corpus
     out = tmp_path / "real-encoders"

@@ -197,12 +197,17 @@ def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_stale_lock(corpus
         second = run("ingest", *args)
         one_clear_line(second, 2, "another ingest", f"pid {first.pid}", "is writing", str(out))
         assert (sorted(os.listdir(out / "shards")) if (out / "shards").exists() else []) == before  # nothing touched
-        assert open_shard_set  # readers are never blocked: reading the (unfinished) folder is not refused by the lock
     finally:
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     ingest(corpus, out, "--checkpoint-mb", "0.02", check=True)  # the kernel dropped the dead writer's lock
     assert verify_set(str(out))[0] == []
+    from ingest.lock import SetLock
+
+    with SetLock(str(out)):  # a writer holds the finished set: readers still read it, a writer is refused
+        assert run("shards", "verify", out, check=True).stdout.startswith("OK: ")
+        assert len(open_shard_set(str(out)).index) == len(_keys(out)) > 0
+        one_clear_line(ingest(corpus, out, "--overwrite"), 2, "another ingest", f"pid {os.getpid()}", str(out))
 
 
 def test_the_object_store_lock_refuses_a_live_owner_and_takes_over_a_dead_one(s3_bucket):
@@ -326,6 +331,11 @@ BAD_NUMBERS = [
     ("trainers.meld", ["--label-smoothing", "2"], "--label-smoothing", "in [0, 1)"),
     ("evaluation", ["stage3", "--batch-size", "0"], "--batch-size", "at least 1"),
     ("shards", ["head", "-n", "-5"], "-n", "at least 1"),
+    ("shards", ["verify", "--workers", "0"], "--workers", "at least 1"),
+    ("evaluation", ["probe", "--max-train-rows", "0"], "--max-train-rows", "at least 1"),
+    ("benchmarks.train", ["--steps", "0"], "--steps", "at least 1"),
+    ("benchmarks.loader", ["--batch-size", "0"], "--batch-size", "at least 1"),
+    ("benchmarks.gpu", ["--peak-tflops", "-3"], "--peak-tflops", "above 0"),
 ]
 
 
@@ -334,7 +344,9 @@ def _with_required(module, args):
                 "--clap-ckpt", "y"], "trainers.clap": ["--data-root", "x"], "trainers.meld": ["--data-root", "x",
                 "--stage3-ckpt", "y"]}
     if module == "evaluation":
-        return args + ["--stage3-ckpt", "x", "--data-root", "y", "--out", "z"]
+        return args + (["--data-root", "y"] if args[0] == "probe" else ["--stage3-ckpt", "x", "--data-root", "y", "--out", "z"])
+    if module.startswith("benchmarks."):
+        return args
     if module == "shards":
         return args + ["some-set"]
     return required[module] + args
@@ -363,7 +375,8 @@ def test_dataclass_configs_check_their_ranges_outside_the_command_line_too():
 
 # -- 9. preemption ---------------------------------------------------------------------------------------------
 
-def test_sigterm_stops_ingest_at_a_clip_boundary_and_the_rerun_continues(corpus, finished, tmp_path):
+def test_a_preemption_signal_stops_ingest_at_a_clip_boundary_and_the_rerun_continues(corpus, finished, tmp_path):
+    """SIGUSR1 here (Slurm's --signal); the trainers' preemption test sends SIGTERM."""
     from ingest.journal import read_journals
 
     out = tmp_path / "laion"
@@ -372,10 +385,10 @@ def test_sigterm_stops_ingest_at_a_clip_boundary_and_the_rerun_continues(corpus,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     journal = out / "_work" / "journal-0000.jsonl"
     _wait_for(journal, lambda p: '"units_done"' in open(p).read(), proc)
-    proc.send_signal(signal.SIGTERM)  # to the ingest process; its decode workers are left to it
+    proc.send_signal(signal.SIGUSR1)  # to the ingest process; its decode workers are left to it
     _, err = proc.communicate(timeout=120)
     last = one_clear_line(subprocess.CompletedProcess(proc.args, proc.returncode, "", err), PREEMPTED_EXIT,
-                          "SIGTERM received", "re-run the same command")
+                          "SIGUSR1 received", "re-run the same command")
     assert last.startswith("stopped:")
     state = read_journals(str(out))  # consistent: every journalled shard is there, with its rows
     assert state.shards and not (out / "manifest.json").exists()

@@ -29,7 +29,7 @@ def run_ingest(capsys, *args) -> tuple[int, str, str]:
 
 
 def rows_and_embeddings(root) -> dict[str, tuple]:
-    """key -> (label, split, transcript, audio embedding) of every row of a set."""
+    """key -> (label, split, transcript, audio embedding, text embedding) of every row of a set."""
     shards = open_shard_set(str(root))
     index = {r["key"]: r for r in shards.index.to_pylist()}
     out = {}
@@ -37,14 +37,15 @@ def rows_and_embeddings(root) -> dict[str, tuple]:
         m = ShardMap(shards.shard_path(e), e)
         for b in range(len(e.blocks)):
             blk = m.block(b)
-            for key, audio in zip(blk["meta"]["keys"], blk["audio"]):
+            for key, audio, text in zip(blk["meta"]["keys"], blk["audio"], blk["text"]):
                 r = index[key]
-                out[key] = (r["label"], r["split"], r["transcript"], np.asarray(audio))
+                out[key] = (r["label"], r["split"], r["transcript"], np.asarray(audio), np.asarray(text))
     return out
 
 
 def same_rows(a: dict, b: dict) -> bool:
-    return a.keys() == b.keys() and all(a[k][:3] == b[k][:3] and np.array_equal(a[k][3], b[k][3]) for k in a)
+    return a.keys() == b.keys() and all(a[k][:3] == b[k][:3] and all(np.array_equal(x, y) for x, y in zip(a[k][3:], b[k][3:]))
+                                        for k in a)
 
 
 # -- an object store on loopback ------------------------------------------------------------------
@@ -164,6 +165,20 @@ def test_the_hub_revision_is_pinned_and_recorded(monkeypatch):
     monkeypatch.setattr(huggingface_hub, "HfApi", Api)
     assert location.pin_hub_url("hf://datasets/laion/x@main/en") == ("hf://datasets/laion/x@0123abcd/en", "0123abcd")
     assert location.pin_hub_url("s3://b/laion") == ("s3://b/laion", None)
+
+
+def test_the_revision_read_is_recorded_in_the_manifest(capsys, s3_laion, tmp_path, monkeypatch):
+    """An `hf://` input through the real ingest: the hub's answer (the commit of `@main`) is stubbed to
+    serve the same tars from the loopback store; the manifest and the summary name the commit."""
+    from ingest.sources import laion
+
+    hub = "hf://datasets/laion/x@main"
+    monkeypatch.setattr(laion, "pin_hub_url", lambda url: (s3_laion, "0123abcd") if url == hub else (url, None))
+    code, stdout, err = run_ingest(capsys, "--source", "laion", "--input", hub, "--out", tmp_path / "pinned", *ARGS)
+    assert code == 0, err
+    source = open_shard_set(str(tmp_path / "pinned")).manifest.source
+    assert source["input"] == hub and source["revision"] == "0123abcd"
+    assert "revision 0123abcd" in stdout + err
 
 
 def test_hub_failures_are_one_clear_line():

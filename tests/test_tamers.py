@@ -586,6 +586,32 @@ def test_a_pickle_carrying_code_is_refused(trained_on_import, tmp_path):
     load_reference_slm(good, taxonomy=["a", "b", "c"])  # the same file without the trap loads
 
 
+def test_commands_refuse_a_checkpoint_carrying_code_in_one_line(trained_on_import, tmp_path, capsys):
+    """Through the command lines: exit 2, one line naming the file, no code run, nothing written."""
+    from evaluation.cli import main as evaluation
+
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.pt"
+    ckpt = torch.load(trained_on_import["slm"], weights_only=False)
+    torch.save({**ckpt, "hook": RunsCode(marker)}, evil)
+    runs = (
+        (evaluation, ["stage3", "--stage3-ckpt", str(evil), "--data-root", trained_on_import["laion"],
+                      "--out", str(tmp_path / "report")]),
+        (slm.main, ["--data-root", trained_on_import["laion"], "--clap-ckpt", str(evil), "--epochs", "1",
+                    "--save-dir", str(tmp_path / "slm"), "--no-progress"]),
+        (meld.main, ["--data-root", trained_on_import["meld"], "--stage3-ckpt", str(evil), "--epochs", "1",
+                     "--save-dir", str(tmp_path / "meld"), "--no-progress"]),
+    )
+    for main, argv in runs:
+        capsys.readouterr()
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.count("\n") == 1, err
+        assert str(evil) in err and "refusing to run code" in err, err
+    assert not marker.exists()
+    assert not any((tmp_path / d).exists() for d in ("report", "slm", "meld"))
+
+
 def test_reference_projector_layouts_load(tmp_path):
     w = {"audio": torch.randn(8, 16), "text": torch.randn(8, 12)}
     for name, layout in (("fc", lambda m: {"fc.weight": w[m], "fc.bias": torch.zeros(8)}),
