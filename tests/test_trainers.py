@@ -77,15 +77,27 @@ def test_slm_interrupted_mid_epoch_then_resumed_equals_uninterrupted(trained):
     assert a["train"]["best"] == b["train"]["best"]
 
 
-def test_slm_learns_and_files_are_named_as_the_reference(trained):
+def test_slm_learns_and_files_are_named_as_the_reference(trained, capsys, monkeypatch):
+    import re
+
     root, proj, tmp = trained
     save = str(tmp / "slm")
     summary_args = ["--data-root", root, "--clap-ckpt", proj, "--save-dir", save, "--epochs", "4",
-                    "--batch-size", "32", "--num-workers", "0", "--lr", "2e-3", "--no-progress"]
+                    "--batch-size", "32", "--num-workers", "0", "--lr", "2e-3", "--progress", "--log-every", "5"]
+    monkeypatch.setenv("EMOLAKE_PROGRESS_EVERY", "0")  # redirected output: a plain progress line per update
+    capsys.readouterr()
     assert slm.main(summary_args) == 0
+    out, err = capsys.readouterr()
     names = sorted(os.listdir(save))
     assert {"slm_stage3_best.pt", "slm_stage3_last.pt", "slm_stage3_epoch003.pt"} <= set(names)
     assert "slm_stage3_epoch000.pt" not in names  # --keep-epochs 3
+    # a log a person can read: no bar frames, progress as lines, losses every --log-every steps,
+    # epochs numbered as the files are
+    assert "\r" not in out + err
+    assert re.search(r"^epoch 003: 7 step of 7 step in \d+ s", err, re.M), err[-2000:]
+    steps = [int(n) for n in re.findall(r"^step (\d+)  loss", out, re.M)]
+    assert steps == sorted({5, 10, 15, 20, 25} | {7, 14, 21, 28})  # every --log-every steps, and each epoch's end
+    assert re.findall(r"^epoch (\d{3})/003  train loss", out, re.M) == ["000", "001", "002", "003"]
     import json
 
     summary = json.load(open(os.path.join(save, "slm_stage3_summary.json")))
