@@ -14,6 +14,7 @@ end and `python -m evaluation` all call it, in fp32, so their numbers are the sa
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -373,8 +374,15 @@ def train(task_cls, cfg: TrainConfig) -> dict:
             run = Run(task_cls, cfg, world, device, preempted)
             try:
                 run.restore()
-                return run.fit()
+                summary = run.fit()
             finally:
                 run.close()
+                del run  # its DDP wrapper holds the process group: let it go before the group does
+        # every rank past its last collective before any destroys the group (a gloo rank tearing its
+        # group down while the other still finishes its epoch was seen to abort at exit: SIGABRT,
+        # "terminate called without an active exception", once in this suite's runs)
+        barrier()
+        return summary
     finally:
+        gc.collect()
         close_distributed()
