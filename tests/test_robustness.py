@@ -312,6 +312,35 @@ def test_an_ingest_that_writes_no_row_says_so_and_fails(tmp_path):
     assert not (tmp_path / "set" / "manifest.json").exists()
 
 
+def test_merge_refuses_a_key_committed_by_two_ranks(tmp_path):
+    """Each rank never commits a key twice; two ranks sharing one would be a source bug. The merge
+    (the last step before a manifest exists) refuses it in one line instead of writing a set whose
+    own verify fails."""
+    from conftest import write_set
+
+    from ingest.journal import Journal
+    from ingest.merge import merge_set
+    from lake.errors import LakeError
+
+    root = tmp_path / "set"
+    manifest, _ = write_set(root, {"train": [10, 10]}, rows_per_shard=10)
+    index = open_shard_set(str(root)).index.to_pylist()
+    first, second = manifest.shards  # two shards, as two ranks would have committed them
+    rows = {e.path: [r for r in index if r["shard"] == e.path] for e in (first, second)}
+    rows[second.path][0]["key"] = rows[first.path][0]["key"]  # rank 1 committed one of rank 0's keys
+    for rank, e in enumerate((first, second)):
+        journal = Journal(str(root), rank)
+        journal.adopt(e, rows[e.path])
+        journal.append({"type": "units_done", "units": {f"unit{rank}": 10}})
+        journal.close()
+    os.remove(root / "manifest.json")
+    plan = {"name": manifest.name, "source": manifest.source, "encoders": manifest.encoders,
+            "taxonomy": manifest.taxonomy, "fields": manifest.fields}
+    with pytest.raises(LakeError, match=r"the same key was committed by two shards \(" + rows[first.path][0]["key"]):
+        merge_set(str(root), plan, ["unit0", "unit1"], {})
+    assert not (root / "manifest.json").exists()
+
+
 # -- 6. numbers are checked at parse time, the same way everywhere -----------------------------------------
 
 BAD_NUMBERS = [
