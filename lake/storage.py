@@ -184,7 +184,28 @@ def _fs(url: str):
     import fsspec
 
     with errors(url):
-        return fsspec.core.url_to_fs(url)
+        fs, path = fsspec.core.url_to_fs(url)
+    _quiet_orphaned_failures(getattr(fs, "loop", None))
+    return fs, path
+
+
+def _quiet_orphaned_failures(loop) -> None:
+    """Async filesystems (s3fs, ...) run their requests on fsspec's event-loop thread. When the server
+    goes away, requests still in flight fail in tasks that nobody awaits any more, and asyncio prints
+    each one with a traceback ("Task exception was never retrieved") after the call that needed them
+    has already failed with its own one-line message. Connection failures of such tasks are dropped;
+    anything else still goes to asyncio's default handler."""
+    if loop is None or getattr(loop, "_emolake_quiet", False):
+        return
+
+    def handler(loop, context):
+        exc = context.get("exception")
+        if exc is not None and (isinstance(exc, OSError) or _names(exc) & _CONNECTION):
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+    loop._emolake_quiet = True
 
 
 def filesystem(url: str):

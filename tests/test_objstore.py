@@ -353,3 +353,33 @@ def test_slm_trained_from_s3_equals_the_same_run_on_a_local_copy(tmp_path, s3_bu
         assert torch.equal(a["model"][k], b["model"][k]), k
     cached = {n for n in os.listdir(tmp_path / "cache") if n.endswith(".tar")}
     assert cached == {f"{e.sha256}.tar" for e in open_shard_set(root).manifest.shards if e.split in ("train", "val")}
+
+
+def test_orphaned_connection_failures_on_the_io_loop_print_nothing(s3_bucket, caplog):
+    """When the store goes away mid-run, requests that s3fs had in flight fail in tasks nobody awaits;
+    the command's own message is the one line the user sees (no asyncio traceback after it), while any
+    other orphaned failure is still logged."""
+    import asyncio
+    import gc
+    import logging
+
+    import fsspec.asyn
+
+    from lake import storage
+
+    fs, _ = storage.filesystem(s3_bucket)
+
+    async def orphan(exc):
+        async def fail():
+            raise exc
+
+        asyncio.ensure_future(fail())  # dropped unawaited, as an aborted upload's writer task is
+        await asyncio.sleep(0.05)
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        fsspec.asyn.sync(fs.loop, orphan, ConnectionResetError("Cannot write to closing transport"))
+        gc.collect()
+        assert not [r for r in caplog.records if "never retrieved" in r.getMessage()]
+        fsspec.asyn.sync(fs.loop, orphan, ValueError("a bug"))
+        gc.collect()
+        assert [r for r in caplog.records if "never retrieved" in r.getMessage()]
