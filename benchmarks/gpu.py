@@ -159,11 +159,10 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--clips", type=bounded(int, at_least(1)), default=2048, help="synthetic clips for the encoder (default: 2048)")
     p.add_argument("--peak-tflops", type=bounded(float, above(0)), help="the GPU's dense bf16 peak, if not in the built-in table")
-    p.add_argument("--rows", type=bounded(int, at_least(1)), default=200_000, help="rows of the SLM training set (default: 200000)")
+    p.add_argument("--rows", type=bounded(int, at_least(512)), default=200_000,
+                   help="rows of the SLM training set, at least one batch (default: 200000)")
     p.add_argument("--steps", type=bounded(int, at_least(1)), default=500, help="SLM steps timed per loader path (default: 500)")
     args = p.parse_args(argv)
-    if args.clips < 1 or args.rows < 512 or args.steps < 1:
-        p.error("--clips and --steps must be at least 1, --rows at least one SLM batch (512)")
     import torch
 
     if not torch.cuda.is_available():

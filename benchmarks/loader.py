@@ -51,38 +51,47 @@ from lake.cliargs import at_least, bounded
 DIM, CLASSES, BLOCK = 768, 36, 1024
 
 
-def make_block(start: int, rows: int, layers: int, seed: int = 0) -> dict:
+def make_block(start: int, rows: int, layers: int, seed: int = 0, dim: int = DIM) -> dict:
     """Rows start.. of the set (up to 1024), as the shard writer takes them; seeded by block, so every
     layout (and LitData's worker process) writes the same values."""
     rng = np.random.default_rng([seed, start])
     n = min(BLOCK, rows - start)
-    return {"audio": rng.standard_normal((n, layers, DIM), dtype=np.float32).astype(np.float16),
-            "text": rng.standard_normal((n, DIM), dtype=np.float32).astype(np.float16),
+    return {"audio": rng.standard_normal((n, layers, dim), dtype=np.float32).astype(np.float16),
+            "text": rng.standard_normal((n, dim), dtype=np.float32).astype(np.float16),
             "label": rng.integers(0, CLASSES, n).astype(np.int16),
             "meta": {"keys": [f"k{start + i:08d}" for i in range(n)], "durations": [1.0] * n,
                      "transcripts": [""] * n, "source_uris": [""] * n}}
 
 
-def make_blocks(rows: int, layers: int):
+def make_blocks(rows: int, layers: int, dim: int = DIM):
     for start in range(0, rows, BLOCK):
-        yield make_block(start, rows, layers)
+        yield make_block(start, rows, layers, dim=dim)
 
 
-def write_v1(root: str, rows: int, layers: int) -> str:
+def bench_manifest(name: str, layers: int = 1, dim: int = DIM):
+    """The manifest of every benchmark's synthetic set: `layers` audio layers and text of `dim`, CLASSES labels."""
     from lake.schema import Manifest
+
+    return Manifest(name=name, source={"kind": "benchmark"},
+                    encoders={"audio": {"id": "bench", "revision": None, "dim": dim,
+                                        "layers": [f"h{i}" for i in range(layers)]},
+                              "text": {"id": "bench", "revision": None, "dim": dim}},
+                    taxonomy=[f"c{i}" for i in range(CLASSES)], fields=["audio", "text", "label"])
+
+
+def write_set(out: str, rows: int, layers: int, dim: int = DIM, name: str = "bench") -> str:
+    """`rows` train rows at `out`, in format v1 (blocks of 1024, shards of 16,384 rows)."""
     from shards.writer import SetWriter
 
-    manifest = Manifest(name="bench", source={"kind": "benchmark"},
-                        encoders={"audio": {"id": "bench", "revision": None, "dim": DIM,
-                                            "layers": [f"h{i}" for i in range(layers)]},
-                                  "text": {"id": "bench", "revision": None, "dim": DIM}},
-                        taxonomy=[f"c{i}" for i in range(CLASSES)], fields=["audio", "text", "label"])
-    out = os.path.join(root, "v1")
-    writer = SetWriter(out, manifest, rows_per_shard=16384)
-    for block in make_blocks(rows, layers):
+    writer = SetWriter(out, bench_manifest(name, layers, dim), rows_per_shard=16384)
+    for block in make_blocks(rows, layers, dim):
         writer.add_block("train", block)
     writer.close()
     return out
+
+
+def write_v1(root: str, rows: int, layers: int) -> str:
+    return write_set(os.path.join(root, "v1"), rows, layers)
 
 
 def write_per_row(root: str, rows: int, layers: int) -> str:
@@ -195,17 +204,21 @@ def count(batches, key, limit: int | None = None) -> int:
     return n
 
 
+def best_epochs(loader, passes: int) -> tuple[int, float]:
+    """(rows, seconds) of the fastest of `passes` epochs after the one already run (warm)."""
+    def epoch(i):
+        loader.set_epoch(i + 1)
+        return count(loader, "row")
+    return best_of(passes, epoch)
+
+
 def time_loader(v1: str, batch: int, passes: int):
     from lake.catalog import open_shard_set
     from shards.loader import ShardLoader
 
     loader = ShardLoader(open_shard_set(v1), "train", batch, seed=0)
     count(loader, "row")  # warm: blocks mapped, buffers allocated
-
-    def epoch(i):
-        loader.set_epoch(i + 1)
-        return count(loader, "row")
-    return best_of(passes, epoch)
+    return best_epochs(loader, passes)
 
 
 def time_device(v1: str, batch: int, passes: int, device: str):
@@ -216,11 +229,7 @@ def time_device(v1: str, batch: int, passes: int, device: str):
     loader = DeviceLoader.of(open_shard_set(v1), "train", batch, device, seed=0)
     load_s = time.perf_counter() - t0
     count(loader, "row")
-
-    def epoch(i):
-        loader.set_epoch(i + 1)
-        return count(loader, "row")
-    return best_of(passes, epoch), load_s
+    return best_epochs(loader, passes), load_s
 
 
 def time_litdata(out: str, batch: int, passes: int):

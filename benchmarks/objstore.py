@@ -30,30 +30,8 @@ import sys
 import tempfile
 import time
 
-import numpy as np
-
+from benchmarks.loader import count, write_set
 from lake.cliargs import at_least, bounded
-
-
-def write_set(root: str, rows: int, dim: int, num_classes: int = 36, seed: int = 0) -> None:
-    from lake.schema import Manifest
-    from shards.writer import SetWriter
-
-    encoders = {"audio": {"id": "bench", "revision": None, "dim": dim, "layers": ["h0"]},
-                "text": {"id": "bench", "revision": None, "dim": dim}}
-    writer = SetWriter(root, Manifest(name="bench-objstore", source={"kind": "benchmark"}, encoders=encoders,
-                                      taxonomy=[f"c{i}" for i in range(num_classes)],
-                                      fields=["audio", "text", "label"]), rows_per_shard=16384)
-    rng = np.random.default_rng(seed)
-    for start in range(0, rows, 1024):
-        n = min(1024, rows - start)
-        writer.add_block("train", {
-            "audio": rng.standard_normal((n, 1, dim), dtype=np.float32).astype(np.float16),
-            "text": rng.standard_normal((n, dim), dtype=np.float32).astype(np.float16),
-            "label": rng.integers(0, num_classes, n).astype(np.int16),
-            "meta": {"keys": [f"k{start + i:08d}" for i in range(n)], "durations": [1.0] * n,
-                     "transcripts": [""] * n, "source_uris": [""] * n}})
-    writer.close()
 
 
 def start_s3_server() -> tuple[subprocess.Popen, str]:
@@ -77,8 +55,7 @@ def epoch_rate(loader, epoch: int) -> float:
     """Rows per second of one epoch."""
     loader.set_epoch(epoch)
     t0 = time.perf_counter()
-    rows = sum(len(b["label"]) for b in loader)
-    return rows / (time.perf_counter() - t0)
+    return count(loader, "label") / (time.perf_counter() - t0)
 
 
 def main(argv=None) -> dict:
@@ -108,7 +85,7 @@ def main(argv=None) -> dict:
 
             s3fs.S3FileSystem().mkdir("bench-bucket")
             url = "s3://bench-bucket/set"
-            write_set(os.path.join(tmp, "written"), args.rows, args.dim)
+            write_set(os.path.join(tmp, "written"), args.rows, 1, args.dim, name="bench-objstore")
             up = copy_set(os.path.join(tmp, "written"), url)
             print(f"uploaded {up.bytes_copied / 1e6:.0f} MB in {up.seconds:.1f} s")
         down = copy_set(url, local)

@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-from benchmarks.loader import BLOCK, CLASSES, DIM, make_block
+from benchmarks.loader import BLOCK, DIM, bench_manifest, make_block
 from lake.cliargs import at_least, bounded
 
 BATCH = {"clap": 1024, "slm": 512, "meld": 128}
@@ -47,7 +47,6 @@ PATHS = {"streaming": "off", "device": "on"}
 
 def write_set(root: str, rows: int, val_rows: int = 4096) -> str:
     """The benchmark set under root/set (train + val), or the one an earlier run with the same sizes left there."""
-    from lake.schema import Manifest
     from shards.writer import SetWriter
 
     out, marker = os.path.join(root, "set"), os.path.join(root, "set.json")
@@ -55,11 +54,7 @@ def write_set(root: str, rows: int, val_rows: int = 4096) -> str:
     if os.path.exists(marker) and json.load(open(marker)) == wanted:
         return out
     shutil.rmtree(out, ignore_errors=True)
-    manifest = Manifest(name="bench-train", source={"kind": "benchmark"},
-                        encoders={"audio": {"id": "bench", "revision": None, "dim": DIM, "layers": ["h0"]},
-                                  "text": {"id": "bench", "revision": None, "dim": DIM}},
-                        taxonomy=[f"c{i}" for i in range(CLASSES)], fields=["audio", "text", "label"])
-    writer = SetWriter(out, manifest, rows_per_shard=16384)
+    writer = SetWriter(out, bench_manifest("bench-train"), rows_per_shard=16384)
     for split, n, seed in (("train", rows, 0), ("val", val_rows, 1)):
         for start in range(0, n, BLOCK):
             block = make_block(start, n, 1, seed)
@@ -224,7 +219,7 @@ def main(argv=None) -> dict:
     p.add_argument("--stages", default="clap,slm,meld", help="stages to time, of clap,slm,meld (default: all)")
     p.add_argument("--paths", default="streaming,device", help="loader paths, of streaming,device (default: both)")
     p.add_argument("--steps", type=bounded(int, at_least(1)), help="timed steps per stage and path (default: 100 on the CPU, 500 on CUDA)")
-    p.add_argument("--warmup", type=bounded(int, at_least(0)), default=5, help="untimed steps first, the first one's FLOPs counted "
+    p.add_argument("--warmup", type=bounded(int, at_least(1)), default=5, help="untimed steps first, the first one's FLOPs counted "
                                                          "(default: 5)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: CUDA if present")
     p.add_argument("--threads", type=bounded(int, at_least(1)), help="torch CPU threads (default: torch's, one per core)")
@@ -237,10 +232,6 @@ def main(argv=None) -> dict:
         p.error(f"--stages: choose from {','.join(BATCH)} (got {args.stages!r})")
     if not paths or set(paths) - set(PATHS):
         p.error(f"--paths: choose from {','.join(PATHS)} (got {args.paths!r})")
-    if args.threads is not None and args.threads < 1:
-        p.error("--threads must be at least 1")
-    if args.steps is not None and args.steps < 1 or args.warmup < 1:
-        p.error("--steps and --warmup must be at least 1")
     if args.rows < max(BATCH[s] for s in stages):
         p.error(f"--rows {args.rows}: fewer than one batch of the stages asked for")
     import torch
