@@ -61,6 +61,11 @@ class Decoded:
     duration_s: float  # of the whole decoded clip, before any `max_seconds` cut
     cut: bool  # True when `max_seconds` shortened the wave
 
+    @property
+    def samples(self) -> int:
+        """Samples of the (possibly cut) wave: what was encoded."""
+        return len(self.wave)
+
 
 def _describe(src: bytes | str) -> str:
     return f"{len(src)} bytes" if isinstance(src, (bytes, bytearray, memoryview)) else str(src)

@@ -31,9 +31,15 @@ _DONE = object()
 @dataclass
 class Featured(Decoded):
     """A decoded clip with the audio features its decode worker computed: float32 [L, D], or None
-    and why the encoder cannot use the clip (`failure`, "category: detail")."""
+    and why the encoder cannot use the clip (`failure`, "category: detail"). The wave stays in the
+    worker (empty here: nothing encodes it again); `encoded_samples` keeps its length."""
     features: np.ndarray | None = None
     failure: str | None = None
+    encoded_samples: int = 0
+
+    @property
+    def samples(self) -> int:
+        return self.encoded_samples
 
 
 def _decode_one(clip, max_seconds: float, features: Callable | None = None):
@@ -49,7 +55,7 @@ def _decode_one(clip, max_seconds: float, features: Callable | None = None):
         decoded, reason = None, f"decode error: {type(e).__name__}: {e}"
     if decoded is not None and features is not None:
         feats, failure = features(decoded.wave)
-        decoded = Featured(decoded.wave, decoded.duration_s, decoded.cut, feats, failure)
+        decoded = Featured(np.empty(0, np.float32), decoded.duration_s, decoded.cut, feats, failure, len(decoded.wave))
     return replace(clip, audio=None), decoded, reason
 
 

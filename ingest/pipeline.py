@@ -216,7 +216,7 @@ class RankWorker:
             self._encode_window(window, packer)
 
     def _encode_window(self, window: list, packer: BlockPacker) -> None:
-        window.sort(key=lambda cd: len(cd[1].wave))
+        window.sort(key=lambda cd: cd[1].samples)
         bs = self.cfg.batch_size
         for start in range(0, len(window), bs):
             batch = window[start:start + bs]
@@ -230,7 +230,7 @@ class RankWorker:
                 split = self.split_of(clip)
                 meta = {"keys": clip.key, "durations": round(float(dec.duration_s), 4),
                         "transcripts": clip.transcript, "source_uris": clip.source_uri,
-                        "encoded_s": round(len(dec.wave) / 16000.0, 4)}
+                        "encoded_s": round(dec.samples / 16000.0, 4)}
                 if self.source.has_captions:
                     meta["captions"] = clip.caption or ""
                 meta["extra"] = clip.extra
