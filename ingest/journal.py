@@ -22,21 +22,17 @@ from dataclasses import dataclass, field
 
 from lake.errors import LakeError, about
 from lake.schema import ShardEntry
-from ingest.output import SetOutput
+from ingest.output import SetOutput, as_output
 
 ROWS_DIR = "rows"
 
 
-def _output(root) -> SetOutput:
-    return root if isinstance(root, SetOutput) else SetOutput(root)
-
-
 def work_dir(root) -> str:
-    return _output(root).work()
+    return as_output(root).work()
 
 
 def rows_path(root, shard_path: str) -> str:
-    return _output(root).work(ROWS_DIR, shard_path.rsplit("/", 1)[-1] + ".parquet")
+    return as_output(root).work(ROWS_DIR, shard_path.rsplit("/", 1)[-1] + ".parquet")
 
 
 def _complete_prefix(data: bytes) -> int:
@@ -57,7 +53,7 @@ class Journal:
     """Append-only, one per rank (`rank`: its number, or a name such as "repair")."""
 
     def __init__(self, root, rank: int | str):
-        self.out = _output(root)
+        self.out = as_output(root)
         self.rank = rank
         self._f = None
         name = f"journal-{rank:04d}" if isinstance(rank, int) else f"journal-{rank}"
@@ -153,7 +149,7 @@ def _records(out: SetOutput) -> list[tuple[str, list[bytes]]]:
 def read_journals(root) -> JournalState:
     from lake import storage
 
-    out = _output(root)
+    out = as_output(root)
     state = JournalState()
     shard_names = set(out.shard_names())
     rows = set(out.listdir("_work", ROWS_DIR))

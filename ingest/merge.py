@@ -12,7 +12,7 @@ from lake.catalog import ShardSet
 from lake.errors import LakeError
 from lake.schema import SHARDS_DIR, Manifest
 from ingest.journal import read_journals, rows_path, work_dir
-from ingest.output import SetOutput
+from ingest.output import as_output
 from ingest.sources.base import reason_category
 from shards.stats import standardization_stats
 from shards.writer import finalize_set
@@ -29,7 +29,7 @@ def merge_set(root, plan: dict, all_units: list[str], settings: dict) -> Manifes
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out = root if isinstance(root, SetOutput) else SetOutput(root)
+    out = as_output(root)
     root = out.root
     state = read_journals(out)
     unfinished = sorted(set(all_units) - set(state.units_done))

@@ -193,3 +193,8 @@ def finish_swap(out: SetOutput) -> str | None:
         return None
     _copy_remote(new, out)
     return f"completed an interrupted --overwrite: {out.root} now holds the new set"
+
+
+def as_output(root) -> SetOutput:
+    """`root`: a set's folder or URL, or already its SetOutput."""
+    return root if isinstance(root, SetOutput) else SetOutput(root)

@@ -126,7 +126,7 @@ def _decide_plain(cfg, plan: dict, out: SetOutput, overwrite_stale: bool = False
             raise LakeError(f"{out.root}: an unfinished ingest with other settings is here:\n" + "\n".join(diff)
                             + "\nre-run it with its own settings to resume, or pass --overwrite to start afresh")
         out.remove_tree()
-    _write_plan(out, plan)
+    write_plan(out, plan)
     return "new", out
 
 
@@ -167,5 +167,5 @@ def _clean_finished(out: SetOutput) -> None:
             out.remove(name)
 
 
-def _write_plan(out: SetOutput, plan: dict) -> None:
+def write_plan(out: SetOutput, plan: dict) -> None:
     out.write_atomic(f"{WORK_DIR}/{PLAN_NAME}", json.dumps(plan, indent=1, ensure_ascii=False).encode("utf-8"))

@@ -114,6 +114,7 @@ def reopen(out: SetOutput, plan: dict, found: Findings) -> tuple[list[str], bool
     """Make the damaged finished set an unfinished one holding its intact shards; returns what was done
     (one line each) and whether clips must be ingested again (the source is then read in full)."""
     from ingest.journal import Journal
+    from ingest.plan import write_plan  # plan imports this module when it finds a finished set
 
     done, rows_of, entries = [], {}, []
     if found.manifest is not None:
@@ -122,10 +123,11 @@ def reopen(out: SetOutput, plan: dict, found: Findings) -> tuple[list[str], bool
             rows_of = _rows_from_index(out, found.manifest)
     candidates = [e.path for e in entries] if found.manifest is not None else \
         [f"{SHARDS_DIR}/{n}" for n in out.shard_names() if n.endswith(".tar")]
+    listed = {e.path: e for e in entries}
     kept = []
     for relpath in candidates:
         if relpath in rows_of:
-            kept.append((next(e for e in entries if e.path == relpath), rows_of[relpath]))
+            kept.append((listed[relpath], rows_of[relpath]))
             continue
         try:
             kept.append(scan_shard(out, relpath, plan["taxonomy"]))
@@ -151,7 +153,7 @@ def reopen(out: SetOutput, plan: dict, found: Findings) -> tuple[list[str], bool
     except (FileNotFoundError, ValueError, UnicodeDecodeError):
         pass
     out.remove_tree("_work")
-    out.write_atomic("_work/plan.json", json.dumps(plan, indent=1, ensure_ascii=False).encode("utf-8"))
+    write_plan(out, plan)
     journal = Journal(out, "repair")
     for entry, rows in kept:
         journal.adopt(entry, rows)
