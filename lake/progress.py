@@ -20,13 +20,16 @@ def _every() -> float:
         return 30.0
 
 
+def human_bytes(n: float) -> str:
+    """1536 -> "1.5 KiB"."""
+    for u in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or u == "TiB":
+            return f"{n:.0f} {u}" if u == "B" else f"{n:.1f} {u}"
+        n /= 1024
+
+
 def _count(n: float, unit: str) -> str:
-    if unit == "B":
-        for u in ("B", "KiB", "MiB", "GiB", "TiB"):
-            if n < 1024 or u == "TiB":
-                return f"{n:.0f} {u}" if u == "B" else f"{n:.1f} {u}"
-            n /= 1024
-    return f"{n:.0f} {unit}"
+    return human_bytes(n) if unit == "B" else f"{n:.0f} {unit}"
 
 
 class Progress:

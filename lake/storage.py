@@ -259,16 +259,11 @@ def open_file(path: str, mode: str = "rb", **kwargs) -> IO:
 
 def exists(path: str) -> bool:
     if is_url(path):
-        fs, p = _fs(path)
-        with errors(path):
-            try:
-                fs.invalidate_cache(p)  # another process may have written it since we last listed
-                fs.info(p)  # not fs.exists: some filesystems answer False for "cannot reach the server"
-                return True
-            except FileNotFoundError as e:
-                if _translate(path, e) is not None:
-                    raise
-                return False
+        try:
+            info(path)  # not fs.exists: some filesystems answer False for "cannot reach the server"
+            return True
+        except FileNotFoundError:  # `errors` turned every storage failure into a LakeError
+            return False
     return os.path.exists(local_path(path))
 
 

@@ -20,14 +20,7 @@ from lake import storage
 from lake.catalog import default_cache_dir, open_shard_set
 from lake.cliargs import at_least, bounded
 from lake.errors import LakeError
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
+from lake.progress import human_bytes
 
 
 def _table(rows: list[list], header: list[str]) -> str:
@@ -45,9 +38,9 @@ def cmd_ls(args) -> int:
     rows = list_shards(shards)
     if args.split:
         rows = [r for r in rows if r["split"] == args.split]
-    print(_table([[r["path"], r["split"], r["rows"], r["blocks"], _human(r["bytes"])] for r in rows],
+    print(_table([[r["path"], r["split"], r["rows"], r["blocks"], human_bytes(r["bytes"])] for r in rows],
                  ["shard", "split", "rows", "blocks", "bytes"]))
-    print(f"{len(rows)} shards, {sum(r['rows'] for r in rows)} rows, {_human(sum(r['bytes'] for r in rows))}")
+    print(f"{len(rows)} shards, {sum(r['rows'] for r in rows)} rows, {human_bytes(sum(r['bytes'] for r in rows))}")
     return 0
 
 
@@ -63,7 +56,7 @@ def cmd_stats(args) -> int:
     print(f"text:  {stats['text_encoder']}  dim {stats['text_dim']}  fields {', '.join(stats['fields'])}")
     print(f"{stats['rows']} rows, {stats['hours']:.2f} h of audio, {stats['num_classes']} classes, "
           f"{stats['quarantined']} quarantined\n")
-    print(_table([[s, d["rows"], d["shards"], f"{d['hours']:.3f}", _human(d["bytes"])] for s, d in stats["splits"].items()],
+    print(_table([[s, d["rows"], d["shards"], f"{d['hours']:.3f}", human_bytes(d["bytes"])] for s, d in stats["splits"].items()],
                  ["split", "rows", "shards", "hours", "bytes"]))
     splits = list(stats["splits"])
     print()
@@ -94,7 +87,7 @@ def cmd_verify(args) -> int:
         print(f"FAILED: {len(problems)} problem(s)" + (f" in {summary['bad_shards']} shard(s)" if summary.get("bad_shards") else ""))
         print(summary["repair"])
         return 1
-    print(f"OK: {summary['shards']} shards, {summary['rows']} rows, {_human(summary['bytes'])} match the manifest and the index")
+    print(f"OK: {summary['shards']} shards, {summary['rows']} rows, {human_bytes(summary['bytes'])} match the manifest and the index")
     return 0
 
 
@@ -141,7 +134,7 @@ def cmd_cp(args) -> int:
         if bar is not None:
             bar.close()
     rate = s.bytes_copied / max(s.seconds, 1e-9) / 1e6
-    print(f"copied {s.copied} shard(s), {_human(s.bytes_copied)} ({rate:.1f} MB/s); skipped {s.skipped} already "
+    print(f"copied {s.copied} shard(s), {human_bytes(s.bytes_copied)} ({rate:.1f} MB/s); skipped {s.skipped} already "
           f"there; {s.seconds:.1f} s")
     print(f"{s.dst}: shard set {s.name!r}, {s.shards} shards, fingerprint {s.fingerprint}; "
           f"check it with `python -m shards verify {s.dst}`")

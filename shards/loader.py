@@ -75,7 +75,6 @@ class _Gather:
         self.block_table = loader.block_table  # [n_blocks, 2]: shard index, block index in shard
         self.offsets = block_offsets(loader.block_rows)
         self.layer_idx = loader.layer_idx
-        self.local_batch = loader.local_batch
         stored = len(loader.shards.manifest.audio_layers)
         all_layers = len(self.layer_idx) == stored and (self.layer_idx == np.arange(stored)).all()
         self.audio_parts = 1 if all_layers else len(self.layer_idx)  # views per block: one, or one per layer

@@ -98,18 +98,22 @@ def index_table(rows):
 
 def index_bytes(rows) -> bytes:
     """index.parquet (or a journal's rows sidecar) as bytes: zstd parquet of `index_table(rows)`."""
+    return _parquet_bytes(index_table(rows))
+
+
+def _parquet_bytes(table) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     sink = pa.BufferOutputStream()
-    pq.write_table(index_table(rows), sink, compression="zstd")
+    pq.write_table(table, sink, compression="zstd")
     return sink.getvalue().to_pybytes()
 
 
 def write_index(root: str, rows: Iterable[dict]) -> int:
     """The set's index.parquet (atomically, local or behind a URL); returns the row count."""
     table = index_table(rows)
-    storage.write_bytes_atomic(storage.join(root, INDEX_NAME), index_bytes(table))
+    storage.write_bytes_atomic(storage.join(root, INDEX_NAME), _parquet_bytes(table))
     return table.num_rows
 
 
