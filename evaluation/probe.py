@@ -44,9 +44,10 @@ def selection_metric(shards: ShardSet) -> str:
 
 
 def _inputs(arrays: dict, what: str) -> np.ndarray:
-    audio = arrays["audio"].reshape(len(arrays["audio"]), -1).astype(np.float32)
-    text = arrays["text"].astype(np.float32)
-    return {"audio": audio, "text": text, "both": np.concatenate([audio, text], 1)}[what]
+    """The probe's float32 inputs: the stored audio layers flattened, the text, or both side by side."""
+    parts = {"audio": ["audio"], "text": ["text"], "both": ["audio", "text"]}[what]
+    xs = [arrays[f].reshape(len(arrays[f]), -1).astype(np.float32) for f in parts]
+    return xs[0] if len(xs) == 1 else np.concatenate(xs, 1)
 
 
 def _log_proba(model, x: np.ndarray, num_classes: int) -> np.ndarray:
@@ -101,11 +102,11 @@ def linear_probe(shards: ShardSet, split: str = "test", layers: list[str] | None
     train = {k: v[keep] for k, v in data["train"].items()}
     results = {}
     for what in inputs:
-        x, y = _inputs(train, what), train["label"]
+        x, y, x_val = _inputs(train, what), train["label"], _inputs(data[val], what)
         best = None
         for c in grid:
             model = fit_probe(x, y, c, seed)
-            out = {"logits": _log_proba(model, _inputs(data[val], what), m.num_classes), "label": data[val]["label"]}
+            out = {"logits": _log_proba(model, x_val, m.num_classes), "label": data[val]["label"]}
             score = classification_metrics_from(out, m.taxonomy)[selection]
             if best is None or score > best[1]:  # ties: the smaller C (the stronger regularisation)
                 best = (c, score, model)

@@ -82,7 +82,7 @@ def _baselines(task: Task, model, loader, dev, shards: ShardSet, split: str, met
         sections.append(("Baseline: linear probe", f"Not run on {split}: the probe is fitted on train and selected "
                                                    "on the validation split; evaluate on test to see it."))
     if VARIANTS[ablate]:
-        means = train_means(shards, task.layers)
+        means = train_means(shards, task.layers, VARIANTS[ablate])
         ab = ablation(lambda replaced: evaluate(task, model, replaced, dev, ONE), loader, means, VARIANTS[ablate],
                       task.selection, metrics)
         metrics["ablation"], metrics["ablation_per_class"] = ab["rows"], ab["per_class"]
