@@ -345,9 +345,7 @@ class Run:
                    "last_checkpoint": self.ckpt.path("last"), "val": state.metrics, "seconds": round(seconds, 2)}
         if cfg.test_at_end and "test" in self.shards.manifest.splits and state.best_epoch >= 0:
             barrier()  # rank 0 has written the best checkpoint
-            best = load_checkpoint(self.ckpt.path("best"), self.task.stage)
-            check_arch(best, self.task.arch(), self.ckpt.path("best"))
-            self.raw.load_state_dict(best["model"])
+            self.ckpt.restore(self.ckpt.path("best"), self.task.stage, self.task.arch(), None, only=("model",))
             test_loader = self.task.loader("test", cfg.eval_batch_size, self.world, False, min(cfg.num_workers, 2))
             summary["test"] = evaluate(self.task, self.raw, test_loader, self.device, self.world, desc="test",
                                        progress=cfg.progress)
