@@ -37,6 +37,7 @@ from lake.errors import LakeError
 from lake.tamers import LAYERS, reference_encoders
 from lake.taxonomy import MELD_CLASSES
 from ingest.sources.base import Skip, SplitPolicy, Unit
+from ingest.sources.location import list_files
 
 COLUMNS = ("path", "transcript", "label_id", "audio_embedding", "text_embedding")
 BATCH_ROWS = 4096
@@ -92,31 +93,16 @@ class _File:
     duplicates: dict[int, str] = field(default_factory=dict)  # row -> where the key was first seen
 
 
-def _list_files(root: str) -> list[tuple[str, str]]:
-    """(unit id = path relative to root, uri) of every .parquet file, sorted."""
+def _list_files(root: str) -> list[tuple[str, str, int]]:
+    """(unit id = path relative to root, uri, size) of every .parquet file, sorted (listings only)."""
     if root.endswith(".parquet"):
         if not storage.exists(root):
             raise LakeError(f"{root}: no such file")
-        return [(posixpath.basename(root), root)]
-    if storage.is_url(root):
-        import fsspec
-
-        try:
-            files = fsspec.open_files(root.rstrip("/") + "/**/*.parquet")
-        except (OSError, ValueError) as e:
-            raise LakeError(f"{root}: cannot list ({type(e).__name__}: {e})") from None
-        base = root.rstrip("/")
-        out = []
-        for f in files:
-            uri = f.fs.unstrip_protocol(f.path)
-            out.append((uri[len(base) + 1:] if uri.startswith(base + "/") else posixpath.basename(f.path), uri))
-        return sorted(out)
-    root = storage.local_path(root)
-    if not os.path.isdir(root):
+        return [(posixpath.basename(root), root, storage.size(root))]
+    if not storage.is_url(root) and not os.path.isdir(storage.local_path(root)):
         raise LakeError(f"{root}: not a directory of the reference's parquet files (download them with `hf download "
                         "Vano04/laions-got-talent-enhanced-precomputed-en --repo-type dataset --local-dir DIR`)")
-    return sorted((os.path.relpath(os.path.join(d, f), root).replace(os.sep, "/"), os.path.join(d, f))
-                  for d, _, names in os.walk(root) for f in names if f.endswith(".parquet"))
+    return [(rel.replace(os.sep, "/"), storage.join(root, rel), size) for rel, size in list_files(root, (".parquet",))]
 
 
 @contextmanager
@@ -172,7 +158,7 @@ class TamersParquetSource:
         listed = _list_files(root)
         if not listed:
             raise LakeError(f"{root}: no .parquet files")
-        self._files = {uid: self._inspect(uid, uri) for uid, uri in listed}
+        self._files = {uid: self._inspect(uid, uri, size) for uid, uri, size in listed}
         files = list(self._files.values())
         dims = {(f.audio_dim, f.text_dim) for f in files}
         if len(dims) > 1:
@@ -190,7 +176,7 @@ class TamersParquetSource:
             **({"sample_rate": int(m["target_sr"])} if m.get("target_sr", "").isdigit() else {}))
 
     # -- opening -----------------------------------------------------------------
-    def _inspect(self, uid: str, uri: str) -> _File:
+    def _inspect(self, uid: str, uri: str, size: int) -> _File:
         with _parquet(uri) as pf:
             schema, rows = pf.schema_arrow, pf.metadata.num_rows
         meta = {k.decode("utf-8", "replace"): v.decode("utf-8", "replace") for k, v in (schema.metadata or {}).items()}
@@ -212,7 +198,7 @@ class TamersParquetSource:
             layout, emotion = "per-emotion", meta.get("emotion") or named.group("emotion")
         else:
             layout, emotion = "other", None
-        return _File(Unit(id=uid, size=storage.size(uri)), uri, rows, meta, audio_dim, text_dim, layout, emotion)
+        return _File(Unit(id=uid, size=size), uri, rows, meta, audio_dim, text_dim, layout, emotion)
 
     def _kind(self, kind: str, files: list[_File]) -> str:
         projected = [f for f in files if f.meta.get("projection_shape")]
