@@ -65,6 +65,23 @@ def write_set(root, blocks_per_split: dict[str, list[int]], manifest: Manifest |
     return writer.close(), written
 
 
+def write_labelled_set(root, manifest: Manifest, rows, rng: np.random.Generator, arrays, block: int = 32,
+                       rows_per_shard: int = 64) -> Manifest:
+    """Train/val/test sets of `rows` rows, in blocks of `block`: each block's labels drawn from `rng`, then
+    `arrays(y, k)` gives its embeddings (audio, text, optionally caption) for those labels."""
+    writer = SetWriter(str(root), manifest, rows_per_shard=rows_per_shard)
+    key = 0
+    for split, n in zip(("train", "val", "test"), rows):
+        for start in range(0, n, block):
+            k = min(block, n - start)
+            y = rng.integers(0, manifest.num_classes, k)
+            writer.add_block(split, {**arrays(y, k), "label": y.astype(np.int16),
+                                     "meta": {"keys": [f"c{key + i}" for i in range(k)], "durations": [1.0] * k,
+                                              "transcripts": ["t"] * k, "source_uris": ["u"] * k}})
+            key += k
+    return writer.close()
+
+
 @pytest.fixture
 def small_set(tmp_path):
     root = tmp_path / "set"

@@ -19,11 +19,10 @@ from lake.schema import MANIFEST_NAME, Manifest
 from lake.storage import write_bytes_atomic
 from shards.format import iter_shard
 from shards.stats import feature_stats, standardization_stats
-from shards.writer import SetWriter
 from trainers import clap, meld, slm
 from trainers.checkpoint import load_checkpoint
 
-from conftest import make_manifest
+from conftest import make_manifest, write_labelled_set
 
 A_DIM, T_DIM, CLASSES = 16, 12, 4
 # fbank-like mixed scales: per-feature offsets and spreads over three orders of magnitude
@@ -39,21 +38,13 @@ def labelled_set(root, carrier: str = "both", rows=(240, 80, 80), seed=0, standa
         manifest.encoders["audio"]["standardize"] = True
     rng = np.random.default_rng(seed)
     ca, ct = rng.standard_normal((CLASSES, A_DIM)), rng.standard_normal((CLASSES, T_DIM))
-    writer = SetWriter(str(root), manifest, rows_per_shard=64)
-    key = 0
-    for split, n in zip(("train", "val", "test"), rows):
-        for start in range(0, n, 32):
-            k = min(32, n - start)
-            y = rng.integers(0, CLASSES, k)
-            a = (ca[y] if carrier in ("audio", "both") else 0) + 0.7 * rng.standard_normal((k, A_DIM))
-            t = (ct[y] if carrier in ("text", "both") else 0) + 0.7 * rng.standard_normal((k, T_DIM))
-            writer.add_block(split, {
-                "audio": (OFFSET + SCALE * a)[:, None].astype(np.float16), "text": t.astype(np.float16),
-                "label": y.astype(np.int16),
-                "meta": {"keys": [f"c{key + i}" for i in range(k)], "durations": [1.0] * k,
-                         "transcripts": ["t"] * k, "source_uris": ["u"] * k}})
-            key += k
-    m = writer.close()
+
+    def arrays(y, k):
+        a = (ca[y] if carrier in ("audio", "both") else 0) + 0.7 * rng.standard_normal((k, A_DIM))
+        t = (ct[y] if carrier in ("text", "both") else 0) + 0.7 * rng.standard_normal((k, T_DIM))
+        return {"audio": (OFFSET + SCALE * a)[:, None].astype(np.float16), "text": t.astype(np.float16)}
+
+    write_labelled_set(root, manifest, rows, rng, arrays)
     if standardize:  # what ingest's merge does when a set is finished
         record_stats(root)
     return str(root)

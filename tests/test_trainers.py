@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from shards.writer import SetWriter
 from trainers import clap, meld, slm
 from trainers.checkpoint import load_checkpoint
 
-from conftest import make_manifest
+from conftest import make_manifest, write_labelled_set
 
 
 def signal_set(root, num_classes=4, rows=(240, 60, 60), seed=0, caption=False, name="sig"):
@@ -23,22 +22,13 @@ def signal_set(root, num_classes=4, rows=(240, 60, 60), seed=0, caption=False, n
     rng = np.random.default_rng(seed)
     ca = rng.standard_normal((num_classes, 2, 16))
     ct = rng.standard_normal((num_classes, 12))
-    writer = SetWriter(str(root), manifest, rows_per_shard=64)
-    key = 0
-    for split, n in zip(("train", "val", "test"), rows):
-        for start in range(0, n, 32):
-            k = min(32, n - start)
-            y = rng.integers(0, num_classes, k)
-            block = {"audio": (ca[y] + 0.8 * rng.standard_normal((k, 2, 16))).astype(np.float16),
-                     "text": (ct[y] + 1.5 * rng.standard_normal((k, 12))).astype(np.float16),
-                     "label": y.astype(np.int16),
-                     "meta": {"keys": [f"c{key + i}" for i in range(k)], "durations": [1.0] * k,
-                              "transcripts": ["t"] * k, "source_uris": ["u"] * k}}
-            if caption:
-                block["caption"] = block["text"].copy()
-            key += k
-            writer.add_block(split, block)
-    writer.close()
+
+    def arrays(y, k):
+        block = {"audio": (ca[y] + 0.8 * rng.standard_normal((k, 2, 16))).astype(np.float16),
+                 "text": (ct[y] + 1.5 * rng.standard_normal((k, 12))).astype(np.float16)}
+        return {**block, "caption": block["text"].copy()} if caption else block
+
+    write_labelled_set(root, manifest, rows, rng, arrays)
     return str(root)
 
 
