@@ -87,15 +87,23 @@ def _units_done(url: str) -> int:
         return 0
 
 
-def test_killed_ingest_to_s3_resumes_with_no_duplicate_no_loss_no_stray_object(corpus, local_set, s3_bucket, tmp_path):
-    url = f"{s3_bucket}/sets/killed"
+def _ingest_until(corpus, url, tmp_path, units: int, **popen) -> tuple[subprocess.Popen, list[str]]:
+    """An ingest into `url` in the background, returned once `units` source units are journalled as done
+    (or once it ended: the caller checks that it is still running)."""
     args = ["--source", "laion", "--input", str(corpus), "--out", url, *ARGS, "--checkpoint-mb", "0.02",
             "--staging-dir", str(tmp_path / "staging")]
     proc = subprocess.Popen([sys.executable, "-m", "ingest", *args], cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            **popen)
     deadline = time.time() + 240
-    while _units_done(url) < 2 and proc.poll() is None and time.time() < deadline:
+    while _units_done(url) < units and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
+    return proc, args
+
+
+def test_killed_ingest_to_s3_resumes_with_no_duplicate_no_loss_no_stray_object(corpus, local_set, s3_bucket, tmp_path):
+    url = f"{s3_bucket}/sets/killed"
+    proc, args = _ingest_until(corpus, url, tmp_path, 2, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
     assert proc.poll() is None, "ingest finished before it could be killed; lower --checkpoint-mb"
     os.killpg(proc.pid, signal.SIGKILL)  # the run and its decode workers, mid-segment (or mid-upload)
     proc.wait()
@@ -182,13 +190,7 @@ def test_two_nodes_train_from_s3_like_one_node_with_two_processes(s3_bucket, tmp
 def test_an_object_store_outage_mid_ingest_is_one_line_and_the_rerun_resumes(corpus, local_set, s3_bucket, s3_server,
                                                                               tmp_path):
     url = f"{s3_bucket}/sets/outage"
-    args = ["--source", "laion", "--input", str(corpus), "--out", url, *ARGS, "--checkpoint-mb", "0.02",
-            "--staging-dir", str(tmp_path / "staging")]
-    proc = subprocess.Popen([sys.executable, "-m", "ingest", *args], cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 240
-    while _units_done(url) < 1 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+    proc, args = _ingest_until(corpus, url, tmp_path, 1, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.poll() is None, "ingest finished before the outage"
     s3_server.stop()  # the store goes away mid-run
     try:
