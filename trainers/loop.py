@@ -33,7 +33,7 @@ from lake.progress import Progress
 from lake.signals import preemption_signals
 from lake.splits import validation_split
 from shards.loader import ShardLoader
-from trainers.checkpoint import Checkpointer, RNGPart, check_arch, load_checkpoint, resume_path
+from trainers.checkpoint import Checkpointer, RNGPart, load_checkpoint, resume_path
 from trainers.config import TrainConfig
 from trainers.logs import RunLog
 from trainers.state import TrainState
