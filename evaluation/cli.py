@@ -15,6 +15,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from evaluation import stages
+from evaluation.predict import format_predictions, predict
+from lake.catalog import default_cache_limit_gb, open_shard_set
 from lake.cli import run_cli
 from lake.cliargs import HelpFormatter, at_least, bounded
 
@@ -33,8 +36,6 @@ def _common(p: argparse.ArgumentParser, ckpt_flag: str, ckpt_help: str) -> None:
 
 def add_reading_flags(p: argparse.ArgumentParser) -> None:
     """How a set behind a URL is read: the trainers' flags of the same names."""
-    from lake.catalog import default_cache_limit_gb
-
     p.add_argument("--cache-dir", default="", help="a set behind a URL: the local shard cache (empty: "
                    "$EMOLAKE_CACHE_DIR, else ~/.cache/emolake/shards)")
     p.add_argument("--cache-limit", type=bounded(float, at_least(0)), default=default_cache_limit_gb(),
@@ -110,16 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args) -> int:
     if args.command == "predict":
-        from evaluation.predict import format_predictions, predict
-
         results = predict(args.files, args.stage3_ckpt, args.clap_ckpt, args.meld_ckpt, args.transcript,
                           args.top, args.device, args.text_model, args.audio_model, args.audio_tokenizer)
         print(json.dumps(results, ensure_ascii=False) if args.json else format_predictions(results))
         return 0 if all("error" not in r for r in results) else 1
-    from evaluation import stages
-
-    from lake.catalog import open_shard_set
-
     shards = open_shard_set(args.data_root, args.cache_dir, args.cache_limit, args.storage_options)
     if args.command == "probe":
         res = stages.probe(shards, args.out, args.split, args.audio_layer, args.max_train_rows)

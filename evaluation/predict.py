@@ -18,8 +18,12 @@ import os
 import numpy as np
 import torch
 
+from ingest.decode import DecodeError, decode_audio
+from ingest.encoders import encoders_from_manifest
 from lake.errors import LakeError
 from lake.tamers import refuse_rebuild
+from trainers import models
+from trainers.clap import check_same_projectors
 
 
 def _transcript(path: str, given: str | None) -> str:
@@ -58,24 +62,14 @@ def out_of_range(duration_s: float, wave: np.ndarray, seen: dict) -> list[str]:
 def predict(files: list[str], stage3_ckpt: str, clap_ckpt: str | None = None, meld_ckpt: str | None = None,
             transcript: str | None = None, top: int = 5, device: str = "cpu", text_model: str = "",
             audio_model: str = "", audio_tokenizer: str = "") -> list[dict]:
-    from ingest.decode import DecodeError, decode_audio
-    from ingest.encoders import encoders_from_manifest
-    from trainers.slm import load_slm
-
-    slm, ckpt = load_slm(stage3_ckpt)
+    slm_task, slm = models.load(stage3_ckpt, stage="slm")
+    ckpt = slm_task.checkpoint
     if clap_ckpt:
-        from trainers.clap import load_projectors
-
-        proj = load_projectors(clap_ckpt)
-        w = proj["audio_proj"]["fc.weight"]
-        if w.shape != slm.clap_audio.fc.weight.shape or not torch.equal(w, slm.clap_audio.fc.weight):
-            raise LakeError(f"{clap_ckpt}: not the CLAP projectors {stage3_ckpt} was trained with")
+        check_same_projectors(clap_ckpt, slm.clap_audio, stage3_ckpt)
     meld = None
     if meld_ckpt:
-        from trainers.meld import load_meld
-
-        meld, meld_info = load_meld(meld_ckpt)
-        if meld_info["arch"]["slm_arch"] != ckpt["arch"]:
+        meld_task, meld = models.load(meld_ckpt, stage="meld")
+        if meld_task.arch()["slm_arch"] != slm_task.arch():
             raise LakeError(f"{meld_ckpt}: its SLM differs from {stage3_ckpt}")
     data = ckpt["data"]
     refuse_rebuild(data["encoders"], "predict")  # the reference tooling's vectors cannot be made for new audio
@@ -102,7 +96,7 @@ def predict(files: list[str], stage3_ckpt: str, clap_ckpt: str | None = None, me
                         warnings=out_of_range(dec.duration_s, dec.wave, data.get("train_durations_s") or {}))
             if meld is not None:
                 mprobs = torch.softmax(meld(a, t), -1)[0].numpy()
-                item["meld"] = _top(mprobs, meld_info["arch"]["taxonomy"], len(mprobs))
+                item["meld"] = _top(mprobs, meld_task.taxonomy, len(mprobs))
         results.append(item)
     return results
 

@@ -23,11 +23,20 @@ import os
 import numpy as np
 import torch
 
+from evaluation.ablation import VARIANTS, ablation, ablation_note, train_means
+from evaluation.plots import plot_confusion
+from evaluation.probe import MAX_TRAIN_ROWS, SHOWN, linear_probe, probe_note, probe_rows
+from evaluation.report import write_report
+from ingest.encoders import text_encoder_from_manifest
 from lake.catalog import ShardSet, open_shard_set
 from lake.distributed import World
 from lake.errors import LakeError
+from lake.layers import resolve_layers
+from lake.splits import validation_split
+from trainers import models
 from trainers.loop import Task, evaluate, gather_outputs
-from trainers.metrics import classification_metrics, normalized_confusion
+from trainers.metrics import classification_metrics, normalized_confusion, retrieval_both_directions
+from trainers.reference import reference_note
 
 ZERO_SHOT_TEMPLATE = "{}"
 ONE = World()  # evaluation runs as one process
@@ -53,9 +62,6 @@ def _context(checkpoint: str, shards: ShardSet, split: str, rows: int, **extra) 
 
 def _finish(out: str, stage: str, metrics: dict, context: dict, taxonomy: list[str], title: str,
             sections=None) -> dict:
-    from evaluation.plots import plot_confusion
-    from evaluation.report import write_report
-
     os.makedirs(out, exist_ok=True)
     paths = write_report(out, stage, metrics, context, sections)
     if "confusion_matrix" in metrics:
@@ -68,10 +74,6 @@ def _baselines(task: Task, model, loader, dev, shards: ShardSet, split: str, met
                probe: bool, ablate: str) -> tuple[dict, list[tuple[str, str]]]:
     """`metrics` with the probe beside the model and the ablation rows (their tables right after the
     headline numbers), and the report's notes on them."""
-    from evaluation.ablation import VARIANTS, ablation, ablation_note, train_means
-    from evaluation.probe import SHOWN, linear_probe, probe_note, probe_rows
-    from lake.splits import validation_split
-
     sections = []
     if probe and split not in ("train", validation_split(shards.manifest.splits)):
         p = linear_probe(shards, split, layers=task.layers, selection=task.selection)
@@ -91,15 +93,13 @@ def _baselines(task: Task, model, loader, dev, shards: ShardSet, split: str, met
     return {**first, **metrics}, sections
 
 
-def _classification_stage(stage: str, task_cls, ckpt_path: str, data_root: str, out: str, split: str,
+def _classification_stage(stage: str, kind: str, ckpt_path: str, data_root: str, out: str, split: str,
                           batch_size: int, device: str, num_workers: int, title: str, probe: bool = True,
                           ablate: str = "all", **files) -> dict:
     """Classify a split with a trained stage-3/4 model (and, by default, its baselines); write the report."""
-    from trainers.reference import reference_note
-
     dev = _device(device)
     shards = _open(data_root)
-    task, model = task_cls.from_checkpoint(ckpt_path, shards, **files)
+    task, model = models.load(ckpt_path, shards, kind, **files)
     loader = task.loader(split, batch_size, ONE, num_workers=num_workers)
     model = model.to(dev)
     metrics = evaluate(task, model, loader, dev, ONE)
@@ -118,9 +118,7 @@ def _classification_stage(stage: str, task_cls, ckpt_path: str, data_root: str, 
 def stage3(stage3_ckpt: str, data_root: str, out: str, split: str = "test", batch_size: int = 1024,
            device: str = "auto", num_workers: int = 0, probe: bool = True, ablate: str = "all") -> dict:
     """`probe`: the linear probe beside the model; `ablate`: none, audio, text or all (both, one table)."""
-    from trainers.slm import SlmTask
-
-    return _classification_stage("stage3", SlmTask, stage3_ckpt, data_root, out, split, batch_size, device,
+    return _classification_stage("stage3", "slm", stage3_ckpt, data_root, out, split, batch_size, device,
                                  num_workers, "SLM", probe, ablate)
 
 
@@ -128,32 +126,17 @@ def stage4(meld_ckpt: str, data_root: str, out: str, split: str = "test", batch_
            device: str = "auto", num_workers: int = 0, stage3_ckpt: str = "", probe: bool = True,
            ablate: str = "all") -> dict:
     """`stage3_ckpt`: only for a reference-layout MELD head (it holds no SLM)."""
-    from trainers.meld import MeldTask
-
-    return _classification_stage("stage4", MeldTask, meld_ckpt, data_root, out, split, batch_size, device,
+    return _classification_stage("stage4", "meld", meld_ckpt, data_root, out, split, batch_size, device,
                                  num_workers, "MELD", probe, ablate, stage3_ckpt=stage3_ckpt)
-
-
-def _clap(clap_ckpt: str, shards: ShardSet) -> tuple[Task, torch.nn.Module]:
-    """Exported projectors (ours or the reference's), or a CLAP training checkpoint."""
-    from trainers.checkpoint import read_checkpoint_file
-    from trainers.clap import ClapTask
-
-    obj = read_checkpoint_file(clap_ckpt)
-    if isinstance(obj, dict) and "format" in obj:
-        return ClapTask.from_checkpoint(clap_ckpt, shards)
-    return ClapTask.from_projectors(clap_ckpt, shards)
 
 
 def stage2(clap_ckpt: str, data_root: str, out: str, split: str = "test", batch_size: int = 1024,
            device: str = "auto", block: int = 4096, template: str = ZERO_SHOT_TEMPLATE, num_workers: int = 0,
            zero_shot: bool = True, text_model: str = "") -> dict:
-    from trainers.metrics import retrieval_both_directions
-
     dev = _device(device)
     shards = _open(data_root)
     m = shards.manifest
-    task, model = _clap(clap_ckpt, shards)
+    task, model = models.load(clap_ckpt, shards, "clap")
     model.to(dev)
     loader = task.loader(split, batch_size, ONE, num_workers=num_workers)
     outputs = gather_outputs(task, model, loader, dev, ONE)
@@ -161,8 +144,6 @@ def stage2(clap_ckpt: str, data_root: str, out: str, split: str = "test", batch_
     metrics = retrieval_both_directions(a, torch.from_numpy(outputs["text"]).to(dev), block)
     sections = []
     if zero_shot:
-        from ingest.encoders import text_encoder_from_manifest
-
         text_encoder = text_encoder_from_manifest(m.encoders["text"], device=str(dev), text_model=text_model)
         prompts = [template.format(name) for name in shards.taxonomy]
         with torch.no_grad():
@@ -189,9 +170,6 @@ def stage2(clap_ckpt: str, data_root: str, out: str, split: str = "test", batch_
 def probe(data_root: str, out: str = "", split: str = "test", audio_layer: str = "last",
           max_train_rows: int | None = None) -> dict:
     """The linear probe alone (evaluation.probe), written as a report when `out` is given."""
-    from evaluation.probe import MAX_TRAIN_ROWS, linear_probe, probe_note, probe_rows
-    from lake.layers import resolve_layers
-
     shards = _open(data_root)
     layers = resolve_layers(audio_layer, shards.manifest.audio_layers, what="--audio-layer (of the layers this set "
                                                                             "stores)")

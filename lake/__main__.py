@@ -8,7 +8,7 @@ def _main() -> int:
         print("usage: python -m lake demo [--out DIR] [--help]\n\nruns the whole system on a synthetic corpus "
               "(see `python -m lake demo --help`)", file=sys.stderr)
         return 2
-    from lake.demo import main
+    from lake.demo import main  # here, not at the top: the usage line must not wait for torch and every stage (~5 s)
 
     return main(sys.argv[2:])
 

@@ -18,8 +18,12 @@ import json
 import os
 import time
 
+from evaluation.cli import main as evaluate
+from ingest.run import main as ingest
+from ingest.synthetic import generate
 from lake.cli import run_cli
 from lake.cliargs import HelpFormatter, at_least, bounded
+from trainers.models import STAGES
 
 
 def _step(title: str, t0: float) -> None:
@@ -34,13 +38,7 @@ def _run(main, argv: list[str], what: str) -> None:
 
 def run_demo(out: str, clips: int, meld_clips: int, seed: int, text_encoder: str, workers: int,
              audio_encoder: str = "egemaps") -> dict:
-    from evaluation.cli import main as evaluate
-    from ingest.run import main as ingest
-    from ingest.synthetic import generate
-    from trainers.clap import main as clap
-    from trainers.meld import main as meld
-    from trainers.slm import main as slm
-
+    clap, slm, meld = (STAGES[s].main for s in ("clap", "slm", "meld"))
     t0 = time.time()
     out = os.path.abspath(out)
     corpus, sets, ckpts, reports = (os.path.join(out, d) for d in ("corpus", "sets", "checkpoints", "reports"))

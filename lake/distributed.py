@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from lake.errors import LakeError
+
 
 @dataclass(frozen=True)
 class World:
@@ -45,8 +47,6 @@ def init_distributed(device: str = "auto", backend: str | None = None, timeout_s
     collective may wait (torch's default is 30 min; ingest ranks can finish hours apart).
     """
     import torch
-
-    from lake.errors import LakeError
 
     world = detect_world()
     if device == "auto":

@@ -19,7 +19,7 @@ from lake.schema import MANIFEST_NAME, Manifest
 from lake.storage import write_bytes_atomic
 from shards.format import iter_shard
 from shards.stats import feature_stats, standardization_stats
-from trainers import clap, meld, slm
+from trainers import clap, meld, models, slm
 from trainers.checkpoint import load_checkpoint
 
 from conftest import make_manifest, write_labelled_set
@@ -143,7 +143,8 @@ def test_trainers_feed_standardised_inputs_and_checkpoints_carry_the_statistics(
     root = labelled_set(tmp_path / "s", standardize=True)
     best = train_pipeline(root, str(tmp_path / "run"), slm_epochs=2, clap_epochs=2)
     audio = torch.from_numpy(raw_split(root, "train")["audio"])  # [N, 1, D] fp16, as the loader gives it
-    model, ckpt = slm.load_slm(best)
+    task, model = models.load(best, stage="slm")
+    ckpt = task.checkpoint
     assert ckpt["arch"]["standardize"] == {"clap_audio": True, "prosody": True}
     for x in (model.prosody_standardize(audio)[:, 0], model.clap_audio.standardize(audio[:, 0])):
         assert torch.allclose(x.mean(0), torch.zeros(A_DIM), atol=1e-4)
@@ -153,7 +154,7 @@ def test_trainers_feed_standardised_inputs_and_checkpoints_carry_the_statistics(
     assert clap_ckpt["arch"]["standardize"] == {"audio": True}
     # evaluating on another set with the same encoders uses the checkpoint's statistics, not that set's
     other = labelled_set(tmp_path / "o", standardize=True, seed=5, name="b")
-    task, evaluated = slm.SlmTask.from_checkpoint(best, open_shard_set(other))
+    task, evaluated = models.load(best, open_shard_set(other), "slm")
     assert torch.equal(evaluated.prosody_standardize.mean, model.prosody_standardize.mean)
     assert not np.allclose(open_shard_set(other).manifest.feature_stats["audio"]["h0"]["mean"],
                            model.prosody_standardize.mean[0].numpy(), atol=1e-3)

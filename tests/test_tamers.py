@@ -373,12 +373,17 @@ import argparse  # noqa: E402
 
 import torch  # noqa: E402
 
-from trainers import clap, meld, slm  # noqa: E402
+from trainers import clap, meld, models, slm  # noqa: E402
 from lake.tamers import refuse_rebuild  # noqa: E402
 from trainers.checkpoint import read_checkpoint_file  # noqa: E402
 from trainers.reference import (MELD_NAMES, SLM_NAMES, is_reference_meld, is_reference_slm,  # noqa: E402
-                                load_reference_meld, load_reference_slm, reference_note,
-                                refuse_resume)
+                                reference_note, refuse_resume)
+
+
+def load(path, stage, shards=None, **files):
+    """(model, checkpoint dict) through the one door (trainers.models)."""
+    task, model = models.load(str(path), shards, stage, **files)
+    return model, task.checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -448,13 +453,13 @@ def reference_forward(state: dict, x_a: torch.Tensor, x_t: torch.Tensor) -> torc
 
 
 def test_reference_stage3_checkpoint_gives_the_same_logits(trained_on_import, tmp_path):
-    ours, ours_ckpt = slm.load_slm(trained_on_import["slm"])
+    ours, ours_ckpt = load(trained_on_import["slm"], "slm")
     path = reference_slm_file(ours, tmp_path / "slm_stage3_epoch149_best.pt")
     obj = read_checkpoint_file(path)
     assert is_reference_slm(obj) and not is_reference_meld(obj) and not is_reference_slm(read_checkpoint_file(
         trained_on_import["slm"]))  # this project's own checkpoint loads as data too, and is told apart
     shards = open_shard_set(trained_on_import["laion"])
-    model, ckpt = load_reference_slm(path, taxonomy=shards.taxonomy)
+    model, ckpt = load(path, "slm", shards)
     assert ckpt["arch"] == {**ours_ckpt["arch"]} and ckpt["data"]["encoders"] == shards.manifest.encoders
     assert ckpt["reference"]["config"]["num_emotions"] == 3 and ckpt["train"]["epoch"] == 149
     audio, text = _rows_of(trained_on_import["laion"], "test", ckpt["arch"]["layers"])
@@ -463,7 +468,7 @@ def test_reference_stage3_checkpoint_gives_the_same_logits(trained_on_import, tm
         # and what the reference's own forward computes on the same (unit-norm) rows
         assert torch.allclose(reference_forward(obj["model_state"], audio[:, 0], text), model(audio, text), atol=1e-4)
     with pytest.raises(LakeError, match="a reference SLM with 3 outputs, but the set has 7 classes"):
-        load_reference_slm(path, taxonomy=MELD_CLASSES)
+        load(path, "slm", open_shard_set(trained_on_import["meld"]))
     with pytest.raises(LakeError, match="reference-layout .* not resumed"):
         refuse_resume(obj, path)
     assert reference_note(ckpt) == f"{path}: a reference-layout checkpoint (vano04/TAMERSv2 train_slm.py stage 3), epoch 149"
@@ -473,7 +478,7 @@ def test_reference_stage3_checkpoint_gives_the_same_logits(trained_on_import, tm
 
 
 def test_reference_stage3_mapping_is_strict(trained_on_import, tmp_path):
-    ours, _ = slm.load_slm(trained_on_import["slm"])
+    ours, _ = load(trained_on_import["slm"], "slm")
     state = to_reference(ours.state_dict(), SLM_NAMES, "module.")
     cases = {"missing": ({k: v for k, v in state.items() if k != "module.W_k.bias"}, r"nothing for w_k\.bias"),
              "extra": ({**state, "module.attn.weight": torch.zeros(2)}, r"unused reference key\(s\) attn\.weight"),
@@ -482,7 +487,7 @@ def test_reference_stage3_mapping_is_strict(trained_on_import, tmp_path):
     for name, (bad, message) in cases.items():
         torch.save({"model_state": bad, "epoch": 0}, tmp_path / f"{name}.pt")
         with pytest.raises(LakeError, match=message + r".*mapping clap\.audio_proj\.\* -> clap_audio\.fc\.\*"):
-            load_reference_slm(str(tmp_path / f"{name}.pt"), taxonomy=["a", "b", "c"])
+            load(tmp_path / f"{name}.pt", "slm", open_shard_set(trained_on_import["laion"]))
 
 
 def reference_meld_file(head: meld.MeldHead, mode: str, path, top_level: bool = False) -> str:
@@ -500,9 +505,8 @@ def reference_meld_file(head: meld.MeldHead, mode: str, path, top_level: bool = 
 def test_stage4_evaluation_of_reference_meld_checkpoints(trained_on_import, tmp_path):
     from evaluation import cli as evaluation
 
-    ours_slm, _ = slm.load_slm(trained_on_import["slm"])
+    ours_slm, _ = load(trained_on_import["slm"], "slm")
     slm_path = reference_slm_file(ours_slm, tmp_path / "slm_stage3_epoch149_best.pt")
-    _, slm_ckpt = load_reference_slm(slm_path)  # a MELD head's backbone: its class names are not needed
     meld_root = trained_on_import["meld"]
     audio, text = _rows_of(meld_root, "test", [LAYERS["meld"]])
     torch.manual_seed(0)
@@ -513,7 +517,7 @@ def test_stage4_evaluation_of_reference_meld_checkpoints(trained_on_import, tmp_
                 p.add_(0.1 * torch.randn_like(p))  # not the init: LayerNorm and biases carry weights too
         path = reference_meld_file(head, mode, tmp_path / f"meld_slm_{mode}_best.pt", top_level)
         assert is_reference_meld(read_checkpoint_file(path))
-        model, ckpt = load_reference_meld(path, slm_ckpt, open_shard_set(meld_root).taxonomy)
+        model, ckpt = load(path, "meld", open_shard_set(meld_root), stage3_ckpt=slm_path)
         with torch.no_grad():
             assert torch.equal(model(audio, text), head.eval()(audio, text))
         assert ckpt["data"]["encoders"]["audio"]["id"] == MELD_AUDIO_ID
@@ -535,7 +539,7 @@ def test_stage4_evaluation_of_reference_meld_checkpoints(trained_on_import, tmp_
         assert [c["class"] for c in metrics["metrics"]["per_class"]] == MELD_CLASSES
         assert sum(c["support"] for c in metrics["metrics"]["per_class"]) == metrics["context"]["num_rows"] == 14
     with pytest.raises(LakeError, match="a MELD head with 7 outputs, but the set has 3 classes"):
-        load_reference_meld(path, slm_ckpt, ["x", "y", "z"])
+        load(path, "meld", open_shard_set(trained_on_import["laion"]), stage3_ckpt=slm_path)
 
 
 def test_meld_refuses_an_slm_trained_on_imported_rows_with_other_vectors(trained_on_import, capsys):
@@ -568,7 +572,7 @@ def test_a_pickle_carrying_code_is_refused(trained_on_import, tmp_path):
     import pickle
 
     marker = tmp_path / "code_ran"
-    ours, _ = slm.load_slm(trained_on_import["slm"])
+    ours, _ = load(trained_on_import["slm"], "slm")
     good = reference_slm_file(ours, tmp_path / "good.pt")
     evil = reference_slm_file(ours, tmp_path / "evil.pt", config=RunsCode(marker))
     raw = tmp_path / "raw.pkl"
@@ -577,13 +581,13 @@ def test_a_pickle_carrying_code_is_refused(trained_on_import, tmp_path):
     projectors = tmp_path / "clap_projectors.pt"
     torch.save({"audio_proj": {"weight": torch.zeros(4, 4), "bias": torch.zeros(4)},
                 "text_proj": {"weight": torch.zeros(4, 4), "bias": torch.zeros(4)}, "hook": RunsCode(marker)}, projectors)
-    for path, load in ((evil, lambda p: load_reference_slm(p, taxonomy=["a", "b", "c"])), (str(raw), read_checkpoint_file),
-                       (str(projectors), clap.load_projectors)):
+    for path, read in ((evil, lambda p: load(p, "slm")), (str(raw), read_checkpoint_file),
+                       (str(projectors), lambda p: load(p, "clap"))):
         with pytest.raises(LakeError, match=r"contains Python objects other than tensors and plain containers "
                                             r"\(found GLOBAL (posix|os)\.system\); refusing to run code"):
-            load(path)
+            read(path)
     assert not marker.exists()
-    load_reference_slm(good, taxonomy=["a", "b", "c"])  # the same file without the trap loads
+    load(good, "slm")  # the same file without the trap loads
 
 
 def test_commands_refuse_a_checkpoint_carrying_code_in_one_line(trained_on_import, tmp_path, capsys):
@@ -617,7 +621,7 @@ def test_reference_projector_layouts_load(tmp_path):
     for name, layout in (("fc", lambda m: {"fc.weight": w[m], "fc.bias": torch.zeros(8)}),
                          ("bare", lambda m: {"weight": w[m], "bias": torch.zeros(8)})):
         torch.save({"audio_proj": layout("audio"), "text_proj": layout("text")}, tmp_path / f"{name}.pt")
-        proj = clap.load_projectors(str(tmp_path / f"{name}.pt"))
-        assert proj["dims"] == {"audio": 16, "text": 12, "proj": 8} and proj["audio_layer"] is None
-        assert torch.equal(proj["audio_proj"]["fc.weight"], w["audio"]) and set(proj["text_proj"]) == {"fc.weight",
-                                                                                                         "fc.bias"}
+        task, model = models.load(str(tmp_path / f"{name}.pt"), stage="clap")
+        assert task.arch()["dims"] == {"audio": 16, "text": 12, "proj": 8} and task.arch()["audio_layer"] is None
+        assert torch.equal(model.audio_proj.fc.weight, w["audio"]) and set(model.text_proj.state_dict()) == {
+            "fc.weight", "fc.bias"}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from trainers import clap, meld, slm
+from trainers import clap, meld, models, slm
 from trainers.checkpoint import load_checkpoint
 
 from conftest import make_manifest, write_labelled_set
@@ -133,8 +133,8 @@ def test_reference_projector_layout_loads(tmp_path):
     ref = {"audio_proj": {"fc.weight": torch.randn(8, 16), "fc.bias": torch.zeros(8)},
            "text_proj": {"fc.weight": torch.randn(8, 12), "fc.bias": torch.zeros(8)}}
     torch.save(ref, tmp_path / "clap_projectors.pt")
-    proj = clap.load_projectors(str(tmp_path / "clap_projectors.pt"))
-    assert proj["dims"] == {"audio": 16, "text": 12, "proj": 8} and proj["audio_layer"] is None
+    task, _ = models.load(str(tmp_path / "clap_projectors.pt"), stage="clap")
+    assert task.arch()["dims"] == {"audio": 16, "text": 12, "proj": 8} and task.arch()["audio_layer"] is None
 
 
 def _free_port() -> str:
@@ -186,7 +186,8 @@ def test_pruning_keeps_other_runs_files(tmp_path):
             return {"epoch": self.value}
 
     part = Epoch()
-    ck = Checkpointer(str(tmp_path), "slm_stage3", {"train": part}, dict, keep_epochs=2)
+    meta = dict(stage="slm", arch={}, config={}, data={}, model={})
+    ck = Checkpointer(str(tmp_path), "slm_stage3", {"train": part}, lambda: meta, keep_epochs=2)
     for epoch in range(4):
         part.value = epoch
         ck.save_epoch(epoch, is_best=epoch == 1)

@@ -8,8 +8,11 @@ Each part is an object with `state_dict()` / `load_state_dict()` (torchtitan's c
 pattern): resuming loads every part strictly, after checking that the stage, the model's
 `arch` (dims, class count, taxonomy) and the data fingerprint are the checkpoint's.
 
-Files are read with `torch.load(weights_only=True)`: tensors and plain containers only, so a
-downloaded checkpoint cannot run code (numpy's RNG state is stored as a tensor for that).
+Files are read here and nowhere else, with `torch.load(weights_only=True)`: tensors and plain
+containers only, so a downloaded checkpoint cannot run code (numpy's RNG state is stored as a tensor
+for that). This module knows this project's format only; the other layouts a command accepts (the
+exported projectors, the previous tooling's files) are turned into it by their stage
+(`trainers.models` is the one door from any file to a trained model).
 
 Files per stage prefix P: `P_epoch{EEE}.pt` after each epoch (0-based, the newest
 `keep_epochs` kept), `P_best.pt` (best by the stage's selection metric) and `P_last.pt`
@@ -50,11 +53,21 @@ def _first_line(e: Exception) -> str:
     return next((x for x in lines if "Unsupported" in x), lines[0] if lines else type(e).__name__)[:200]
 
 
+_ZIP, _PICKLE = b"PK\x03\x04", 0x80  # torch.save's zip archive; a legacy pickle (protocol 2 and later)
+
+
 def read_checkpoint_file(path: str) -> Any:
     """`torch.load` of a file a user passes, as data only (weights_only, with the allowlist above);
     every failure is one LakeError. A file that would need other Python objects is refused."""
     if not os.path.exists(path):
-        raise LakeError(f"{path}: no such checkpoint")
+        raise LakeError(f"{path}: no such file (a checkpoint was expected here)")
+    if os.path.isdir(path):
+        raise LakeError(f"{path}: a directory, not a checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:4] != _ZIP and (not head or head[0] != _PICKLE):
+        raise LakeError(f"{path}: not a checkpoint (a PyTorch file is a zip archive or a pickle; this one starts "
+                        f"with {head!r})")
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -80,16 +93,25 @@ def load_checkpoint(path: str, stage: str | None = None) -> dict:
     return validate_checkpoint(read_checkpoint_file(path), path, stage)
 
 
+def is_checkpoint(obj: Any) -> bool:
+    """Whether a loaded file is in this project's checkpoint format (any version)."""
+    return isinstance(obj, dict) and obj.get("format") in (FORMAT, _V1)
+
+
 def validate_checkpoint(ckpt, path: str, stage: str | None = None) -> dict:
     """`ckpt` (a loaded file) as this project's checkpoint of `stage`, upgraded to the current format."""
-    if not isinstance(ckpt, dict) or ckpt.get("format") not in (FORMAT, _V1):
-        from trainers.reference import refuse_resume
-
-        refuse_resume(ckpt, path)  # the reference tooling's files: say what they can be used for
+    if not is_checkpoint(ckpt):
         raise LakeError(f"{path}: not a checkpoint of this project's trainers")
     if stage is not None and ckpt.get("stage") != stage:
         raise LakeError(f"{path}: a {ckpt.get('stage')} checkpoint, but a {stage} checkpoint is needed here")
     return _upgrade(ckpt)
+
+
+def stage_checkpoint(stage: str, arch: dict, config: dict, data: dict, model: dict, train: dict, **rest) -> dict:
+    """The checkpoint dict, spelled in this one place: what the run is (stage, arch, config, data), the model's
+    weights, the loop's counters (`train`), and the rest (optimizer, loader, RNG states; a stage's extras)."""
+    return {"format": FORMAT, "stage": stage, "arch": arch, "config": config, "data": data, "model": model,
+            "train": train, **rest}
 
 
 def save_atomic(obj: dict, path: str) -> None:
@@ -173,7 +195,7 @@ class Checkpointer:
         return os.path.join(self.save_dir, name)
 
     def state(self) -> dict:
-        return {"format": FORMAT, **self.meta(), **{name: part.state_dict() for name, part in self.parts.items()}}
+        return stage_checkpoint(**self.meta(), **{name: part.state_dict() for name, part in self.parts.items()})
 
     def save_last(self) -> None:
         state = self.state()
@@ -197,9 +219,9 @@ class Checkpointer:
                 if m and int(m.group(1)) <= epoch - self.keep_epochs:
                     os.remove(os.path.join(self.save_dir, name))
 
-    def restore(self, path: str, stage: str, arch: dict, fingerprint: str | None, only: tuple[str, ...] = ()) -> dict:
-        """Load the parts from `path` (all, or `only` these) after checking what the run is."""
-        ckpt = load_checkpoint(path, stage)
+    def restore(self, ckpt: dict, path: str, arch: dict, fingerprint: str | None, only: tuple[str, ...] = ()) -> dict:
+        """Load the parts from the checkpoint `ckpt` read from `path` (all, or `only` these) after checking what
+        the run is."""
         check_arch(ckpt, arch, path)
         if fingerprint is not None and ckpt["data"]["fingerprint"] != fingerprint:
             raise LakeError(f"{path}: trained on shard set {ckpt['data']['name']!r} (fingerprint "

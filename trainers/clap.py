@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from dataclasses import dataclass
 
@@ -31,11 +30,13 @@ import torch.nn.functional as F
 from lake.cli import run_cli
 from lake.cliargs import HelpFormatter, arg, at_least, between
 from lake.errors import LakeError
-from trainers.checkpoint import load_checkpoint, read_checkpoint_file, save_atomic
+from trainers.checkpoint import is_checkpoint, load_checkpoint, save_atomic, stage_checkpoint
+from trainers.cli import parse_stage_args, stage_parser
 from trainers.config import TrainConfig
 from trainers.features import LAYER_HELP, Standardize, field_stats, l2, resolve_layer
-from trainers.cli import parse_stage_args, run_stage, stage_parser
-from trainers.loop import Task
+from trainers.loop import Task, check_layers
+from trainers.metrics import retrieval_both_directions
+from trainers.reference import is_projectors, linear_state
 
 CLIP_SCALE_INIT = math.log(1 / 0.07)
 
@@ -116,44 +117,46 @@ class ClapTask(Task):
     stage, prefix, selection = "clap", "clap", "mean_R@1"
     config_cls = ClapConfig
 
-    def __init__(self, cfg: ClapConfig, shards, ckpt: dict | None = None):
-        super().__init__(cfg, shards)
+    @classmethod
+    def new(cls, cfg: ClapConfig, shards) -> "ClapTask":
         m = shards.manifest
-        text_field = ckpt["arch"]["text_field"] if ckpt else cfg.text_field
-        self.text_key = "text" if text_field == "transcript" else "caption"
-        if self.text_key not in m.fields:
-            raise LakeError(f"{shards.root}: --text-field {text_field}, but the set has no caption embeddings "
-                            f"(fields: {', '.join(m.fields)})")
-        self.text_field = text_field
-        self.layer = ckpt["arch"]["audio_layer"] if ckpt else resolve_layer(cfg.audio_layer, m.audio_layers)
-        if self.layer not in m.audio_layers:
-            raise LakeError(f"{shards.root}: does not store {self.layer!r}, the audio layer the CLAP model reads")
+        layer = resolve_layer(cfg.audio_layer, m.audio_layers)
+        text_key = text_member(cfg.text_field)
+        # per-feature statistics of the train split, for encoders on mixed scales (a trained model has its own)
+        stats = {k: v for k, v in (("audio", field_stats(m.feature_stats, "audio", [layer])),
+                                   ("text", field_stats(m.feature_stats, text_key))) if v}
+        arch = {"dims": {"audio": m.audio_dim, "text": m.text_dim, "proj": cfg.proj_dim or m.text_dim},
+                "audio_layer": layer, "text_field": cfg.text_field}
+        if stats:  # absent for sets without statistics: their checkpoints stay as they were
+            arch["standardize"] = {k: True for k in stats}
+        return cls(cfg, shards, arch, init={"stats": stats})
+
+    def setup(self) -> None:
+        a = self._arch
+        self.text_field, self.layer, self.dims = a["text_field"], a["audio_layer"], dict(a["dims"])
+        self.text_key = text_member(self.text_field)
         self.layers = [self.layer]
         self.fields = ("audio", self.text_key, "label")
-        self.dims = dict(ckpt["arch"]["dims"]) if ckpt else {"audio": m.audio_dim, "text": m.text_dim,
-                                                              "proj": cfg.proj_dim or m.text_dim}
+        if self.shards is None:
+            return
+        m = self.shards.manifest
+        if self.text_key not in m.fields:
+            raise LakeError(f"{self.shards.root}: --text-field {self.text_field}, but the set has no caption "
+                            f"embeddings (fields: {', '.join(m.fields)})")
+        check_layers(self.layers, self.shards, "the CLAP model")
         if (self.dims["audio"], self.dims["text"]) != (m.audio_dim, m.text_dim):
             raise LakeError(f"CLAP projectors for audio {self.dims['audio']} / text {self.dims['text']} dims, but "
-                            f"{shards.root} stores audio {m.audio_dim} / text {m.text_dim}")
-        # per-feature statistics of the train split, for encoders on mixed scales; a trained model has its own
-        self.stats = {} if ckpt else {k: v for k, v in (("audio", field_stats(m.feature_stats, "audio", self.layers)),
-                                                         ("text", field_stats(m.feature_stats, self.text_key))) if v}
-        self.standardize = dict(ckpt["arch"].get("standardize", {})) if ckpt else {k: True for k in self.stats}
+                            f"{self.shards.root} stores audio {m.audio_dim} / text {m.text_dim}")
 
-    def build(self) -> nn.Module:
-        c = self.cfg
-        model = Clap(self.dims["audio"], self.dims["text"], self.dims["proj"], c.dropout, c.logit_scale_init,
-                     c.max_logit_scale, self.standardize)
+    def make_model(self) -> nn.Module:
+        c, d = self.cfg, self.dims
+        return Clap(d["audio"], d["text"], d["proj"], c.dropout, c.logit_scale_init, c.max_logit_scale,
+                    self._arch.get("standardize"))
+
+    def initialise(self, model: nn.Module) -> None:
         for k, head in (("audio", model.audio_proj), ("text", model.text_proj)):
-            if k in self.stats:
-                head.standardize.set(*self.stats[k])
-        return model
-
-    def arch(self) -> dict:
-        arch = {"dims": self.dims, "audio_layer": self.layer, "text_field": self.text_field}
-        if self.standardize:  # absent for sets without statistics: their checkpoints stay as they were
-            arch["standardize"] = self.standardize
-        return arch
+            if k in self.init["stats"]:
+                head.standardize.set(*self.init["stats"][k])
 
     def loss(self, model, batch):
         a, t, scale = model(batch["audio"][:, 0], batch[self.text_key])
@@ -164,8 +167,6 @@ class ClapTask(Task):
         return {"audio": a, "text": t, "label": batch["label"]}
 
     def metrics(self, out):
-        from trainers.metrics import retrieval_both_directions
-
         return retrieval_both_directions(torch.from_numpy(out["audio"]), torch.from_numpy(out["text"]))
 
     def headline(self, m):
@@ -175,24 +176,32 @@ class ClapTask(Task):
                 + (f"  zero-shot acc {zs['accuracy']:.4f}" if zs else ""))
 
     @classmethod
-    def from_projectors(cls, path: str, shards) -> tuple["ClapTask", nn.Module]:
-        """The task and model of exported projectors (clap_projectors.pt, ours or the reference's), eval mode."""
-        proj = load_projectors(path)
-        m = shards.manifest
-        if proj["data"] and proj["data"]["encoders"] != m.encoders:
-            raise LakeError(f"{path}: trained on embeddings of other encoders than {shards.root}'s; evaluate on a set "
-                            "ingested with the same encoders")
-        arch = {"dims": proj["dims"], "audio_layer": proj["audio_layer"] or resolve_layer("last", m.audio_layers),
-                "text_field": proj.get("text_field") or "transcript"}
-        if projector_standardize(proj):
-            arch["standardize"] = projector_standardize(proj)
-        cfg = ClapConfig(data_root=shards.root, dropout=0.0)
-        task = cls(cfg, shards, ckpt={"arch": arch})
-        model = task.build()
-        projectors_into(model.audio_proj, model.text_proj, proj)
-        with torch.no_grad():
-            model.logit_scale.copy_(torch.as_tensor(proj["logit_scale"], dtype=torch.float32))
-        return task, model.eval()
+    def checkpoint_from(cls, obj, path: str, shards, **files) -> dict | None:
+        """A CLAP training checkpoint, or exported projectors (ours or the reference's) as one."""
+        if not is_projectors(obj) or is_checkpoint(obj):
+            return super().checkpoint_from(obj, path, shards)
+        return projector_checkpoint(obj, path, shards)
+
+    @classmethod
+    def parse(cls, argv) -> ClapConfig:
+        parser = stage_parser(
+            "python -m trainers.clap", ClapConfig,
+            "Train CLAP projectors on a shard set (stage 2). `python -m trainers.clap export --help` for writing "
+            "clap_projectors.pt.", DEFAULTS, PRESETS,
+            epilog="Then: python -m trainers.clap export --checkpoint SAVE_DIR/clap_best.pt --out clap_projectors.pt")
+        return parse_stage_args(parser, ClapConfig, PRESETS, argv)
+
+    @classmethod
+    def main(cls, argv=None) -> int:
+        argv = sys.argv[1:] if argv is None else argv
+        if argv and argv[0] == "export":
+            return export_main(argv[1:])
+        return super().main(argv)
+
+
+def text_member(text_field: str) -> str:
+    """The block member a --text-field reads."""
+    return "text" if text_field == "transcript" else "caption"
 
 
 # -- the exported projectors ---------------------------------------------------------
@@ -215,40 +224,37 @@ def export_projectors(checkpoint: str, out: str) -> dict:
     return proj
 
 
-def load_projectors(path: str) -> dict:
-    """Read clap_projectors.pt: ours, or the reference's {audio_proj: {fc.weight, fc.bias} (or bare
-    {weight, bias}), text_proj: {...}}. Loaded as data only (weights_only): a downloaded file runs no code."""
-    from trainers.reference import linear_state
-
-    if not os.path.exists(path):
-        raise LakeError(f"{path}: no such file (make it with `python -m trainers.clap export`)")
-    obj = read_checkpoint_file(path)
-    heads = {k: linear_state(obj.get(k)) if isinstance(obj, dict) else None for k in ("audio_proj", "text_proj")}
-    if not all(heads.values()):
-        raise LakeError(f"{path}: not CLAP projectors (expected audio_proj and text_proj with fc.weight/fc.bias)")
+def projector_checkpoint(obj: dict, path: str, shards) -> dict:
+    """Projectors (ours: {audio_proj, text_proj, logit_scale, dims, audio_layer, data}; the reference's:
+    {audio_proj: {fc.weight, fc.bias} or bare {weight, bias}, text_proj: ...}) as a CLAP checkpoint dict."""
+    heads = {k: linear_state(obj[k]) for k in ("audio_proj", "text_proj")}
     for k, head in heads.items():  # ours may carry the input statistics they were trained with
         head.update({n: v for n, v in obj[k].items() if isinstance(n, str) and n.startswith("standardize.")})
     a, t = heads["audio_proj"]["fc.weight"], heads["text_proj"]["fc.weight"]
     if a.shape[0] != t.shape[0]:
         raise LakeError(f"{path}: audio and text projections have different widths ({a.shape[0]} vs {t.shape[0]})")
-    out = {**obj, **heads}
-    out.setdefault("dims", {"audio": int(a.shape[1]), "text": int(t.shape[1]), "proj": int(a.shape[0])})
-    out.setdefault("logit_scale", torch.tensor(0.0))
-    out.setdefault("audio_layer", None)  # the reference's: the last hidden state
-    out.setdefault("data", None)
-    return out
+    layer = obj.get("audio_layer")  # the reference's: none recorded, its last hidden state
+    if layer is None and shards is not None:
+        layer = resolve_layer("last", shards.manifest.audio_layers)
+    arch = {"dims": obj.get("dims") or {"audio": int(a.shape[1]), "text": int(t.shape[1]), "proj": int(a.shape[0])},
+            "audio_layer": layer, "text_field": obj.get("text_field") or "transcript"}
+    standardize = {k: True for k in ("audio", "text") if "standardize.mean" in heads[f"{k}_proj"]}
+    if standardize:
+        arch["standardize"] = standardize
+    model = {f"{k}.{n}": v for k, head in heads.items() for n, v in head.items()}
+    model["logit_scale"] = torch.as_tensor(obj.get("logit_scale", 0.0), dtype=torch.float32)
+    data = obj.get("data") or {"name": None, "fingerprint": None, "encoders": None, "audio_layers": None}
+    return stage_checkpoint(stage="clap", arch=arch, config={"dropout": 0.0}, data=data, model=model,
+                            train={"epoch": (obj.get("checkpoint") or {}).get("epoch", 0)},
+                            projectors={"path": path})
 
 
-def projector_standardize(proj: dict) -> dict:
-    """{"audio": True, "text": True} for the heads of `proj` that standardise their inputs (none: {})."""
-    return {k: True for k, head in (("audio", proj["audio_proj"]), ("text", proj["text_proj"]))
-            if "standardize.mean" in head}
-
-
-def projectors_into(head_a: ProjHead, head_t: ProjHead, proj: dict) -> None:
-    """Load the heads (strictly: a head built with standardisation needs the statistics, and vice versa)."""
-    head_a.load_state_dict(proj["audio_proj"])
-    head_t.load_state_dict(proj["text_proj"])
+def check_same_projectors(clap_ckpt: str, clap_audio: nn.Module, trained: str) -> None:
+    """`clap_ckpt` must hold the CLAP audio head that the model of `trained` carries (`clap_audio`, frozen)."""
+    _, clap = ClapTask.load(clap_ckpt)
+    ours, inside = clap.audio_proj.fc.weight, clap_audio.fc.weight
+    if ours.shape != inside.shape or not torch.equal(ours, inside):
+        raise LakeError(f"{clap_ckpt}: not the CLAP projectors {trained} was trained with")
 
 
 # -- command line -------------------------------------------------------------------
@@ -261,15 +267,6 @@ def _export_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="a CLAP checkpoint, e.g. checkpoints/clap_best.pt")
     p.add_argument("--out", default="clap_projectors.pt", help="where to write them")
     return p
-
-
-def parse_train_args(argv) -> ClapConfig:
-    parser = stage_parser(
-        "python -m trainers.clap", ClapConfig,
-        "Train CLAP projectors on a shard set (stage 2). `python -m trainers.clap export --help` for writing "
-        "clap_projectors.pt.", DEFAULTS, PRESETS,
-        epilog="Then: python -m trainers.clap export --checkpoint SAVE_DIR/clap_best.pt --out clap_projectors.pt")
-    return parse_stage_args(parser, ClapConfig, PRESETS, argv)
 
 
 def export_main(argv) -> int:
@@ -285,12 +282,7 @@ def export_main(argv) -> int:
     return run_cli(work)
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv and argv[0] == "export":
-        return export_main(argv[1:])
-    return run_stage(ClapTask, parse_train_args, argv)
-
+main = ClapTask.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,11 +1,9 @@
-"""The command line every trainer shares: its config dataclass as flags, presets, one error line."""
+"""The command line every trainer shares: its config dataclass as flags, and presets (`Task.main` runs it)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
 
-from lake.cli import run_cli
 from lake.cliargs import HelpFormatter, add_dataclass_args, from_args
 
 
@@ -27,16 +25,3 @@ def parse_stage_args(parser: argparse.ArgumentParser, config_cls, presets: dict,
     if pre.preset:
         parser.set_defaults(**{k: v for k, v in presets[pre.preset].items() if not k.startswith("_")})
     return from_args(config_cls, parser.parse_args(argv))
-
-
-def run_stage(task_cls, parse, argv=None) -> int:
-    """main() of a trainer: parse, train; failures and stop signals end in one line (lake.cli)."""
-    from trainers.loop import train
-
-    args = sys.argv[1:] if argv is None else argv
-
-    def work() -> int:
-        train(task_cls, parse(args))
-        return 0
-
-    return run_cli(work, kept="the checkpoints written so far are kept (--resume continues from the last one)")

@@ -18,6 +18,7 @@ import gc
 import json
 import math
 import os
+import sys
 import time
 from collections import defaultdict
 from dataclasses import MISSING, asdict, fields
@@ -26,24 +27,34 @@ from typing import Any
 import numpy as np
 import torch
 
+import pyarrow.compute as pc
+
 from lake.catalog import ShardSet, open_shard_set
+from lake.cli import run_cli
 from lake.distributed import World, barrier, close_distributed, init_distributed
 from lake.errors import LakeError, Preempted
 from lake.progress import Progress
 from lake.signals import preemption_signals
 from lake.splits import validation_split
+from shards.device_loader import DeviceLoader
 from shards.loader import ShardLoader
-from trainers.checkpoint import Checkpointer, RNGPart, load_checkpoint, resume_path
+from trainers.checkpoint import (Checkpointer, RNGPart, is_checkpoint, read_checkpoint_file, resume_path,
+                                 validate_checkpoint)
 from trainers.config import TrainConfig
 from trainers.logs import RunLog
+from trainers.reference import layout_name, refuse_resume
 from trainers.state import TrainState
 
 
 class Task:
     """What a stage plugs into the loop. Subclasses set the class attributes and the methods.
 
-    `ckpt`: a checkpoint of this stage to rebuild the task from (evaluation, prediction): the
-    model's `arch` then comes from it, and no other file (projectors, the SLM) is read.
+    One construction path: `Task(cfg, shards, arch, extras, init)`. `arch` says what the model is (its
+    shapes, classes, layers); `extras` what a checkpoint carries beside it (returned by `extra_state`);
+    `init` what a new model starts from (statistics, frozen weights of the previous stage), None for a
+    trained one, whose weights are loaded. `new` makes them from the command line's flags (a fresh
+    run), `from_checkpoint` from a checkpoint dict; `load` is a stage's door from a file.
+    `shards` may be None where no set is read (prediction).
     """
 
     stage = ""  # "clap", "slm", "meld": recorded in checkpoints
@@ -53,15 +64,28 @@ class Task:
     fields: tuple[str, ...] = ("audio", "text", "label")
     layers: list[str] | None = None  # stored audio layers the loader reads (None: all)
 
-    def __init__(self, cfg: TrainConfig, shards: ShardSet, ckpt: dict | None = None):
-        self.cfg, self.shards = cfg, shards
+    def __init__(self, cfg: TrainConfig, shards: ShardSet | None, arch: dict, extras: dict | None = None,
+                 init: dict | None = None):
+        self.cfg, self.shards, self._arch = cfg, shards, arch
+        self.extras, self.init = dict(extras or {}), init
+        self.checkpoint: dict | None = None  # the checkpoint a trained task was loaded from
+        self.setup()
 
-    def arch(self) -> dict:
-        """What defines the model's shapes; must match to resume."""
+    # -- what a stage defines -------------------------------------------------------------
+    @classmethod
+    def new(cls, cfg: TrainConfig, shards: ShardSet) -> "Task":
+        """A task for a fresh run, from the flags (and the files they name)."""
         raise NotImplementedError
 
-    def build(self) -> torch.nn.Module:
+    def setup(self) -> None:
+        """Derive what the loop needs from the arch (fields, layers, ...) and check the set holds it."""
+
+    def make_model(self) -> torch.nn.Module:
+        """The model of this arch, freshly initialised."""
         raise NotImplementedError
+
+    def initialise(self, model: torch.nn.Module) -> None:
+        """Put `self.init` into a new model (statistics, the frozen weights of the previous stage)."""
 
     def loss(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss and any other scalars to log, as tensors (read with .item() only at log steps)."""
@@ -74,12 +98,35 @@ class Task:
     def metrics(self, outputs: dict[str, np.ndarray]) -> dict[str, Any]:
         raise NotImplementedError
 
+    @classmethod
+    def parse(cls, argv) -> TrainConfig:
+        """The stage's command line, parsed into its config."""
+        raise NotImplementedError
+
+    @classmethod
+    def checkpoint_from(cls, obj: Any, path: str, shards: ShardSet | None, **files) -> dict | None:
+        """This stage's checkpoint dict from a loaded file: this project's format, or another layout the
+        stage accepts (exports, the reference tooling's files; `files`: other checkpoints such a layout needs);
+        None when the file is none of them."""
+        return validate_checkpoint(obj, path, cls.stage) if is_checkpoint(obj) else None
+
+    # -- the same for every stage ---------------------------------------------------------
+    def arch(self) -> dict:
+        """What defines the model's shapes; must match to resume."""
+        return self._arch
+
+    def build(self) -> torch.nn.Module:
+        model = self.make_model()
+        if self.init is not None:
+            self.initialise(model)
+        return model
+
     def headline(self, metrics: dict) -> str:
         return f"{self.selection} {metrics[self.selection]:.4f}"
 
     def extra_state(self) -> dict:
         """Anything else a checkpoint must carry for evaluation or the next stage."""
-        return {}
+        return self.extras
 
     def loader(self, split: str, batch_size: int, world: World, training: bool = False, num_workers: int = 0,
                pin_memory: bool = False) -> ShardLoader:
@@ -88,24 +135,46 @@ class Task:
                            pin_memory=pin_memory)
 
     @classmethod
-    def read_checkpoint(cls, path: str, shards: ShardSet, **files) -> dict:
-        """This stage's checkpoint dict from `path` (a stage may also read the reference tooling's layouts;
-        `files`: other checkpoints such a layout needs)."""
-        return load_checkpoint(path, cls.stage)
-
-    @classmethod
-    def from_checkpoint(cls, path: str, shards: ShardSet, **files) -> tuple["Task", torch.nn.Module]:
-        """The task and its trained model (eval mode, CPU) from a checkpoint of this stage."""
-        ckpt = cls.read_checkpoint(path, shards, **files)
+    def from_checkpoint(cls, ckpt: dict, shards: ShardSet | None, path: str) -> tuple["Task", torch.nn.Module]:
+        """The task and its trained model (eval mode, CPU) from a checkpoint dict of this stage."""
         given = {k: v for k, v in ckpt["config"].items() if k in {f.name for f in fields(cls.config_cls)}}
         needed = {f.name: "" for f in fields(cls.config_cls) if f.default is MISSING}  # files not read here
-        cfg = cls.config_cls(**{**needed, **given, "data_root": shards.root})
-        task = cls(cfg, shards, ckpt=ckpt)
-        check_data(ckpt, shards, path)
+        cfg = cls.config_cls(**{**needed, **given, "data_root": shards.root if shards is not None else ""})
+        if shards is not None:
+            check_data(ckpt, shards, path)
+        extras = {k: v for k, v in ckpt.items() if k not in CHECKPOINT_CORE}
+        task = cls(cfg, shards, ckpt["arch"], extras)
         model = task.build()
         model.load_state_dict(ckpt["model"])
         task.checkpoint = ckpt
         return task, model.eval()
+
+    @classmethod
+    def load(cls, path: str, shards: ShardSet | None = None, **files) -> tuple["Task", torch.nn.Module]:
+        """The task and its trained model from any file this stage accepts (trainers.models picks the stage)."""
+        obj = read_checkpoint_file(path)
+        ckpt = cls.checkpoint_from(obj, path, shards, **files)
+        if ckpt is None:
+            what = layout_name(obj)
+            raise LakeError(f"{path}: {'a ' + what if what else 'not a checkpoint of this project'}; a "
+                            f"{cls.stage} checkpoint is needed here")
+        return cls.from_checkpoint(ckpt, shards, path)
+
+    @classmethod
+    def main(cls, argv=None) -> int:
+        """`python -m trainers.<stage>`: parse, train; failures and stop signals end in one line (lake.cli)."""
+        args = sys.argv[1:] if argv is None else argv
+
+        def work() -> int:
+            train(cls, cls.parse(args))
+            return 0
+
+        return run_cli(work, kept="the checkpoints written so far are kept (--resume continues from the last one)")
+
+
+CHECKPOINT_CORE = ("format", "stage", "arch", "config", "data", "model", "train", "optimizer", "scheduler", "scaler",
+                   "loader", "rng", "reference")
+"""A checkpoint's keys that are not a stage's extras."""
 
 
 def check_data(ckpt: dict, shards: ShardSet, path: str) -> None:
@@ -114,9 +183,26 @@ def check_data(ckpt: dict, shards: ShardSet, path: str) -> None:
     if trained is not None and list(trained) != list(shards.taxonomy):
         raise LakeError(f"{path}: trained on classes {trained[:5]}...; {shards.root} has {shards.taxonomy[:5]}...; "
                         "evaluate on a set with the same taxonomy")
-    if ckpt["data"]["encoders"] != shards.manifest.encoders:
-        raise LakeError(f"{path}: trained on embeddings of other encoders than {shards.root}'s; evaluate on a set "
-                        "ingested with the same encoders")
+    check_encoders(ckpt["data"]["encoders"], shards, path)
+
+
+def check_encoders(trained: dict | None, shards: ShardSet, what: str) -> None:
+    """`what` (a checkpoint, projectors) was trained on embeddings of `trained` encoders: `shards` must hold the same
+    (None: not recorded, as in the reference tooling's projector files)."""
+    if trained is None or trained == shards.manifest.encoders:
+        return
+    ids = ", ".join(f"{k} {trained.get(k, {}).get('id')} vs {shards.manifest.encoders.get(k, {}).get('id')}"
+                    for k in ("audio", "text"))
+    raise LakeError(f"{what}: trained on embeddings of other encoders than {shards.root}'s ({ids}); use a set "
+                    "ingested with the same encoders")
+
+
+def check_layers(layers: list[str], shards: ShardSet | None, what: str) -> None:
+    """The set must store every audio layer the model reads."""
+    missing = [x for x in layers if shards is not None and x not in shards.manifest.audio_layers]
+    if missing:
+        raise LakeError(f"{shards.root}: lacks audio layer(s) {', '.join(missing)} that {what} reads (stored: "
+                        f"{', '.join(shards.manifest.audio_layers)})")
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -175,8 +261,6 @@ def gather_outputs(task: Task, model: torch.nn.Module, loader: ShardLoader, devi
 
 def on_device(loader: ShardLoader, choice: str, device: torch.device):
     """The loader, or its split held on the training device (--data-on-device): the same batches either way."""
-    from shards.device_loader import DeviceLoader
-
     if choice == "on" or (choice == "auto" and device.type == "cuda" and DeviceLoader.fits(loader, device)):
         return DeviceLoader(loader, device)
     return loader
@@ -184,14 +268,20 @@ def on_device(loader: ShardLoader, choice: str, device: torch.device):
 
 def duration_quantiles(shards: ShardSet, split: str) -> dict:
     """Clip durations of a split (seconds, from index.parquet): min, 1/50/99th percentile, max."""
-    import pyarrow.compute as pc
-
     index = shards.index
     d = index.filter(pc.equal(index["split"], split)).column("duration_s").to_numpy()
     if not len(d):
         return {}
     q = np.percentile(d, [1, 50, 99])
     return {"min": float(d.min()), "p1": float(q[0]), "p50": float(q[1]), "p99": float(q[2]), "max": float(d.max())}
+
+
+def resumable(path: str, stage: str) -> dict:
+    """A checkpoint of this project's `stage` to continue from or start with (--resume, --checkpoint); the
+    reference tooling's files are refused with what they can be used for."""
+    obj = read_checkpoint_file(path)
+    refuse_resume(obj, path)
+    return validate_checkpoint(obj, path, stage)
 
 
 class Run:
@@ -201,9 +291,9 @@ class Run:
         self.cfg, self.world, self.device, self.preempted = cfg, world, device, preempted
         self.shards = open_shard_set(cfg.data_root, cfg.cache_dir, cfg.cache_limit, cfg.storage_options)
         self.val_split = validation_split(self.shards.manifest.splits)
-        torch.manual_seed(cfg.seed)  # the same init on every rank
-        self.task = task = task_cls(cfg, self.shards)
+        self.task = task = task_cls.new(cfg, self.shards)
         self.resume_from = resume_path(cfg.resume, cfg.checkpoint, cfg.save_dir, task.prefix)
+        torch.manual_seed(cfg.seed)  # the same init on every rank, whatever reading the task's files drew
         self.raw = task.build().to(device)
         self.params = [p for p in self.raw.parameters() if p.requires_grad]
         self.model = self.raw
@@ -244,7 +334,8 @@ class Run:
         cfg, log = self.cfg, self.log.line
         if self.resume_from:
             path = self.resume_from
-            old = self.ckpt.restore(path, self.task.stage, self.task.arch(), self.shards.fingerprint)["config"]
+            old = self.ckpt.restore(resumable(path, self.task.stage), path, self.task.arch(),
+                                    self.shards.fingerprint)["config"]
             if cfg.schedule != "constant" and (old.get("epochs"), old.get("schedule")) != (cfg.epochs, cfg.schedule):
                 log(f"warning: the {cfg.schedule} schedule now spans {cfg.epochs} epochs (was {old.get('epochs')} "
                     f"{old.get('schedule')}); the learning rate continues on the new curve")
@@ -254,7 +345,8 @@ class Run:
             if loader.consumed >= self.steps_per_epoch:  # saved at an epoch's end
                 loader.set_epoch(loader.epoch + 1)
         elif cfg.checkpoint:
-            self.ckpt.restore(cfg.checkpoint, self.task.stage, self.task.arch(), None, only=("model",))
+            self.ckpt.restore(resumable(cfg.checkpoint, self.task.stage), cfg.checkpoint, self.task.arch(), None,
+                              only=("model",))
             log(f"initialised the weights from {cfg.checkpoint} (fresh optimizer)")
         else:
             self.train_loader.set_epoch(0)
@@ -345,7 +437,8 @@ class Run:
                    "last_checkpoint": self.ckpt.path("last"), "val": state.metrics, "seconds": round(seconds, 2)}
         if cfg.test_at_end and "test" in self.shards.manifest.splits and state.best_epoch >= 0:
             barrier()  # rank 0 has written the best checkpoint
-            self.ckpt.restore(self.ckpt.path("best"), self.task.stage, self.task.arch(), None, only=("model",))
+            best = self.ckpt.path("best")
+            self.ckpt.restore(resumable(best, self.task.stage), best, self.task.arch(), None, only=("model",))
             test_loader = self.task.loader("test", cfg.eval_batch_size, self.world, False, min(cfg.num_workers, 2))
             summary["test"] = evaluate(self.task, self.raw, test_loader, self.device, self.world, desc="test",
                                        progress=cfg.progress)

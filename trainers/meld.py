@@ -21,13 +21,18 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import pyarrow.compute as pc
+
 from lake.cliargs import REQUIRED, arg, at_least, between
 from lake.errors import LakeError
+from trainers.checkpoint import read_checkpoint_file
+from trainers.clap import check_same_projectors
+from trainers.cli import parse_stage_args, stage_parser
 from trainers.config import TrainConfig
-from trainers.cli import parse_stage_args, run_stage, stage_parser
-from trainers.loop import Task
+from trainers.loop import Task, check_encoders, check_layers
 from trainers.metrics import classification_metrics_from
-from trainers.slm import ProsodySLM, build_slm, load_slm
+from trainers.reference import is_reference_meld, meld_checkpoint
+from trainers.slm import ProsodySLM, SlmTask, build_slm
 
 
 @dataclass(kw_only=True)
@@ -85,50 +90,34 @@ class MeldTask(Task):
     stage, selection = "meld", "weighted_f1"
     config_cls = MeldConfig
 
-    def __init__(self, cfg: MeldConfig, shards, ckpt: dict | None = None):
-        super().__init__(cfg, shards)
+    @classmethod
+    def new(cls, cfg: MeldConfig, shards) -> "MeldTask":
         m = shards.manifest
-        self.prefix = f"meld_slm_{cfg.mode}"
-        self.taxonomy = m.taxonomy
-        if ckpt is not None:  # a trained head: the SLM's weights are inside the checkpoint's model
-            self._arch = dict(ckpt["arch"])
-            self.slm = build_slm(self._arch["slm_arch"])
-            self.slm_info = ckpt.get("slm", {})
-            self.weights = torch.tensor(ckpt["class_weights"], dtype=torch.float32)
-        else:
-            self.slm, slm_ckpt = load_slm(cfg.stage3_ckpt)
-            self._check_slm(slm_ckpt)
-            self._arch = {"mode": cfg.mode, "num_classes": len(self.taxonomy), "taxonomy": self.taxonomy,
-                          "hidden_dim": cfg.hidden_dim, "slm_arch": slm_ckpt["arch"]}
-            self.slm_info = {"path": cfg.stage3_ckpt, "data": slm_ckpt["data"]}
-            self.weights = class_weights(_train_labels(shards), m.num_classes)
-        self.layers = list(self._arch["slm_arch"]["layers"])
-        missing = [x for x in self.layers if x not in m.audio_layers]
-        if missing:
-            raise LakeError(f"{shards.root}: lacks audio layer(s) {', '.join(missing)} that the SLM reads")
-
-    def _check_slm(self, slm_ckpt: dict) -> None:
-        cfg, m = self.cfg, self.shards.manifest
-        data = slm_ckpt["data"]
-        if data["encoders"] != m.encoders:
-            raise LakeError(f"{cfg.stage3_ckpt}: the SLM was trained on embeddings of other encoders than "
-                            f"{self.shards.root}'s (audio {data['encoders']['audio'].get('id')} vs "
-                            f"{m.encoders['audio'].get('id')}, text {data['encoders']['text'].get('id')} vs "
-                            f"{m.encoders['text'].get('id')}); ingest MELD with the same encoders")
+        slm_task, slm = SlmTask.load(cfg.stage3_ckpt)
+        data = slm_task.checkpoint["data"]
+        check_encoders(data["encoders"], shards, f"{cfg.stage3_ckpt} (the SLM; ingest MELD with the same encoders)")
         if cfg.clap_ckpt:
-            from trainers.clap import load_projectors
+            check_same_projectors(cfg.clap_ckpt, slm.clap_audio, cfg.stage3_ckpt)
+        arch = {"mode": cfg.mode, "num_classes": m.num_classes, "taxonomy": m.taxonomy, "hidden_dim": cfg.hidden_dim,
+                "slm_arch": slm_task.arch()}
+        extras = {"slm": {"path": cfg.stage3_ckpt, "data": data},
+                  "class_weights": class_weights(train_labels(shards), m.num_classes).tolist()}
+        return cls(cfg, shards, arch, extras, init={"slm": slm.state_dict()})
 
-            proj = load_projectors(cfg.clap_ckpt)
-            inside = self.slm.clap_audio.fc.weight
-            if proj["audio_proj"]["fc.weight"].shape != inside.shape or not torch.equal(proj["audio_proj"]["fc.weight"], inside):
-                raise LakeError(f"{cfg.clap_ckpt}: not the CLAP projectors {cfg.stage3_ckpt} was trained with")
-
-    def arch(self) -> dict:
-        return self._arch
-
-    def build(self) -> nn.Module:
+    def setup(self) -> None:
         a = self._arch
-        return MeldHead(self.slm, a["mode"], a["num_classes"], a["hidden_dim"], self.cfg.dropout)
+        self.prefix = f"meld_slm_{a['mode']}"
+        self.taxonomy = a["taxonomy"]
+        self.weights = torch.tensor(self.extras["class_weights"], dtype=torch.float32)
+        self.layers = list(a["slm_arch"]["layers"])
+        check_layers(self.layers, self.shards, "the SLM")
+
+    def make_model(self) -> nn.Module:
+        a = self._arch
+        return MeldHead(build_slm(a["slm_arch"]), a["mode"], a["num_classes"], a["hidden_dim"], self.cfg.dropout)
+
+    def initialise(self, model: nn.Module) -> None:
+        model.slm.load_state_dict(self.init["slm"])
 
     def loss(self, model, batch):
         logits = model(batch["audio"], batch["text"])
@@ -145,54 +134,40 @@ class MeldTask(Task):
     def headline(self, m):
         return f"weighted-F1 {m['weighted_f1']:.4f}  acc {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}"
 
-    def extra_state(self):
-        return {"slm": self.slm_info, "class_weights": self.weights.tolist()}
-
     @classmethod
-    def read_checkpoint(cls, path: str, shards, stage3_ckpt: str = "", **files) -> dict:
+    def checkpoint_from(cls, obj, path: str, shards, stage3_ckpt: str = "", **files) -> dict | None:
         """Ours, or the reference tooling's MELD layout: a head alone, so its SLM comes from `stage3_ckpt`."""
-        from trainers.checkpoint import read_checkpoint_file, validate_checkpoint
-        from trainers.reference import is_reference_meld, meld_checkpoint
-        from trainers.slm import read_slm_checkpoint
-
-        obj = read_checkpoint_file(path)
         if not is_reference_meld(obj):
-            return validate_checkpoint(obj, path, "meld")
+            return super().checkpoint_from(obj, path, shards)
         if not stage3_ckpt:
             raise LakeError(f"{path}: a reference-layout MELD head, which holds no SLM; pass the stage-3 checkpoint it "
                             "was trained on with --stage3-ckpt")
-        ckpt = meld_checkpoint(obj, path, read_slm_checkpoint(stage3_ckpt), shards.taxonomy)
-        ckpt.setdefault("class_weights", class_weights(_train_labels(shards), shards.manifest.num_classes).tolist())
+        if shards is None:
+            raise LakeError(f"{path}: a reference-layout MELD head names no classes; it is read with the set it is "
+                            "evaluated on")
+        slm_ckpt = SlmTask.checkpoint_from(read_checkpoint_file(stage3_ckpt), stage3_ckpt, None)
+        if slm_ckpt is None:
+            raise LakeError(f"{stage3_ckpt}: not an SLM checkpoint (--stage3-ckpt)")
+        ckpt = meld_checkpoint(obj, path, slm_ckpt, shards.taxonomy,
+                               lambda arch: MeldHead(build_slm(arch["slm_arch"]), arch["mode"], arch["num_classes"],
+                                                     arch["hidden_dim"]).state_dict())
+        ckpt["class_weights"] = class_weights(train_labels(shards), shards.manifest.num_classes).tolist()
         return ckpt
 
+    @classmethod
+    def parse(cls, argv) -> MeldConfig:
+        parser = stage_parser("python -m trainers.meld", MeldConfig, __doc__.split("\n\n")[0] + ".", DEFAULTS,
+                              PRESETS)
+        return parse_stage_args(parser, MeldConfig, PRESETS, argv)
 
-def _train_labels(shards) -> np.ndarray:
+
+def train_labels(shards) -> np.ndarray:
     """The label ids of the set's train split (from index.parquet: no shard is read)."""
-    import pyarrow.compute as pc
-
     index = shards.index
     return np.asarray(index.filter(pc.equal(index["split"], "train")).column("label_id").to_numpy(), dtype=np.int64)
 
 
-def load_meld(path: str) -> tuple[MeldHead, dict]:
-    """A trained MELD head on its frozen SLM (eval mode) and its checkpoint, for prediction."""
-    from trainers.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(path, "meld")
-    arch = ckpt["arch"]
-    model = MeldHead(build_slm(arch["slm_arch"]), arch["mode"], arch["num_classes"], arch["hidden_dim"])
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), ckpt
-
-
-def parse_args(argv) -> MeldConfig:
-    parser = stage_parser("python -m trainers.meld", MeldConfig, __doc__.split("\n\n")[0] + ".", DEFAULTS, PRESETS)
-    return parse_stage_args(parser, MeldConfig, PRESETS, argv)
-
-
-def main(argv=None) -> int:
-    return run_stage(MeldTask, parse_args, argv)
-
+main = MeldTask.main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,8 +1,9 @@
-"""Checkpoints of the previous tooling (vano04/TAMERSv2), read safely and renamed into this project's models.
+"""Checkpoints of the previous tooling (vano04/TAMERSv2): their layouts, told apart and renamed into this
+project's checkpoint format.
 
 Its files, recognised by their layout (no flag):
   clap_projectors.pt         {audio_proj: {fc.weight, fc.bias} or {weight, bias}, text_proj: ...}
-                             (trainers.clap.load_projectors reads both)
+                             (`linear_state` reads both; trainers.clap turns them into a CLAP checkpoint)
   slm_stage3_*.pt            {model_state (or state_dict): DDP keys `module.clap.audio_proj.*`,
                              `module.clap.text_proj.*`, `prosody_lin.*`, `W_q/W_k/W_v.*`, `mlp.0.*`
                              (5d -> 1024), `mlp.3.*` (1024 -> N); optimizer_state, epoch, global_step,
@@ -12,24 +13,29 @@ Its files, recognised by their layout (no flag):
                              alone (`meld_head` / `adapter` may also sit at the top level)
 
 Its SLM is this project's with the prosody branch on the CLAP layer, so every tensor has a
-place here: the renaming is strict (every key used, none missing, shapes checked). What they
+place here: the renaming is strict (every key used, none missing, shapes checked against what
+the stage's model of that shape holds, which the stage passes in as `target_of(arch)`). What they
 were trained on is known: the reference's own vectors (lake.tamers), so a converted checkpoint
 carries those encoder records and the usual checks keep it off natively ingested sets.
 
-A downloaded checkpoint is data, not code: trainers.checkpoint.read_checkpoint_file unpickles
-tensors and plain containers only (torch's weights_only), plus the few harmless types the layouts hold.
+This module knows layouts only and imports no stage: the stages (trainers.slm, trainers.meld)
+call it when they read a file (trainers.models is the one door). A downloaded checkpoint is data,
+not code: trainers.checkpoint.read_checkpoint_file unpickles tensors and plain containers only.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
 from lake.errors import LakeError
 from lake.tamers import LAYERS, REFERENCE, reference_encoders
-from trainers.checkpoint import read_checkpoint_file
+from trainers.checkpoint import stage_checkpoint
+
+TargetOf = Callable[[dict], dict]
+"""arch -> the state dict a freshly built model of that arch holds (what a renamed file must fill)."""
 
 
 def linear_state(head: Any) -> dict | None:
@@ -134,6 +140,23 @@ def reference_note(ckpt: dict) -> str | None:
     return f"{ref['path']}: a reference-layout checkpoint ({REFERENCE} {ref['layout']}), epoch {ckpt['train']['epoch']:03d}"
 
 
+def is_projectors(obj: Any) -> bool:
+    """CLAP projectors: ours (`python -m trainers.clap export`) or the reference's; both hold two linear heads."""
+    return isinstance(obj, dict) and all(linear_state(obj.get(k)) for k in ("audio_proj", "text_proj"))
+
+
+def layout_name(obj: Any) -> str | None:
+    """What a loaded file is, in words ("reference-layout SLM checkpoint", ...), for a message; None: unknown."""
+    if isinstance(obj, dict) and obj.get("format") and obj.get("stage"):
+        return f"{obj['stage']} checkpoint"
+    if is_projectors(obj):
+        return "CLAP projector file"
+    for kind, test in (("SLM", is_reference_slm), ("MELD", is_reference_meld)):
+        if test(obj):
+            return f"reference-layout ({REFERENCE}) {kind} checkpoint"
+    return None
+
+
 def refuse_resume(obj: Any, path: str) -> None:
     """--resume / --checkpoint on a reference file: it has no state this project's loop can continue."""
     kind = "SLM" if is_reference_slm(obj) else "MELD" if is_reference_meld(obj) else None
@@ -143,18 +166,21 @@ def refuse_resume(obj: Any, path: str) -> None:
                         "new run")
 
 
+def _data(name: str, encoders: dict, taxonomy, layer: str) -> dict:
+    return {"name": f"{REFERENCE} {name}", "root": None, "fingerprint": None, "encoders": encoders,
+            "taxonomy": taxonomy, "audio_layers": [layer]}
+
+
 # -- conversion ----------------------------------------------------------------------
 
-def slm_checkpoint(obj: Any, path: str, taxonomy: list[str] | None = None, layer: str = LAYERS["laion"]) -> dict:
-    """A reference stage-3 file as this project's SLM checkpoint dict (what trainers.slm.load_slm reads).
+def slm_checkpoint(obj: Any, path: str, target_of: TargetOf, taxonomy: list[str] | None = None,
+                   layer: str = LAYERS["laion"]) -> dict:
+    """A reference stage-3 file as this project's SLM checkpoint dict.
 
     `taxonomy`: the class names of the set it is used on (the file has none; the count is checked);
     None where names do not matter (the backbone of a MELD head). `layer`: the stored layer both its
     CLAP head and its prosody branch read (the reference had one).
     """
-    from trainers.checkpoint import FORMAT
-    from trainers.slm import build_slm
-
     state = _slm_state(obj)
     if state is None:
         raise LakeError(f"{path}: not a reference stage-3 checkpoint (no model_state with prosody_lin, W_q, mlp)")
@@ -173,32 +199,27 @@ def slm_checkpoint(obj: Any, path: str, taxonomy: list[str] | None = None, layer
             "num_classes": num_classes, "taxonomy": list(taxonomy) if taxonomy is not None else None,
             "layers": [layer], "clap_index": 0, "prosody_index": 0, "hidden_dim": int(h0.shape[0])}
     config = _plain_config(obj.get("config")) if "model_state" in obj or "state_dict" in obj else {}
-    dropout = _number(config.get("dropout"), 0.1)
-    target = build_slm(arch, dropout).state_dict()
-    model = _rename(state, SLM_NAMES, target, path, "stage-3")
+    model = _rename(state, SLM_NAMES, target_of(arch), path, "stage-3")
     encoders = reference_encoders("laion", arch["audio_dim"], arch["text_dim"])
-    epoch = int(_number(obj.get("epoch"), 0))
-    return {"format": FORMAT, "stage": "slm", "model": model, "arch": arch, "config": {"dropout": dropout},
-            "train": _train_state(obj, epoch),
-            "data": {"name": f"{REFERENCE} precomputed LAION", "root": None, "fingerprint": None, "encoders": encoders,
-                     "taxonomy": arch["taxonomy"], "audio_layers": [layer]},
-            "clap": {"dims": {"audio": arch["audio_dim"], "text": arch["text_dim"], "proj": arch["proj_dim"]},
-                     "audio_layer": layer, "data": None},
-            "reference": {"path": path, "layout": "train_slm.py stage 3", "config": config}}
+    return stage_checkpoint(
+        stage="slm", arch=arch, config={"dropout": _number(config.get("dropout"), 0.1)},
+        data=_data("precomputed LAION", encoders, arch["taxonomy"], layer), model=model,
+        train=_train_state(obj, int(_number(obj.get("epoch"), 0))),
+        clap={"dims": {"audio": arch["audio_dim"], "text": arch["text_dim"], "proj": arch["proj_dim"]},
+              "audio_layer": layer, "data": None},
+        reference={"path": path, "layout": "train_slm.py stage 3", "config": config})
 
 
-def meld_checkpoint(obj: Any, path: str, slm_ckpt: dict, taxonomy: list[str], layer: str = LAYERS["meld"]) -> dict:
-    """A reference MELD file as this project's MELD checkpoint dict (what trainers.meld.load_meld reads).
+def meld_checkpoint(obj: Any, path: str, slm_ckpt: dict, taxonomy: list[str], target_of: TargetOf,
+                    layer: str = LAYERS["meld"]) -> dict:
+    """A reference MELD file as this project's MELD checkpoint dict.
 
-    The file holds the head alone: `slm_ckpt` is its frozen SLM (from `slm_checkpoint`, or ours).
+    The file holds the head alone: `slm_ckpt` is its frozen SLM (a converted reference one, or ours);
+    `target_of(arch)` is the state dict of a MELD model of that arch (the SLM's keys included).
     `taxonomy`: the MELD set's class names (count checked); `layer`: the stored layer the SLM reads
     on that set. The head was trained on the reference's MELD features, so the checkpoint carries
     their encoder records (lake.tamers: not the space its SLM was trained in).
     """
-    from trainers.checkpoint import FORMAT
-    from trainers.meld import MeldHead
-    from trainers.slm import build_slm
-
     part = _meld_part(obj)
     if part is None:
         raise LakeError(f"{path}: not a reference MELD checkpoint (no trainable_state with meld_head or adapter)")
@@ -212,44 +233,18 @@ def meld_checkpoint(obj: Any, path: str, slm_ckpt: dict, taxonomy: list[str], la
     if len(taxonomy) != last.shape[0]:
         raise LakeError(f"{path}: a MELD head with {last.shape[0]} outputs, but the set has {len(taxonomy)} classes")
     slm_arch = {**slm_ckpt["arch"], "layers": [layer]}
-    hidden = int(head["1.weight"].shape[0]) if mode == "A" and isinstance(head.get("1.weight"), torch.Tensor) else 1024
-    model = MeldHead(build_slm(slm_arch), mode, len(taxonomy), hidden)
-    target = {k: v for k, v in model.state_dict().items() if not k.startswith("slm.")}
     if mode == "B" and last.shape[1] != slm_arch["num_classes"]:
         raise LakeError(f"{path}: a mode B adapter from {last.shape[1]} SLM logits, but the SLM has "
                         f"{slm_arch['num_classes']}: not the stage-3 checkpoint it was trained on")
-    state = {**{f"slm.{k}": v for k, v in slm_ckpt["model"].items()},
+    hidden = int(head["1.weight"].shape[0]) if mode == "A" and isinstance(head.get("1.weight"), torch.Tensor) else 1024
+    arch = {"mode": mode, "num_classes": len(taxonomy), "taxonomy": list(taxonomy), "hidden_dim": hidden,
+            "slm_arch": slm_arch}
+    target = {k: v for k, v in target_of(arch).items() if not k.startswith("slm.")}
+    model = {**{f"slm.{k}": v for k, v in slm_ckpt["model"].items()},
              **_rename(head, MELD_NAMES[mode][1], target, path, f"MELD {mode}")}
-    config = _plain_config(obj.get("config"))
-    epoch = int(_number(obj.get("epoch"), 0))
     encoders = reference_encoders("meld", slm_arch["audio_dim"], slm_arch["text_dim"])
-    return {"format": FORMAT, "stage": "meld", "model": state,
-            "arch": {"mode": mode, "num_classes": len(taxonomy), "taxonomy": list(taxonomy), "hidden_dim": hidden,
-                     "slm_arch": slm_arch},
-            "config": {"dropout": 0.2}, "train": _train_state(obj, epoch),
-            "data": {"name": f"{REFERENCE} MELD features", "root": None, "fingerprint": None, "encoders": encoders,
-                     "taxonomy": list(taxonomy), "audio_layers": [layer]},
-            "slm": {"path": slm_ckpt.get("reference", {}).get("path"), "data": slm_ckpt["data"]},
-            "reference": {"path": path, "layout": f"meld_train_slm.py mode {mode}", "config": config}}
-
-
-def load_reference_slm(path: str, taxonomy: list[str] | None = None, layer: str = LAYERS["laion"], obj: Any = None):
-    """(ProsodySLM in eval mode, its checkpoint dict) from a reference stage-3 file."""
-    from trainers.slm import build_slm
-
-    ckpt = slm_checkpoint(read_checkpoint_file(path) if obj is None else obj, path, taxonomy, layer)
-    model = build_slm(ckpt["arch"], ckpt["config"]["dropout"])
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), ckpt
-
-
-def load_reference_meld(path: str, slm_ckpt: dict, taxonomy: list[str], layer: str = LAYERS["meld"], obj: Any = None):
-    """(MeldHead in eval mode, its checkpoint dict) from a reference MELD file and its SLM's checkpoint dict."""
-    from trainers.meld import MeldHead
-    from trainers.slm import build_slm
-
-    ckpt = meld_checkpoint(read_checkpoint_file(path) if obj is None else obj, path, slm_ckpt, taxonomy, layer)
-    arch = ckpt["arch"]
-    model = MeldHead(build_slm(arch["slm_arch"]), arch["mode"], arch["num_classes"], arch["hidden_dim"])
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), ckpt
+    return stage_checkpoint(
+        stage="meld", arch=arch, config={"dropout": 0.2}, data=_data("MELD features", encoders, list(taxonomy), layer),
+        model=model, train=_train_state(obj, int(_number(obj.get("epoch"), 0))),
+        slm={"path": slm_ckpt.get("reference", {}).get("path"), "data": slm_ckpt["data"]},
+        reference={"path": path, "layout": f"meld_train_slm.py mode {mode}", "config": _plain_config(obj.get("config"))})

@@ -32,12 +32,13 @@ import torch.nn.functional as F
 
 from lake.cliargs import REQUIRED, arg, at_least, between
 from lake.errors import LakeError
-from trainers.clap import ProjHead, load_projectors, projector_standardize, projectors_into
+from trainers.clap import ClapTask, ProjHead
+from trainers.cli import parse_stage_args, stage_parser
 from trainers.config import TrainConfig
 from trainers.features import LAYER_HELP, Standardize, field_stats, l2, resolve_layer
-from trainers.cli import parse_stage_args, run_stage, stage_parser
-from trainers.loop import Task
+from trainers.loop import Task, check_layers
 from trainers.metrics import classification_metrics_from
+from trainers.reference import is_reference_slm, slm_checkpoint
 
 
 @dataclass(kw_only=True)
@@ -126,57 +127,44 @@ class SlmTask(Task):
     stage, prefix, selection = "slm", "slm_stage3", "macro_f1"
     config_cls = SlmConfig
 
-    def __init__(self, cfg: SlmConfig, shards, ckpt: dict | None = None):
-        super().__init__(cfg, shards)
+    @classmethod
+    def new(cls, cfg: SlmConfig, shards) -> "SlmTask":
         m = shards.manifest
-        self.proj = None
-        if ckpt is not None:  # a trained SLM: its shapes and layers are the checkpoint's
-            self._arch = dict(ckpt["arch"])
-            self.layers = list(self._arch["layers"])
-            self.taxonomy = list(self._arch["taxonomy"])
-            self.clap_info = ckpt.get("clap", {})
-            missing = [x for x in self.layers if x not in m.audio_layers]
-            if missing:
-                raise LakeError(f"{shards.root}: lacks audio layer(s) {', '.join(missing)} that the SLM reads")
-            return
         if cfg.num_emotions and cfg.num_emotions != m.num_classes:
             raise LakeError(f"--num-emotions {cfg.num_emotions}, but {shards.root} has {m.num_classes} classes in its "
                             f"taxonomy ({', '.join(m.taxonomy[:6])}{', ...' if m.num_classes > 6 else ''}); "
                             f"pass --num-emotions {m.num_classes}")
-        self.proj = load_projectors(cfg.clap_ckpt)
-        dims = self.proj["dims"]
-        if (dims["audio"], dims["text"]) != (m.audio_dim, m.text_dim):
-            raise LakeError(f"{cfg.clap_ckpt}: projectors for audio {dims['audio']} / text {dims['text']} dims, but "
-                            f"{shards.root} stores audio {m.audio_dim} / text {m.text_dim}; use projectors trained "
-                            "on a set with the same encoders")
-        if self.proj["data"] and self.proj["data"]["encoders"] != m.encoders:
-            raise LakeError(f"{cfg.clap_ckpt}: trained on embeddings of other encoders than {shards.root}'s")
-        clap_layer = self.proj["audio_layer"] or resolve_layer("last", m.audio_layers)
-        if clap_layer not in m.audio_layers:
-            raise LakeError(f"{shards.root}: does not store {clap_layer!r}, the layer the CLAP projectors read")
-        self.layers, clap_index, prosody_index = slm_layers(clap_layer, cfg.audio_layer, m.audio_layers)
-        self.taxonomy = m.taxonomy
-        d = self.proj["dims"]
-        self._arch = {"audio_dim": d["audio"], "text_dim": d["text"], "proj_dim": d["proj"],
-                      "num_classes": len(self.taxonomy), "taxonomy": self.taxonomy, "layers": self.layers,
-                      "clap_index": clap_index, "prosody_index": prosody_index, "hidden_dim": cfg.hidden_dim}
+        clap_task, clap = ClapTask.load(cfg.clap_ckpt, shards)  # checks its encoders, dims and layer against the set
+        layers, clap_index, prosody_index = slm_layers(clap_task.layer, cfg.audio_layer, m.audio_layers)
+        d = clap_task.dims
+        arch = {"audio_dim": d["audio"], "text_dim": d["text"], "proj_dim": d["proj"], "num_classes": m.num_classes,
+                "taxonomy": m.taxonomy, "layers": layers, "clap_index": clap_index, "prosody_index": prosody_index,
+                "hidden_dim": cfg.hidden_dim}
         # the CLAP heads standardise as they were trained to; the prosody branch with this set's statistics
-        self.prosody_stats = field_stats(m.feature_stats, "audio", self.layers)
-        standardize = {f"clap_{k}": True for k in projector_standardize(self.proj)}
-        if self.prosody_stats:
+        prosody_stats = field_stats(m.feature_stats, "audio", layers)
+        standardize = {f"clap_{k}": True for k in clap_task.arch().get("standardize", {})}
+        if prosody_stats:
             standardize["prosody"] = True
         if standardize:  # absent for sets without statistics: their checkpoints stay as they were
-            self._arch["standardize"] = standardize
-        self.clap_info = {k: self.proj[k] for k in ("dims", "audio_layer", "data") if k in self.proj}
+            arch["standardize"] = standardize
+        clap_info = {"dims": d, "audio_layer": clap_task.layer, "data": clap_task.checkpoint["data"]}
+        init = {"clap_audio": clap.audio_proj.state_dict(), "clap_text": clap.text_proj.state_dict(),
+                "prosody_stats": prosody_stats}
+        return cls(cfg, shards, arch, {"clap": clap_info}, init)
 
-    def arch(self) -> dict:
-        return self._arch
+    def setup(self) -> None:
+        self.layers = list(self._arch["layers"])
+        self.taxonomy = self._arch["taxonomy"]
+        check_layers(self.layers, self.shards, "the SLM")
 
-    def build(self) -> nn.Module:
-        model = build_slm(self._arch, self.cfg.dropout, self.proj)
-        if self.proj is not None and self.prosody_stats:  # a new model (a trained one loads its own)
-            model.prosody_standardize.set(*self.prosody_stats)
-        return model
+    def make_model(self) -> nn.Module:
+        return build_slm(self._arch, self.cfg.dropout)
+
+    def initialise(self, model: nn.Module) -> None:
+        model.clap_audio.load_state_dict(self.init["clap_audio"])
+        model.clap_text.load_state_dict(self.init["clap_text"])
+        if self.init["prosody_stats"]:
+            model.prosody_standardize.set(*self.init["prosody_stats"])
 
     def loss(self, model, batch):
         logits = model(batch["audio"], batch["text"])
@@ -191,52 +179,29 @@ class SlmTask(Task):
     def headline(self, m):
         return f"macro-F1 {m['macro_f1']:.4f}  acc {m['accuracy']:.4f}  top3 {m['top3_accuracy']:.4f}"
 
-    def extra_state(self):
-        return {"clap": self.clap_info}
+    @classmethod
+    def checkpoint_from(cls, obj, path: str, shards, **files) -> dict | None:
+        """Ours, or the reference tooling's stage-3 layout (its class names are the set's, when a set is given)."""
+        if not is_reference_slm(obj):
+            return super().checkpoint_from(obj, path, shards)
+        return slm_checkpoint(obj, path, lambda arch: build_slm(arch).state_dict(),
+                              shards.taxonomy if shards is not None else None)
 
     @classmethod
-    def read_checkpoint(cls, path: str, shards, **files) -> dict:
-        """Ours, or the reference tooling's stage-3 layout (its class names are the set's)."""
-        return read_slm_checkpoint(path, shards.taxonomy)
+    def parse(cls, argv) -> SlmConfig:
+        parser = stage_parser("python -m trainers.slm", SlmConfig, __doc__.split("\n\n")[0] + ".", DEFAULTS, PRESETS,
+                              epilog="The reference's 150 epochs: --epochs 50, then --epochs 100 --resume, then "
+                                     "--epochs 150 --resume.")
+        return parse_stage_args(parser, SlmConfig, PRESETS, argv)
 
 
-def build_slm(arch: dict, dropout: float = 0.1, proj: dict | None = None) -> ProsodySLM:
-    model = ProsodySLM(arch["audio_dim"], arch["text_dim"], arch["proj_dim"], arch["num_classes"],
-                       len(arch["layers"]), arch["clap_index"], arch["prosody_index"], arch["hidden_dim"], dropout,
-                       arch.get("standardize"))
-    if proj is not None:
-        projectors_into(model.clap_audio, model.clap_text, proj)
-    return model
+def build_slm(arch: dict, dropout: float = 0.1) -> ProsodySLM:
+    return ProsodySLM(arch["audio_dim"], arch["text_dim"], arch["proj_dim"], arch["num_classes"],
+                      len(arch["layers"]), arch["clap_index"], arch["prosody_index"], arch["hidden_dim"], dropout,
+                      arch.get("standardize"))
 
 
-def read_slm_checkpoint(path: str, taxonomy: list[str] | None = None) -> dict:
-    """An SLM checkpoint dict: this project's, or the reference tooling's layout converted (detected from
-    the layout; `taxonomy`: the class names to give it, since its files carry none)."""
-    from trainers.checkpoint import read_checkpoint_file, validate_checkpoint
-    from trainers.reference import is_reference_slm, slm_checkpoint
-
-    obj = read_checkpoint_file(path)
-    return slm_checkpoint(obj, path, taxonomy) if is_reference_slm(obj) else validate_checkpoint(obj, path, "slm")
-
-
-def load_slm(path: str) -> tuple[ProsodySLM, dict]:
-    """A trained SLM (eval mode) and its checkpoint, for the MELD stage and prediction."""
-    ckpt = read_slm_checkpoint(path)
-    model = build_slm(ckpt["arch"], ckpt["config"].get("dropout", 0.1))
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), ckpt
-
-
-def parse_args(argv) -> SlmConfig:
-    parser = stage_parser("python -m trainers.slm", SlmConfig, __doc__.split("\n\n")[0] + ".", DEFAULTS, PRESETS,
-                          epilog="The reference's 150 epochs: --epochs 50, then --epochs 100 --resume, then "
-                                 "--epochs 150 --resume.")
-    return parse_stage_args(parser, SlmConfig, PRESETS, argv)
-
-
-def main(argv=None) -> int:
-    return run_stage(SlmTask, parse_args, argv)
-
+main = SlmTask.main
 
 if __name__ == "__main__":
     sys.exit(main())
