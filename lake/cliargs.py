@@ -68,9 +68,11 @@ def between(lo, hi, hi_open: bool = False) -> Range:
 
 
 def check_value(name: str, value, rng: Range | None) -> None:
-    """Raise LakeError naming the flag and its range when `value` is outside it (NaN and inf never fit)."""
-    if rng is not None and not rng.contains(value):
-        raise LakeError(f"{name} must be {rng.describe()}, got {value}")
+    """Raise LakeError naming the flag and its range when `value` (or any value of a list) is outside it (NaN and
+    inf never fit)."""
+    for v in value if isinstance(value, (list, tuple)) else (value,):
+        if rng is not None and not rng.contains(v):
+            raise LakeError(f"{name} must be {rng.describe()}, got {v}")
 
 
 def bounded(kind, rng: Range):
@@ -115,7 +117,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
         if f.type in ("bool", bool):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, **kw)
             continue
-        kind = {"int": int, "float": float}.get(f.type, str)
+        kind = {"int": int, "float": float}.get(str(f.type).removeprefix("list[").removesuffix("]"), str)
         rng = f.metadata.get("range")
         kw["type"] = bounded(kind, rng) if rng is not None and kind is not str else kind
         if f.default is MISSING:

@@ -159,8 +159,9 @@ class Prefetcher:
     Threads exist only while there is work, so none is alive when the loader forks workers.
     """
 
-    def __init__(self, cache: ShardCache, urls: list[str], entries: list[ShardEntry], threads: int = 4):
-        self.cache, self.urls, self.entries, self.threads = cache, urls, entries, threads
+    def __init__(self, caches: list[ShardCache], urls: list[str], entries: list[ShardEntry], threads: int = 4):
+        """`caches[i]`: where shard i goes (several sets read together may have caches of their own)."""
+        self.caches, self.urls, self.entries, self.threads = caches, urls, entries, threads
         self._todo: collections.deque = collections.deque()
         self._cond = threading.Condition()
         self._alive = self._busy = 0
@@ -168,7 +169,7 @@ class Prefetcher:
 
     def needed(self) -> bool:
         """Whether any shard is still to fetch; records a use of every cached one (their LRU order)."""
-        return any([self.cache.lookup(e) is None for e in self.entries])  # a list: touch them all
+        return any([c.lookup(e) is None for c, e in zip(self.caches, self.entries)])  # a list: touch them all
 
     def start(self, order) -> None:
         """Fetch these shard indices (first ones first), replacing what is still queued."""
@@ -190,8 +191,8 @@ class Prefetcher:
                 i = self._todo.popleft()
                 self._busy += 1
             try:
-                if self.cache.lookup(self.entries[i]) is None:
-                    self.cache.fetch(self.urls[i], self.entries[i])
+                if self.caches[i].lookup(self.entries[i]) is None:
+                    self.caches[i].fetch(self.urls[i], self.entries[i])
             except BaseException as e:  # reported to the loader by `check`
                 with self._cond:
                     self.error = self.error or e

@@ -26,7 +26,7 @@ import torch
 
 from lake.catalog import ShardSet
 from shards.loader import ShardLoader, _Gather
-from shards.partition import eval_batches, rank_batches
+from shards.partition import eval_batches
 
 DEFAULT_SHARE = 0.5
 """Share of the device's memory the split may take when a caller chooses automatically (`fits`)."""
@@ -72,8 +72,8 @@ class DeviceLoader:
         return split_bytes(loader) <= share * device_memory(device)
 
     def _load(self, chunk_bytes: int = 64 << 20) -> dict[str, torch.Tensor]:
-        """Every row of the split, in row-id order, read with the streaming gather ~64 MB at a time
-        (batch-sized pieces took 5x longer: per-call costs)."""
+        """Every row of the split (of every set), in row-id order, read with the streaming gather ~64 MB at a
+        time (batch-sized pieces took 5x longer: per-call costs)."""
         lo = self.loader
         chunk = max(1, chunk_bytes * lo.num_rows // max(1, split_bytes(lo)))
         data: dict[str, torch.Tensor] = {}
@@ -111,9 +111,7 @@ class DeviceLoader:
 
     def _plan(self) -> tuple[np.ndarray, list[int]]:
         """The epoch's row ids, concatenated, and where each batch starts (then the end)."""
-        lo = self.loader
-        batches = rank_batches(lo.block_rows, lo.training, lo.seed, lo.epoch, lo.window_blocks, lo.rank, lo.world,
-                               lo.local_batch)
+        batches = self.loader.batches()
         bounds = np.concatenate([[0], np.cumsum([len(b) for b in batches])]).astype(int).tolist()
         return (np.concatenate(batches) if batches else np.empty(0, np.int64)), bounds
 

@@ -1,4 +1,4 @@
-"""The streaming loader: DDP-aware, resumable batches of one split of a shard set.
+"""The streaming loader: DDP-aware, resumable batches of one split of one or several shard sets.
 
 Built from webdataset pipeline stages (`wds.DataPipeline`): a per-worker plan of
 batches (shards.partition) -> a gather stage that copies each batch's rows out of
@@ -14,9 +14,17 @@ Batches are dicts of CPU tensors, pinned when training on CUDA:
     caption [b, Dt] float16 (if asked), label [b] int64, row [b] int64 (global row id
     within the split, in manifest order: the same order as the split's rows in index.parquet).
 
-State (`state_dict`): version, epoch, batches consumed, seed, world size, global batch size,
-split and data fingerprint. A resumed run recomputes the epoch's order and skips the batches
-already consumed, so it sees exactly the rows an uninterrupted run would have seen next.
+Several sets are read as one: their rows are numbered one set after the other, each set gives
+`quotas[s]` rows an epoch (by `proportions`, or all of its rows: plain concatenation), `label_ids[s]`
+maps a set's class ids into the run's taxonomy (-1: the row is left out), and shards.partition
+interleaves them. They must store the same audio layers (the trainers also check their encoders).
+
+State (`state_dict`, version 2): epoch, global batches consumed, seed, global batch size, split, and
+each set's name, fingerprint and quota. The order depends on none of the world's numbers, so a
+resumed run, on any number of ranks that divides the global batch, recomputes the epoch's order and
+skips the global batches already consumed: it sees exactly the rows an uninterrupted run would have
+seen next. A version-1 state (earlier code: one set, each rank a contiguous chunk of the order) still
+resumes on its own number of ranks, finishing its epoch on the old chunks.
 """
 
 from __future__ import annotations
@@ -32,9 +40,9 @@ from lake.catalog import ShardSet
 from lake.errors import LakeError
 from shards.cache import Prefetcher, cache_for
 from shards.mapped import ShardMap
-from shards.partition import block_offsets, eval_batches, rank_batches, worker_batches
+from shards.partition import Plan, block_offsets, quotas, worker_batches
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class _BatchPlan(torch.utils.data.IterableDataset):
@@ -45,18 +53,22 @@ class _BatchPlan(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, loader: "ShardLoader"):
-        self.block_rows, self.training = loader.block_rows, loader.training
-        self.seed, self.window, self.rank, self.world = loader.seed, loader.window_blocks, loader.rank, loader.world
-        self.local_batch, self.position = loader.local_batch, loader._position
+        self.plan, self.position, self.legacy = loader.plan, loader._position, loader._legacy
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         epoch, start = int(self.position[0]), int(self.position[1])
-        batches = rank_batches(self.block_rows, self.training, self.seed, epoch, self.window, self.rank,
-                               self.world, self.local_batch)
+        batches = batches_of(self.plan, epoch, self.legacy)
         for j in worker_batches(len(batches), start, worker, workers):
             yield batches[j]
+
+
+def batches_of(plan: Plan, epoch: int, legacy: tuple) -> list[np.ndarray]:
+    """This rank's batches of `epoch`; `legacy` = (epoch, world) of a version-1 state being finished (or ())."""
+    if legacy and legacy[0] == epoch and plan.training:
+        return plan.legacy_batches(epoch)
+    return plan.batches(epoch)
 
 
 class _Gather:
@@ -71,11 +83,12 @@ class _Gather:
     """
 
     def __init__(self, loader: "ShardLoader"):
-        self.paths, self.entries, self.cache = loader.paths, loader.entries, loader.cache
+        self.paths, self.entries, self.caches = loader.paths, loader.entries, loader.caches
         self.block_table = loader.block_table  # [n_blocks, 2]: shard index, block index in shard
         self.offsets = block_offsets(loader.block_rows)
+        self.set_blocks, self.label_ids = loader.set_blocks, loader.label_ids
         self.layer_idx = loader.layer_idx
-        stored = len(loader.shards.manifest.audio_layers)
+        stored = len(loader.stored_layers)
         all_layers = len(self.layer_idx) == stored and (self.layer_idx == np.arange(stored)).all()
         self.audio_parts = 1 if all_layers else len(self.layer_idx)  # views per block: one, or one per layer
         self.members = tuple(f for f in loader.fields if f not in ("row", "label"))
@@ -91,7 +104,7 @@ class _Gather:
     def _map(self, s: int) -> ShardMap:
         shard = self._maps.get(s)
         if shard is None:
-            shard = self._maps[s] = ShardMap(self.paths[s], self.entries[s], members=self.members, cache=self.cache)
+            shard = self._maps[s] = ShardMap(self.paths[s], self.entries[s], members=self.members, cache=self.caches[s])
         return shard
 
     def _block(self, b: int) -> list:
@@ -139,11 +152,11 @@ class _Gather:
         return dsts
 
     def labels(self) -> np.ndarray:
-        """All labels of the split, read once (label members only: behind a URL, a few bytes per block)."""
+        """All labels of the split in the run's taxonomy, read once (label members only: behind a URL, a few
+        bytes per block); -1 for a row its set's label map leaves out."""
         if self._labels is None:
-            maps = [ShardMap(p, e, members=("label",), cache=self.cache) for p, e in zip(self.paths, self.entries)]
-            parts = [maps[int(s)].block(int(i))["label"] for s, i in self.block_table]
-            self._labels = np.concatenate(parts).astype(np.int64)
+            self._labels = read_labels(self.paths, self.entries, self.caches, self.block_table, self.set_blocks,
+                                       self.label_ids)
         return self._labels
 
     def __call__(self, plans):
@@ -172,6 +185,18 @@ class _Gather:
             yield out
 
 
+def read_labels(paths, entries, caches, block_table, set_blocks, label_ids) -> np.ndarray:
+    """[rows] int64 labels of every block, each set's mapped through its `label_ids` table (None: as stored)."""
+    maps = [ShardMap(p, e, members=("label",), cache=c) for p, e, c in zip(paths, entries, caches)]
+    raw = [maps[int(s)].block(int(i))["label"] for s, i in block_table]
+    out, first = [], 0
+    for blocks, table in zip(set_blocks, label_ids):
+        labels = np.concatenate(raw[first:first + blocks]).astype(np.int64)
+        out.append(labels if table is None else np.asarray(table, dtype=np.int64)[labels])
+        first += blocks
+    return np.concatenate(out)
+
+
 def _unwrapped(e: LakeError) -> LakeError:
     """A LakeError from a DataLoader worker (a lost connection, a damaged shard) comes back wrapped in the
     worker's traceback; the user gets the one-line message it had."""
@@ -187,59 +212,114 @@ def _to_torch(batches):
 
 
 class ShardLoader:
-    """Batches of one split, for one rank of `world`. `batch_size` is the GLOBAL batch.
+    """Batches of one split of one set (or several, read as one), for one rank of `world`. `batch_size` is the
+    GLOBAL batch.
 
-    training=True: shuffled per (seed, epoch), full batches only, the same count on
-    every rank. training=False: natural order, every row exactly once.
+    training=True: shuffled per (seed, epoch), full batches only, the same count on every rank.
+    training=False: natural order, every row exactly once. Several sets: `proportions` (shares of each
+    epoch's rows; default by rows), `epoch_rows` (0: all rows), `label_ids` (per set, class id -> the run's
+    class id, -1 leaves the row out; None keeps the stored ids).
     """
 
-    def __init__(self, shards: ShardSet, split: str, batch_size: int, rank: int = 0, world: int = 1,
+    def __init__(self, shards: ShardSet | list[ShardSet], split: str, batch_size: int, rank: int = 0, world: int = 1,
                  training: bool = True, seed: int = 0, num_workers: int = 0, layers: list[str] | None = None,
                  fields: tuple[str, ...] = ("audio", "text", "label"), window_blocks: int = 0,
-                 pin_memory: bool = False):
-        m = shards.manifest
-        self.shards, self.split, self.training = shards, split, training
+                 pin_memory: bool = False, proportions: list[float] | None = None, epoch_rows: int = 0,
+                 label_ids: list | None = None):
+        self.sets = list(shards) if isinstance(shards, (list, tuple)) else [shards]
+        self.shards = self.sets[0]
+        self.split, self.training = split, training
         self.rank, self.world, self.seed, self.num_workers = rank, world, seed, num_workers
         self.pin_memory = pin_memory
-        entries = m.shards_of(split)
-        if not entries or sum(e.rows for e in entries) == 0:
-            have = ", ".join(f"{s} ({d['rows']} rows)" for s, d in m.splits.items()) or "none"
-            raise LakeError(f"{shards.root}: split {split!r} is empty or absent (splits: {have})")
-        missing = [f for f in fields if f not in m.fields and f != "row"]
-        if missing:
-            raise LakeError(f"{shards.root}: the set has no {', '.join(missing)} embeddings (fields: {', '.join(m.fields)})")
+        self.label_ids = list(label_ids) if label_ids is not None else [None] * len(self.sets)
         if training and batch_size % world:
             raise LakeError(f"--batch-size {batch_size} is the global batch and must divide by the {world} ranks")
         # evaluation needs no equal batches (no collective per batch): round the per-rank batch up
         self.batch_size, self.local_batch = batch_size, -(-batch_size // world)
         self.fields = tuple(fields)
-        names = m.audio_layers
-        layers = layers or names
-        unknown = [x for x in layers if x not in names]
+        self._check_sets(split, fields)
+        self.stored_layers = self.shards.manifest.audio_layers
+        layers = layers or self.stored_layers
+        unknown = [x for x in layers if x not in self.stored_layers]
         if unknown:
-            raise LakeError(f"{shards.root}: no stored audio layer(s) {', '.join(unknown)} (stored: {', '.join(names)})")
+            raise LakeError(f"{self.shards.root}: no stored audio layer(s) {', '.join(unknown)} (stored: "
+                            f"{', '.join(self.stored_layers)})")
         self.layers = list(layers)
-        self.layer_idx = np.array([names.index(x) for x in layers])
-        self.paths = [shards.shard_path(e) for e in entries]
-        self.entries = entries
-        self.block_table = np.array([(s, i) for s, e in enumerate(entries) for i in range(len(e.blocks))], dtype=np.int64)
-        self.block_rows = np.array([b.rows for e in entries for b in e.blocks], dtype=np.int64)
-        self.num_rows = int(self.block_rows.sum())
-        self.window_blocks = window_blocks or self.default_window(m, fields, layers)
-        if training and self.num_rows // world < self.local_batch:
-            raise LakeError(f"{shards.root}: split {split!r} has {self.num_rows} rows, fewer than one global batch "
-                            f"of {batch_size}; lower --batch-size")
-        self.fingerprint = m.fingerprint()
-        # a set behind a URL: shards fetched whole into the local cache in the background, read by ranges
+        self.layer_idx = np.array([self.stored_layers.index(x) for x in layers])
+        self._index_shards(split)
+        self.window_blocks = window_blocks or self.default_window(self.shards.manifest, fields, layers)
+        self.fingerprint = self.shards.manifest.fingerprint() if len(self.sets) == 1 else \
+            "+".join(s.manifest.fingerprint() for s in self.sets)
+        kept = self._kept()
+        available = [int(np.sum(b)) if k is None else int(k.sum()) for b, k in zip(self._set_block_rows, kept)]
+        self.quotas = quotas(available, proportions, epoch_rows) if training else available
+        self.plan = Plan(tuple(self._set_block_rows), tuple(kept), tuple(self.quotas), seed, self.window_blocks, rank,
+                         world, self.local_batch, training)
+        if training and sum(self.quotas) // world < self.local_batch:
+            raise LakeError(f"{self._names()}: split {split!r} gives {sum(self.quotas)} rows an epoch, fewer than one "
+                            f"global batch of {batch_size}; lower --batch-size")
+        # sets behind a URL: shards fetched whole into the local cache in the background, read by ranges
         # until they arrive (None: a local set, or shards that do not fit the cache: ranged reads only);
         # `prefetcher.wait()` lets a benchmark or test start an epoch with everything cached
-        self.cache = cache_for(shards, entries)
-        self.prefetcher = Prefetcher(self.cache, self.paths, entries) if self.cache is not None else None
+        wanted = [i for i, c in enumerate(self.caches) if c is not None]
+        self.prefetcher = Prefetcher([self.caches[i] for i in wanted], [self.paths[i] for i in wanted],
+                                     [self.entries[i] for i in wanted]) if wanted else None
+        self._prefetch_index = np.full(len(self.paths), -1)
+        self._prefetch_index[wanted] = np.arange(len(wanted))
         self.epoch, self.consumed = 0, 0
+        self._legacy: tuple = ()  # (epoch, world) of a version-1 state whose epoch is being finished
         import multiprocessing as mp
 
         self._position = mp.Array("q", 2, lock=False)  # (epoch, first batch), read by the workers
         self._dataloader = self._inline = None
+
+    @property
+    def cache(self):
+        """The shard cache of the first set's shards (None: local, or read by ranges)."""
+        return self.caches[0] if self.caches else None
+
+    def _names(self) -> str:
+        return " + ".join(s.root for s in self.sets)
+
+    def _check_sets(self, split: str, fields) -> None:
+        first = self.shards.manifest
+        for shards in self.sets:
+            m = shards.manifest
+            if sum(e.rows for e in m.shards_of(split)) == 0:
+                have = ", ".join(f"{s} ({d['rows']} rows)" for s, d in m.splits.items()) or "none"
+                raise LakeError(f"{shards.root}: split {split!r} is empty or absent (splits: {have})")
+            missing = [f for f in fields if f not in m.fields and f != "row"]
+            if missing:
+                raise LakeError(f"{shards.root}: the set has no {', '.join(missing)} embeddings (fields: "
+                                f"{', '.join(m.fields)})")
+            if m.audio_layers != first.audio_layers:
+                raise LakeError(f"{shards.root} stores audio layers {', '.join(m.audio_layers)}, {self.shards.root} "
+                                f"{', '.join(first.audio_layers)}: sets read together must store the same layers")
+
+    def _index_shards(self, split: str) -> None:
+        """The split's shards of every set, one after the other: paths, entries, caches, blocks and their rows."""
+        self.paths, self.entries, self.caches, self.set_blocks, self._set_block_rows = [], [], [], [], []
+        for shards in self.sets:
+            entries = shards.manifest.shards_of(split)
+            cache = cache_for(shards, entries)
+            self.paths += [shards.shard_path(e) for e in entries]
+            self.entries += entries
+            self.caches += [cache] * len(entries)
+            rows = np.array([b.rows for e in entries for b in e.blocks], dtype=np.int64)
+            self.set_blocks.append(len(rows))
+            self._set_block_rows.append(rows)
+        self.block_table = np.array([(s, i) for s, e in enumerate(self.entries) for i in range(len(e.blocks))],
+                                    dtype=np.int64).reshape(-1, 2)
+        self.block_rows = np.concatenate(self._set_block_rows)
+        self.num_rows = int(self.block_rows.sum())
+
+    def _kept(self) -> list[np.ndarray | None]:
+        """Per set, which rows its label map keeps (None: every row, no labels read)."""
+        if all(t is None for t in self.label_ids):
+            return [None] * len(self.sets)
+        labels = read_labels(self.paths, self.entries, self.caches, self.block_table, self.set_blocks, self.label_ids)
+        bounds = block_offsets([int(np.sum(b)) for b in self._set_block_rows])
+        return [None if t is None else labels[a:b] >= 0 for t, a, b in zip(self.label_ids, bounds[:-1], bounds[1:])]
 
     @staticmethod
     def default_window(m, fields, layers, target_bytes: int = 64 << 20) -> int:
@@ -256,12 +336,16 @@ class ShardLoader:
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
-        if self.training:
-            return (self.num_rows // self.world) // self.local_batch
-        return len(eval_batches(self.num_rows, self.rank, self.world, self.local_batch))
+        if self._legacy and self._legacy[0] == self.epoch:
+            return len(self.plan.legacy_batches(self.epoch))
+        return self.plan.num_batches()
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch, self.consumed = epoch, 0
+
+    def batches(self) -> list[np.ndarray]:
+        """This rank's batches of the current epoch (row ids, ascending inside each batch)."""
+        return batches_of(self.plan, self.epoch, self._legacy)
 
     def _pipeline(self) -> wds.DataPipeline:
         return wds.DataPipeline(_BatchPlan(self), _Gather(self), _to_torch)
@@ -290,7 +374,7 @@ class ShardLoader:
         if start >= len(self):
             return
         self._position[0], self._position[1] = self.epoch, start
-        batches = iter(self._source())  # workers start (fork) here, before any prefetch thread exists
+        batches = iter(self._source())  # workers start here, before any prefetch thread exists
         if self.prefetcher is not None and self.prefetcher.needed():
             self.prefetcher.start(self._shard_order(start))
         try:
@@ -303,36 +387,57 @@ class ShardLoader:
             raise _unwrapped(e) from None
 
     def _shard_order(self, start: int) -> np.ndarray:
-        """Shards in the order this rank's batches from `start` on first touch them: what to prefetch first."""
-        batches = rank_batches(self.block_rows, self.training, self.seed, self.epoch, self.window_blocks, self.rank,
-                               self.world, self.local_batch)[start:]
+        """The prefetcher's shards in the order this rank's batches from `start` on first touch them."""
+        batches = self.batches()[start:]
         rows = np.concatenate(batches) if batches else np.empty(0, np.int64)
         blocks = np.searchsorted(block_offsets(self.block_rows), rows, side="right") - 1
         shards = self.block_table[blocks, 0]
         _, first = np.unique(shards, return_index=True)
-        return shards[np.sort(first)]
+        order = self._prefetch_index[shards[np.sort(first)]]
+        return order[order >= 0]
 
     # -- resumable state -----------------------------------------------------------
+    def _identity(self) -> list[dict]:
+        return [{"name": s.name, "fingerprint": s.manifest.fingerprint(), "quota": q}
+                for s, q in zip(self.sets, self.quotas)]
+
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "epoch": self.epoch, "consumed": self.consumed, "seed": self.seed,
-                "world": self.world, "batch_size": self.batch_size, "split": self.split,
-                "fingerprint": self.fingerprint}
+                "batch_size": self.batch_size, "split": self.split, "sets": self._identity(), "world": self.world}
 
     def load_state_dict(self, state: dict) -> None:
         state = dict(state)
-        if state.pop("version", None) != STATE_VERSION:
-            raise LakeError("loader state of another version; cannot resume this run with this code")
-        checks = {"world": self.world, "batch_size": self.batch_size, "split": self.split, "fingerprint": self.fingerprint}
-        for k, mine in checks.items():
+        version = state.pop("version", None)
+        if version == 1:
+            return self._load_v1(state)
+        if version != STATE_VERSION:
+            raise LakeError(f"loader state of version {version!r}; this code resumes versions 1 and {STATE_VERSION}")
+        state.pop("world", None)  # recorded, not needed: the order does not depend on it
+        checks = {"batch_size": ("global batch size", self.batch_size), "split": ("split", self.split),
+                  "sets": ("sets, their fingerprints and rows per epoch", self._identity())}
+        for k, (what, mine) in checks.items():
             theirs = state.pop(k, None)
             if theirs != mine:
-                what = {"world": "number of ranks", "batch_size": "global batch size", "split": "split",
-                        "fingerprint": "shard set (fingerprint)"}[k]
                 raise LakeError(f"cannot resume: the checkpoint's {what} was {theirs!r}, now {mine!r}; the rows "
                                 "seen next would not continue the interrupted run")
         self.epoch, self.consumed, self.seed = int(state.pop("epoch")), int(state.pop("consumed")), int(state.pop("seed"))
         if state:
             raise LakeError(f"loader state has unknown keys: {', '.join(sorted(state))}")
+
+    def _load_v1(self, state: dict) -> None:
+        """A state saved by earlier code: one set, each rank a contiguous chunk of the order, tied to its world."""
+        checks = {"world": ("number of ranks", self.world), "batch_size": ("global batch size", self.batch_size),
+                  "split": ("split", self.split), "fingerprint": ("shard set (fingerprint)", self.fingerprint)}
+        for k, (what, mine) in checks.items():
+            theirs = state.pop(k, None)
+            if theirs != mine:
+                hint = " (a version-1 checkpoint resumes on its own number of ranks)" if k == "world" else ""
+                raise LakeError(f"cannot resume: the checkpoint's {what} was {theirs!r}, now {mine!r}{hint}; the rows "
+                                "seen next would not continue the interrupted run")
+        self.epoch, self.consumed, self.seed = int(state.pop("epoch")), int(state.pop("consumed")), int(state.pop("seed"))
+        if state:
+            raise LakeError(f"loader state has unknown keys: {', '.join(sorted(state))}")
+        self._legacy = (self.epoch, self.world) if 0 < self.consumed else ()
 
     def close(self) -> None:
         """Stop the DataLoader's worker processes now. A run that ends mid-epoch (--max-steps, a stop signal, an

@@ -1,34 +1,45 @@
 """Which rows each rank and worker reads in an epoch: pure functions of integers.
 
-Rows of a split are numbered globally in manifest order (shard by shard, block by
-block). An epoch's order is a function of (block sizes, seed, epoch) only:
+Rows are numbered globally: set by set (a run may read several shard sets), and within a set in
+manifest order (shard by shard, block by block). An epoch's order is a function of the sets'
+block sizes, the rows each may give (a label map can leave rows out), the rows asked of each
+(`quotas`), the seed and the epoch, and of nothing else: not of the number of ranks or workers.
 
-1. the blocks are permuted;
-2. the permuted blocks are cut into windows of `window_blocks` blocks, and the
-   rows of each window are permuted, so a batch mixes rows of many blocks and
-   shards even when shards are written in label order (LAION: one emotion per tar);
-3. rank r takes a contiguous chunk of that order (locality: it reads about
-   1/world of the blocks), trimmed so that every rank gets exactly the same number
-   of full batches -- uneven shards can never make one rank run out first and
-   hang the others in a collective;
-4. batch j of a rank goes to DataLoader worker (j - start) % workers, so the
-   DataLoader's round-robin hands the batches back in order, from any start;
-5. inside a batch the rows are in ascending id order (`rank_batches`): which rows
-   share a batch is the shuffle, their order inside it is not, and ascending ids let
-   the gather copy each block's rows in one call.
+1. each set's stream: its blocks are permuted, cut into windows of `window_blocks` blocks, and the
+   rows of each window permuted, so a batch mixes rows of many blocks and shards even when shards
+   are written in label order (LAION: one emotion per tar); rows left out are skipped. A set asked
+   for more rows than it has gives whole passes, each a fresh permutation (every row once before
+   any row twice), then the start of one more; a set asked for fewer gives the start of its
+   stream, which is another subset every epoch;
+2. the streams are interleaved at random positions (the share of each set is the same all through
+   the epoch), which gives the epoch's global order;
+3. the global order is cut into global batches of `batch_size` rows (the remainder, fewer than one
+   global batch, is dropped this epoch and another remainder the next), and rank r of `world` takes
+   the r-th slice of every global batch: every rank has exactly the same number of full batches,
+   so uneven sets can never make one rank run out first and hang the others in a collective, and
+   global batch b holds the same rows on any number of ranks: a run resumes on another world size
+   at the same position of the same order;
+4. batch j of a rank goes to DataLoader worker (j - start) % workers, so the DataLoader's
+   round-robin hands the batches back in order, from any start;
+5. inside a batch the rows are in ascending id order: which rows share a batch is the shuffle,
+   their order inside it is not, and ascending ids let the gather copy each block's rows in one call.
 
-What a batch mixes: rows are shuffled one by one inside a window of W blocks, so a
-batch of b rows holds about b / W rows of each of the window's blocks, from as many
-up to W shards (W = 21 for 3 KB rows, 16 for 23 KB rows: ShardLoader.default_window; a batch
-that straddles two windows mixes both), and rows neighbouring in a block share a batch
-with probability ~b / (W * 1024) per epoch, independently across epochs
-(tests/test_loader.py::test_shuffle_quality_per_batch_and_across_epochs).
+With one set and nothing left out, rank 0 of one process reads exactly the order of the earlier
+`epoch_order` (the same seeds), so single-set runs are unchanged.
 
-Evaluation order is the natural order, split into near-equal contiguous chunks,
-with every row exactly once (no drop, no padding with duplicates).
+What a batch mixes: rows are shuffled one by one inside a window of W blocks, so a batch of b rows
+holds about b / W rows of each of the window's blocks, from as many up to W shards (W = 21 for 3 KB
+rows, 16 for 23 KB rows: ShardLoader.default_window; a batch that straddles two windows mixes both),
+and rows neighbouring in a block share a batch with probability ~b / (W * 1024) per epoch,
+independently across epochs (tests/test_loader.py::test_shuffle_quality_per_batch_and_across_epochs).
+
+Evaluation order is the natural order of the rows that may be read, split into near-equal
+contiguous chunks, with every row exactly once (no drop, no padding with duplicates).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,11 +49,12 @@ def block_offsets(block_rows: np.ndarray) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(np.asarray(block_rows, dtype=np.int64))])
 
 
-def epoch_order(block_rows: np.ndarray, seed: int, epoch: int, window_blocks: int = 64) -> np.ndarray:
-    """[N] global row ids in this epoch's shuffled order."""
+def epoch_order(block_rows: np.ndarray, seed: int, epoch: int, window_blocks: int = 64, stream: tuple = ()) -> np.ndarray:
+    """[N] row ids of one set in a shuffled order: blocks permuted, rows permuted within windows of blocks.
+    `stream`: more integers for the generator's seed (which set, which pass), after (seed, epoch)."""
     block_rows = np.asarray(block_rows, dtype=np.int64)
     offsets = block_offsets(block_rows)
-    rng = np.random.default_rng([seed, epoch])
+    rng = np.random.default_rng([seed, epoch, *stream])
     perm = rng.permutation(len(block_rows))
     out = np.empty(int(offsets[-1]), dtype=np.int64)
     pos = 0
@@ -54,27 +66,50 @@ def epoch_order(block_rows: np.ndarray, seed: int, epoch: int, window_blocks: in
     return out
 
 
+def set_stream(block_rows: np.ndarray, kept: np.ndarray | None, quota: int, seed: int, epoch: int, index: int,
+               window_blocks: int) -> np.ndarray:
+    """[quota] row ids of set `index` for this epoch: whole passes of its shuffle, then the start of one more."""
+    parts, need, k = [], int(quota), 0
+    while need > 0:
+        order = epoch_order(block_rows, seed, epoch, window_blocks, () if (index, k) == (0, 0) else (index, k))
+        if kept is not None:
+            order = order[kept[order]]
+        if not len(order):
+            raise ValueError(f"set {index} has no rows to draw {quota} from")
+        parts.append(order[:need])
+        need, k = need - len(parts[-1]), k + 1
+    return np.concatenate(parts) if parts else np.empty(0, np.int64)
+
+
+def interleave(streams: list[np.ndarray], offsets: list[int], seed: int, epoch: int) -> np.ndarray:
+    """The epoch's global order: each set's stream (shifted to global ids) at random positions of one sequence,
+    keeping each stream's own order."""
+    if len(streams) == 1:
+        return streams[0] + offsets[0]
+    owner = np.repeat(np.arange(len(streams)), [len(s) for s in streams])
+    np.random.default_rng([seed, epoch, len(streams), 1 << 20]).shuffle(owner)
+    out = np.empty(len(owner), dtype=np.int64)
+    for s, stream in enumerate(streams):
+        out[owner == s] = stream + offsets[s]
+    return out
+
+
 def train_batches(order: np.ndarray, rank: int, world: int, batch_size: int) -> np.ndarray:
-    """[B, batch_size] rows of this rank's batches; B is the same on every rank.
-
-    Each rank takes len(order) // world rows, then whole batches of those; the
-    remainder (fewer than world * batch_size rows + world) is dropped this epoch,
-    and a different remainder is dropped next epoch.
-    """
-    per_rank = len(order) // world
-    batches = per_rank // batch_size
-    start = rank * per_rank
-    return order[start:start + batches * batch_size].reshape(batches, batch_size)
+    """[B, batch_size] rows of this rank's batches: slice `rank` of every global batch of world * batch_size rows.
+    B is the same on every rank; the remainder (fewer than one global batch) is dropped."""
+    total = world * batch_size
+    batches = len(order) // total
+    return order[:batches * total].reshape(batches, world, batch_size)[:, rank]
 
 
-def eval_batches(num_rows: int, rank: int, world: int, batch_size: int) -> list[np.ndarray]:
-    """This rank's batches over its contiguous chunk of the natural order; the last may be short.
-
-    Chunks differ by at most one row across ranks; together they hold every row once.
-    """
-    bounds = [num_rows * r // world for r in range(world + 1)]
-    rows = np.arange(bounds[rank], bounds[rank + 1], dtype=np.int64)
-    return [rows[i:i + batch_size] for i in range(0, len(rows), batch_size)]
+def eval_batches(rows: int | np.ndarray, rank: int, world: int, batch_size: int) -> list[np.ndarray]:
+    """This rank's batches over its contiguous chunk of the natural order (`rows`: a count, or the row ids that
+    may be read); the last may be short. Chunks differ by at most one row across ranks; together they hold every
+    row once."""
+    ids = np.arange(rows, dtype=np.int64) if np.ndim(rows) == 0 else np.asarray(rows, dtype=np.int64)
+    bounds = [len(ids) * r // world for r in range(world + 1)]
+    mine = ids[bounds[rank]:bounds[rank + 1]]
+    return [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
 
 
 def worker_batches(num_batches: int, start: int, worker: int, workers: int) -> range:
@@ -82,14 +117,70 @@ def worker_batches(num_batches: int, start: int, worker: int, workers: int) -> r
     return range(start + worker, num_batches, workers)
 
 
-def rank_batches(block_rows: np.ndarray, training: bool, seed: int, epoch: int, window_blocks: int, rank: int,
-                 world: int, batch_size: int) -> list[np.ndarray]:
-    """This rank's batches of the epoch, each batch's rows in storage order (ascending ids).
+def quotas(available: list[int], proportions: list[float] | None, epoch_rows: int) -> list[int]:
+    """Rows drawn from each set per epoch: `epoch_rows` (0: every row available once) shared by `proportions`
+    (None: by the rows available, i.e. plain concatenation), each within one row of its exact share (largest
+    remainders, ties to the earlier set), summing to `epoch_rows`."""
+    total = int(epoch_rows) or int(sum(available))
+    weights = np.asarray(available if proportions is None else proportions, dtype=np.float64)
+    exact = total * weights / weights.sum()
+    out = np.floor(exact).astype(np.int64)
+    for i in np.argsort(-(exact - out), kind="stable")[: total - int(out.sum())]:
+        out[i] += 1
+    return out.tolist()
 
-    Which rows share a batch is the shuffle's business; their order inside a batch is not
-    (a mean loss ignores it): ascending ids let a gather copy each block's rows as one run.
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything an epoch's batches depend on, as plain data (sent to DataLoader workers).
+
+    `block_rows[s]`: set s's block sizes in storage order; `kept[s]`: which of its rows may be read (None: all);
+    `quotas[s]`: rows drawn from it per training epoch; `batch_size`: this rank's share of the global batch.
     """
-    if training:
-        order = epoch_order(block_rows, seed, epoch, window_blocks)
-        return list(np.sort(train_batches(order, rank, world, batch_size), axis=1))
-    return eval_batches(int(np.sum(block_rows)), rank, world, batch_size)
+
+    block_rows: tuple
+    kept: tuple
+    quotas: tuple
+    seed: int
+    window_blocks: int
+    rank: int
+    world: int
+    batch_size: int
+    training: bool
+
+    @property
+    def set_offsets(self) -> list[int]:
+        return block_offsets([int(np.sum(b)) for b in self.block_rows])[:-1].tolist()
+
+    def readable(self) -> np.ndarray:
+        """Global ids of every row that may be read, in natural order."""
+        parts = [np.arange(int(np.sum(b)), dtype=np.int64) if k is None else np.flatnonzero(k)
+                 for b, k in zip(self.block_rows, self.kept)]
+        return np.concatenate([p + o for p, o in zip(parts, self.set_offsets)])
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The training epoch's global order (ranks take slices of it)."""
+        streams = [set_stream(b, k, q, self.seed, epoch, i, self.window_blocks)
+                   for i, (b, k, q) in enumerate(zip(self.block_rows, self.kept, self.quotas))]
+        return interleave(streams, self.set_offsets, self.seed, epoch)
+
+    def num_batches(self) -> int:
+        if self.training:
+            return sum(self.quotas) // (self.world * self.batch_size)
+        readable = sum(int(np.sum(b)) if k is None else int(k.sum()) for b, k in zip(self.block_rows, self.kept))
+        return len(eval_batches(readable, self.rank, self.world, self.batch_size))
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        """This rank's batches of the epoch, each batch's rows ascending."""
+        if self.training:
+            return list(np.sort(train_batches(self.order(epoch), self.rank, self.world, self.batch_size), axis=1))
+        return eval_batches(self.readable(), self.rank, self.world, self.batch_size)
+
+    def legacy_batches(self, epoch: int) -> list[np.ndarray]:
+        """A version-1 loader state's batches (one set, each rank a contiguous chunk of the order): what a
+        checkpoint saved mid-epoch by earlier code needs to finish that epoch on the same rows."""
+        order = epoch_order(self.block_rows[0], self.seed, epoch, self.window_blocks)
+        per_rank = len(order) // self.world
+        batches = per_rank // self.batch_size
+        start = self.rank * per_rank
+        return list(np.sort(order[start:start + batches * self.batch_size].reshape(batches, self.batch_size), axis=1))

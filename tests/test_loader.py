@@ -11,7 +11,7 @@ import torch
 from lake.catalog import open_shard_set
 from lake.errors import LakeError
 from shards.loader import ShardLoader
-from shards.partition import block_offsets, epoch_order, eval_batches, rank_batches, train_batches, worker_batches
+from shards.partition import Plan, block_offsets, epoch_order, eval_batches, train_batches, worker_batches
 
 from conftest import make_manifest, write_set
 
@@ -61,7 +61,7 @@ def test_shuffle_quality_per_batch_and_across_epochs():
     neighbours = np.searchsorted(offsets, first, side="right") == np.searchsorted(offsets, first + 1, side="right")
     together = []
     for epoch in range(8):
-        batches = rank_batches(block_rows, True, 0, epoch, window, 0, 1, b)
+        batches = Plan((block_rows,), (None,), (int(block_rows.sum()),), 0, window, 0, 1, b, True).batches(epoch)
         batch_of = np.full(offsets[-1], -1)
         for j, rows in enumerate(batches):
             assert np.all(np.diff(rows) > 0)  # ascending ids inside a batch
@@ -150,15 +150,61 @@ def test_resume_mid_epoch_sees_exactly_the_rest(uneven_set, workers):
     assert seen + rest == expected
 
 
-def test_resume_refuses_another_world_size(uneven_set):
+def _global_steps(shards, world, epoch, **kw):
+    """Per global step, the rows all `world` ranks read (a set of row ids)."""
+    loaders = [ShardLoader(shards, "train", 16, rank=r, world=world, seed=4, **kw) for r in range(world)]
+    for lo in loaders:
+        lo.set_epoch(epoch)
+    return [set(np.concatenate(b).tolist()) for b in zip(*[lo.batches() for lo in loaders])]
+
+
+@pytest.mark.parametrize("before,after", [(2, 1), (1, 2), (2, 4)])
+def test_resume_on_another_number_of_ranks_continues_the_same_global_order(uneven_set, before, after):
+    shards, _ = uneven_set
+    assert _global_steps(shards, 1, 3) == _global_steps(shards, 2, 3) == _global_steps(shards, 4, 3)
+    first = [ShardLoader(shards, "train", 16, rank=r, world=before, seed=4) for r in range(before)]
+    seen = []
+    for lo in first:
+        lo.set_epoch(3)
+        it = iter(lo)
+        seen += [r for _ in range(2) for r in next(it)["row"].tolist()]
+    state = first[0].state_dict()
+    rest = []
+    for r in range(after):
+        lo = ShardLoader(shards, "train", 16, rank=r, world=after, seed=4)
+        lo.load_state_dict(state)
+        rest += [x for b in lo for x in b["row"].tolist()]
+    everything = [x for step in _global_steps(shards, 1, 3) for x in sorted(step)]
+    assert sorted(seen + rest) == sorted(everything) and len(set(seen + rest)) == len(seen + rest)
+
+
+def test_resume_refuses_what_cannot_continue(uneven_set):
     shards, _ = uneven_set
     state = ShardLoader(shards, "train", 16).state_dict()
-    other = ShardLoader(shards, "train", 16, rank=0, world=2)
-    with pytest.raises(LakeError, match="number of ranks"):
-        other.load_state_dict(state)
+    with pytest.raises(LakeError, match="global batch size was 16, now 32"):
+        ShardLoader(shards, "train", 32).load_state_dict(state)
+    with pytest.raises(LakeError, match="must divide by the 3 ranks"):  # a global batch the new world cannot split
+        ShardLoader(shards, "train", 16, rank=0, world=3)
     state["surprise"] = 1
     with pytest.raises(LakeError, match="unknown keys"):
         ShardLoader(shards, "train", 16).load_state_dict(state)
+
+
+def test_a_version_1_state_finishes_its_epoch_on_its_old_rows(uneven_set):
+    """A checkpoint of earlier code (each rank a contiguous chunk of the order) resumes on its own world."""
+    shards, _ = uneven_set
+    old = ShardLoader(shards, "train", 16, rank=1, world=2, seed=4)
+    old_rows = old.plan.legacy_batches(2)  # what earlier code's rank 1 read in epoch 2
+    v1 = {"version": 1, "epoch": 2, "consumed": 1, "seed": 4, "world": 2, "batch_size": 16, "split": "train",
+          "fingerprint": shards.manifest.fingerprint()}
+    resumed = ShardLoader(shards, "train", 16, rank=1, world=2, seed=4)
+    resumed.load_state_dict(v1)
+    assert [b["row"].tolist() for b in resumed] == [b.tolist() for b in old_rows[1:]]
+    resumed.set_epoch(3)  # the next epoch follows the world-independent order
+    assert [b.tolist() for b in resumed.batches()] == [b.tolist() for b in ShardLoader(
+        shards, "train", 16, rank=1, world=2, seed=4).plan.batches(3)]
+    with pytest.raises(LakeError, match="number of ranks was 2, now 1 .*own number of ranks"):
+        ShardLoader(shards, "train", 16, seed=4).load_state_dict(v1)
 
 
 def test_eval_reads_every_row_exactly_once(uneven_set):

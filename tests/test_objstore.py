@@ -158,7 +158,7 @@ shards = open_shard_set(sys.argv[1], cache_dir=sys.argv[2])
 entries = shards.manifest.shards_of("train")
 urls = [shards.shard_path(e) for e in entries]
 cache = cache_for(shards, entries)
-prefetcher = Prefetcher(cache, urls, entries)
+prefetcher = Prefetcher([cache] * len(entries), urls, entries)
 prefetcher.start(range(len(entries)))
 h = hashlib.sha256()
 for attempt in range(2):  # while the shards arrive (ranged reads, then the cache), then from the cache

@@ -164,7 +164,14 @@ class RNGPart:
         return gathered
 
     def load_state_dict(self, state) -> None:
-        set_rng_state(state[self.world.rank] if isinstance(state, list) else state)
+        """Each rank its own states; resumed on another number of ranks, every rank starts from rank 0's and
+        draws its own torch stream from it (deterministic, but not the draws an unchanged world would make)."""
+        if not isinstance(state, list):
+            return set_rng_state(state)
+        if len(state) == self.world.world_size:
+            return set_rng_state(state[self.world.rank])
+        set_rng_state(state[0])
+        torch.manual_seed(int(torch.randint(2**62, ())) + 1000 * self.world.rank)
 
 
 # -- the checkpointer ------------------------------------------------------------------------

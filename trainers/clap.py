@@ -118,18 +118,17 @@ class ClapTask(Task):
     config_cls = ClapConfig
 
     @classmethod
-    def new(cls, cfg: ClapConfig, shards) -> "ClapTask":
-        m = shards.manifest
-        layer = resolve_layer(cfg.audio_layer, m.audio_layers)
+    def new(cls, cfg: ClapConfig, data) -> "ClapTask":
+        layer = resolve_layer(cfg.audio_layer, data.audio_layers)
         text_key = text_member(cfg.text_field)
         # per-feature statistics of the train split, for encoders on mixed scales (a trained model has its own)
-        stats = {k: v for k, v in (("audio", field_stats(m.feature_stats, "audio", [layer])),
-                                   ("text", field_stats(m.feature_stats, text_key))) if v}
-        arch = {"dims": {"audio": m.audio_dim, "text": m.text_dim, "proj": cfg.proj_dim or m.text_dim},
+        stats = {k: v for k, v in (("audio", field_stats(data.feature_stats, "audio", [layer])),
+                                   ("text", field_stats(data.feature_stats, text_key))) if v}
+        arch = {"dims": {"audio": data.audio_dim, "text": data.text_dim, "proj": cfg.proj_dim or data.text_dim},
                 "audio_layer": layer, "text_field": cfg.text_field}
         if stats:  # absent for sets without statistics: their checkpoints stay as they were
             arch["standardize"] = {k: True for k in stats}
-        return cls(cfg, shards, arch, init={"stats": stats})
+        return cls(cfg, data, arch, init={"stats": stats})
 
     def setup(self) -> None:
         a = self._arch
@@ -137,16 +136,16 @@ class ClapTask(Task):
         self.text_key = text_member(self.text_field)
         self.layers = [self.layer]
         self.fields = ("audio", self.text_key, "label")
-        if self.shards is None:
+        d = self.data
+        if d is None:
             return
-        m = self.shards.manifest
-        if self.text_key not in m.fields:
-            raise LakeError(f"{self.shards.root}: --text-field {self.text_field}, but the set has no caption "
-                            f"embeddings (fields: {', '.join(m.fields)})")
-        check_layers(self.layers, self.shards, "the CLAP model")
-        if (self.dims["audio"], self.dims["text"]) != (m.audio_dim, m.text_dim):
+        if self.text_key not in d.fields:
+            raise LakeError(f"{d.root}: --text-field {self.text_field}, but the set has no caption embeddings "
+                            f"(fields: {', '.join(d.fields)})")
+        check_layers(self.layers, d, "the CLAP model")
+        if (self.dims["audio"], self.dims["text"]) != (d.audio_dim, d.text_dim):
             raise LakeError(f"CLAP projectors for audio {self.dims['audio']} / text {self.dims['text']} dims, but "
-                            f"{self.shards.root} stores audio {m.audio_dim} / text {m.text_dim}")
+                            f"{d.root} stores audio {d.audio_dim} / text {d.text_dim}")
 
     def make_model(self) -> nn.Module:
         c, d = self.cfg, self.dims
@@ -176,11 +175,11 @@ class ClapTask(Task):
                 + (f"  zero-shot acc {zs['accuracy']:.4f}" if zs else ""))
 
     @classmethod
-    def checkpoint_from(cls, obj, path: str, shards, **files) -> dict | None:
+    def checkpoint_from(cls, obj, path: str, data, **files) -> dict | None:
         """A CLAP training checkpoint, or exported projectors (ours or the reference's) as one."""
         if not is_projectors(obj) or is_checkpoint(obj):
-            return super().checkpoint_from(obj, path, shards)
-        return projector_checkpoint(obj, path, shards)
+            return super().checkpoint_from(obj, path, data)
+        return projector_checkpoint(obj, path, data)
 
     @classmethod
     def parse(cls, argv) -> ClapConfig:
@@ -224,7 +223,7 @@ def export_projectors(checkpoint: str, out: str) -> dict:
     return proj
 
 
-def projector_checkpoint(obj: dict, path: str, shards) -> dict:
+def projector_checkpoint(obj: dict, path: str, data) -> dict:
     """Projectors (ours: {audio_proj, text_proj, logit_scale, dims, audio_layer, data}; the reference's:
     {audio_proj: {fc.weight, fc.bias} or bare {weight, bias}, text_proj: ...}) as a CLAP checkpoint dict."""
     heads = {k: linear_state(obj[k]) for k in ("audio_proj", "text_proj")}
@@ -234,8 +233,8 @@ def projector_checkpoint(obj: dict, path: str, shards) -> dict:
     if a.shape[0] != t.shape[0]:
         raise LakeError(f"{path}: audio and text projections have different widths ({a.shape[0]} vs {t.shape[0]})")
     layer = obj.get("audio_layer")  # the reference's: none recorded, its last hidden state
-    if layer is None and shards is not None:
-        layer = resolve_layer("last", shards.manifest.audio_layers)
+    if layer is None and data is not None:
+        layer = resolve_layer("last", data.audio_layers)
     arch = {"dims": obj.get("dims") or {"audio": int(a.shape[1]), "text": int(t.shape[1]), "proj": int(a.shape[0])},
             "audio_layer": layer, "text_field": obj.get("text_field") or "transcript"}
     standardize = {k: True for k in ("audio", "text") if "standardize.mean" in heads[f"{k}_proj"]}

@@ -11,10 +11,26 @@ from dataclasses import dataclass
 
 from lake.catalog import default_cache_limit_gb
 from lake.cliargs import REQUIRED, above, arg, at_least, check_ranges
+from lake.errors import LakeError
 
 @dataclass(kw_only=True)
 class TrainConfig:
-    data_root: str = arg(REQUIRED, "the shard set to train on (a directory or fsspec URL holding manifest.json)")
+    data_root: list[str] = arg(REQUIRED, "the shard set(s) to train on: directories or fsspec URLs holding "
+                               "manifest.json; several are read as one (same encoders and stored layers)", nargs="+",
+                               metavar="SET")
+    proportions: list[float] = arg((), "with several sets: the share of each epoch's rows drawn from each, in "
+                                   "--data-root order (normalised to sum to 1; a set asked for more rows than it has "
+                                   "is repeated, every row once before any twice; one asked for fewer is subsampled "
+                                   "afresh each epoch); default: by train rows, i.e. plain concatenation",
+                                   range=above(0), nargs="+", metavar="P")
+    epoch_rows: int = arg(0, "rows per epoch drawn from the sets (0: the sum of their train splits)", range=at_least(0))
+    label_map: str = arg("", "JSON file mapping each set's labels to the run's classes: {label: class} for every "
+                         "set, or {set name: {label: class}}; rows whose label maps to nothing are left out. "
+                         "Without it, the sets must have the same taxonomy")
+    taxonomy: str = arg("", "with --label-map: a file of the run's class names in order (a JSON list or one per "
+                        "line); default: the mapped classes, sorted")
+    select_on: str = arg("", "with several sets: choose the best checkpoint on this set's validation split (its "
+                         "manifest name) instead of all of them pooled")
     cache_dir: str = arg("", "a set behind a URL: the local shard cache (shared safely by processes; empty: "
                          "$EMOLAKE_CACHE_DIR, else ~/.cache/emolake/shards)")
     cache_limit: float = arg(default_cache_limit_gb(), "a set behind a URL: GB the shard cache may hold (least "
@@ -56,5 +72,13 @@ class TrainConfig:
     progress: bool = arg(True, "show progress (a bar on a terminal; a line every 30 s in a log file)")
 
     def __post_init__(self):
+        if isinstance(self.data_root, str):  # one set, as library callers pass it
+            self.data_root = [self.data_root]
+        self.data_root, self.proportions = list(self.data_root), list(self.proportions or ())
         check_ranges(self)
+        if self.proportions and len(self.proportions) != len(self.data_root):
+            raise LakeError(f"--proportions: {len(self.proportions)} value(s) for {len(self.data_root)} set(s) in "
+                            "--data-root; give one per set")
+        if self.taxonomy and not self.label_map:
+            raise LakeError("--taxonomy orders the classes of --label-map; pass --label-map too")
 

@@ -27,9 +27,8 @@ from typing import Any
 import numpy as np
 import torch
 
-import pyarrow.compute as pc
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from lake.catalog import ShardSet, open_shard_set
 from lake.cli import run_cli
 from lake.distributed import World, barrier, close_distributed, init_distributed
 from lake.errors import LakeError, Preempted
@@ -41,6 +40,7 @@ from shards.loader import ShardLoader
 from trainers.checkpoint import (Checkpointer, RNGPart, is_checkpoint, read_checkpoint_file, resume_path,
                                  validate_checkpoint)
 from trainers.config import TrainConfig
+from trainers.data import TrainingData
 from trainers.logs import RunLog
 from trainers.reference import layout_name, refuse_resume
 from trainers.state import TrainState
@@ -49,12 +49,12 @@ from trainers.state import TrainState
 class Task:
     """What a stage plugs into the loop. Subclasses set the class attributes and the methods.
 
-    One construction path: `Task(cfg, shards, arch, extras, init)`. `arch` says what the model is (its
+    One construction path: `Task(cfg, data, arch, extras, init)`. `arch` says what the model is (its
     shapes, classes, layers); `extras` what a checkpoint carries beside it (returned by `extra_state`);
     `init` what a new model starts from (statistics, frozen weights of the previous stage), None for a
     trained one, whose weights are loaded. `new` makes them from the command line's flags (a fresh
-    run), `from_checkpoint` from a checkpoint dict; `load` is a stage's door from a file.
-    `shards` may be None where no set is read (prediction).
+    run), `from_checkpoint` from a checkpoint dict; `load` is a stage's door from a file. `data` (the
+    sets the task reads, trainers.data) may be None where no set is read (prediction).
     """
 
     stage = ""  # "clap", "slm", "meld": recorded in checkpoints
@@ -64,16 +64,16 @@ class Task:
     fields: tuple[str, ...] = ("audio", "text", "label")
     layers: list[str] | None = None  # stored audio layers the loader reads (None: all)
 
-    def __init__(self, cfg: TrainConfig, shards: ShardSet | None, arch: dict, extras: dict | None = None,
+    def __init__(self, cfg: TrainConfig, data: TrainingData | None, arch: dict, extras: dict | None = None,
                  init: dict | None = None):
-        self.cfg, self.shards, self._arch = cfg, shards, arch
+        self.cfg, self.data, self._arch = cfg, data, arch
         self.extras, self.init = dict(extras or {}), init
         self.checkpoint: dict | None = None  # the checkpoint a trained task was loaded from
         self.setup()
 
     # -- what a stage defines -------------------------------------------------------------
     @classmethod
-    def new(cls, cfg: TrainConfig, shards: ShardSet) -> "Task":
+    def new(cls, cfg: TrainConfig, data: TrainingData) -> "Task":
         """A task for a fresh run, from the flags (and the files they name)."""
         raise NotImplementedError
 
@@ -104,7 +104,7 @@ class Task:
         raise NotImplementedError
 
     @classmethod
-    def checkpoint_from(cls, obj: Any, path: str, shards: ShardSet | None, **files) -> dict | None:
+    def checkpoint_from(cls, obj: Any, path: str, data: TrainingData | None, **files) -> dict | None:
         """This stage's checkpoint dict from a loaded file: this project's format, or another layout the
         stage accepts (exports, the reference tooling's files; `files`: other checkpoints such a layout needs);
         None when the file is none of them."""
@@ -130,35 +130,46 @@ class Task:
 
     def loader(self, split: str, batch_size: int, world: World, training: bool = False, num_workers: int = 0,
                pin_memory: bool = False) -> ShardLoader:
-        return ShardLoader(self.shards, split, batch_size, world.rank, world.world_size, training=training,
-                           seed=self.cfg.seed, num_workers=num_workers, layers=self.layers, fields=self.fields,
-                           pin_memory=pin_memory)
+        """The split of every set the task reads, as one loader (training: mixed; evaluation: set after set)."""
+        return self.data.loader(split, batch_size, world, training, self.cfg.seed, self.layers, self.fields,
+                                num_workers, pin_memory)
+
+    def split_loaders(self, split: str | None, batch_size: int, world: World, num_workers: int = 0,
+                      pin_memory: bool = False) -> dict[str, ShardLoader]:
+        """{set name: loader}: the split (None: the validation split) of each set on its own."""
+        return self.data.split_loaders(split, batch_size, world, self.cfg.seed, self.layers, self.fields,
+                                       num_workers, pin_memory)
 
     @classmethod
-    def from_checkpoint(cls, ckpt: dict, shards: ShardSet | None, path: str) -> tuple["Task", torch.nn.Module]:
-        """The task and its trained model (eval mode, CPU) from a checkpoint dict of this stage."""
+    def from_checkpoint(cls, ckpt: dict, data: TrainingData | None, path: str,
+                        same_classes: bool = True) -> tuple["Task", torch.nn.Module]:
+        """The task and its trained model (eval mode, CPU) from a checkpoint dict of this stage. `data`: the sets it
+        is used on (checked: the same embedding space; the same classes unless `same_classes` is False, as in a
+        cross-corpus evaluation through a label map)."""
         given = {k: v for k, v in ckpt["config"].items() if k in {f.name for f in fields(cls.config_cls)}}
         needed = {f.name: "" for f in fields(cls.config_cls) if f.default is MISSING}  # files not read here
-        cfg = cls.config_cls(**{**needed, **given, "data_root": shards.root if shards is not None else ""})
-        if shards is not None:
-            check_data(ckpt, shards, path)
+        roots = [s.root for s in data.sets] if data is not None else [""]
+        cfg = cls.config_cls(**{**needed, **given, "data_root": roots})
+        if data is not None:
+            check_data(ckpt, data, path, same_classes)
         extras = {k: v for k, v in ckpt.items() if k not in CHECKPOINT_CORE}
-        task = cls(cfg, shards, ckpt["arch"], extras)
+        task = cls(cfg, data, ckpt["arch"], extras)
         model = task.build()
         model.load_state_dict(ckpt["model"])
         task.checkpoint = ckpt
         return task, model.eval()
 
     @classmethod
-    def load(cls, path: str, shards: ShardSet | None = None, **files) -> tuple["Task", torch.nn.Module]:
+    def load(cls, path: str, data: TrainingData | None = None, same_classes: bool = True,
+             **files) -> tuple["Task", torch.nn.Module]:
         """The task and its trained model from any file this stage accepts (trainers.models picks the stage)."""
         obj = read_checkpoint_file(path)
-        ckpt = cls.checkpoint_from(obj, path, shards, **files)
+        ckpt = cls.checkpoint_from(obj, path, data, **files)
         if ckpt is None:
             what = layout_name(obj)
             raise LakeError(f"{path}: {'a ' + what if what else 'not a checkpoint of this project'}; a "
                             f"{cls.stage} checkpoint is needed here")
-        return cls.from_checkpoint(ckpt, shards, path)
+        return cls.from_checkpoint(ckpt, data, path, same_classes)
 
     @classmethod
     def main(cls, argv=None) -> int:
@@ -177,32 +188,32 @@ CHECKPOINT_CORE = ("format", "stage", "arch", "config", "data", "model", "train"
 """A checkpoint's keys that are not a stage's extras."""
 
 
-def check_data(ckpt: dict, shards: ShardSet, path: str) -> None:
-    """The set must hold what the model was trained on: the same classes, the same embedding space."""
+def check_data(ckpt: dict, data: TrainingData, path: str, same_classes: bool = True) -> None:
+    """The sets must hold what the model was trained on: the same embedding space, the same classes."""
     trained = ckpt["arch"].get("taxonomy")
-    if trained is not None and list(trained) != list(shards.taxonomy):
-        raise LakeError(f"{path}: trained on classes {trained[:5]}...; {shards.root} has {shards.taxonomy[:5]}...; "
-                        "evaluate on a set with the same taxonomy")
-    check_encoders(ckpt["data"]["encoders"], shards, path)
+    if same_classes and trained is not None and list(trained) != list(data.taxonomy):
+        raise LakeError(f"{path}: trained on classes {trained[:5]}...; {data.root} has {data.taxonomy[:5]}...; "
+                        "evaluate on a set with the same taxonomy (or map its labels with --label-map)")
+    check_encoders(ckpt["data"]["encoders"], data, path)
 
 
-def check_encoders(trained: dict | None, shards: ShardSet, what: str) -> None:
-    """`what` (a checkpoint, projectors) was trained on embeddings of `trained` encoders: `shards` must hold the same
+def check_encoders(trained: dict | None, data: TrainingData, what: str) -> None:
+    """`what` (a checkpoint, projectors) was trained on embeddings of `trained` encoders: the sets must hold the same
     (None: not recorded, as in the reference tooling's projector files)."""
-    if trained is None or trained == shards.manifest.encoders:
+    if trained is None or trained == data.encoders:
         return
-    ids = ", ".join(f"{k} {trained.get(k, {}).get('id')} vs {shards.manifest.encoders.get(k, {}).get('id')}"
+    ids = ", ".join(f"{k} {trained.get(k, {}).get('id')} vs {data.encoders.get(k, {}).get('id')}"
                     for k in ("audio", "text"))
-    raise LakeError(f"{what}: trained on embeddings of other encoders than {shards.root}'s ({ids}); use a set "
+    raise LakeError(f"{what}: trained on embeddings of other encoders than {data.root}'s ({ids}); use a set "
                     "ingested with the same encoders")
 
 
-def check_layers(layers: list[str], shards: ShardSet | None, what: str) -> None:
-    """The set must store every audio layer the model reads."""
-    missing = [x for x in layers if shards is not None and x not in shards.manifest.audio_layers]
+def check_layers(layers: list[str], data: TrainingData | None, what: str) -> None:
+    """The sets must store every audio layer the model reads."""
+    missing = [x for x in layers if data is not None and x not in data.audio_layers]
     if missing:
-        raise LakeError(f"{shards.root}: lacks audio layer(s) {', '.join(missing)} that {what} reads (stored: "
-                        f"{', '.join(shards.manifest.audio_layers)})")
+        raise LakeError(f"{data.root}: lacks audio layer(s) {', '.join(missing)} that {what} reads (stored: "
+                        f"{', '.join(data.audio_layers)})")
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -266,10 +277,9 @@ def on_device(loader: ShardLoader, choice: str, device: torch.device):
     return loader
 
 
-def duration_quantiles(shards: ShardSet, split: str) -> dict:
+def duration_quantiles(data: TrainingData, split: str) -> dict:
     """Clip durations of a split (seconds, from index.parquet): min, 1/50/99th percentile, max."""
-    index = shards.index
-    d = index.filter(pc.equal(index["split"], split)).column("duration_s").to_numpy()
+    d = data.durations(split)
     if not len(d):
         return {}
     q = np.percentile(d, [1, 50, 99])
@@ -284,30 +294,51 @@ def resumable(path: str, stage: str) -> dict:
     return validate_checkpoint(obj, path, stage)
 
 
+def same_data(ckpt: dict, data: TrainingData, path: str) -> None:
+    """--resume continues on the data the run was trained on: every set (name, fingerprint, share, label map)."""
+    theirs = ckpt["data"]
+    if theirs["fingerprint"] == data.fingerprint:
+        return
+    was = {r["name"]: r for r in theirs.get("sets") or [{"name": theirs["name"], "fingerprint": theirs["fingerprint"]}]}
+    now = {r["name"]: r for r in data.record()}
+    diffs = [f"{n}: not in this run" for n in was if n not in now] + [f"{n}: not in the checkpoint's run" for n in now
+                                                                        if n not in was]
+    for n in sorted(set(was) & set(now)):
+        diffs += [f"{n}: {k} {was[n].get(k)!r} -> {now[n].get(k)!r}" for k in ("fingerprint", "proportion", "label_map")
+                  if k in was[n] and was[n].get(k) != now[n].get(k)]
+    raise LakeError(f"{path}: trained on other data than --data-root gives ({'; '.join(diffs) or 'the epoch rows'}); "
+                    "resume on the same sets, shares and label maps")
+
+
+def concat_outputs(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+
 class Run:
     """One training run: the built parts, their checkpointer, and the loop over them."""
 
     def __init__(self, task_cls, cfg: TrainConfig, world: World, device: torch.device, preempted):
         self.cfg, self.world, self.device, self.preempted = cfg, world, device, preempted
-        self.shards = open_shard_set(cfg.data_root, cfg.cache_dir, cfg.cache_limit, cfg.storage_options)
-        self.val_split = validation_split(self.shards.manifest.splits)
-        self.task = task = task_cls.new(cfg, self.shards)
+        self.data = TrainingData.open(cfg.data_root, cfg.cache_dir, cfg.cache_limit, cfg.storage_options,
+                                      cfg.proportions, cfg.epoch_rows, cfg.label_map, cfg.taxonomy)
+        if cfg.select_on and cfg.select_on not in self.data.names:
+            raise LakeError(f"--select-on {cfg.select_on}: not one of the sets ({', '.join(self.data.names)})")
+        self.task = task = task_cls.new(cfg, self.data)
         self.resume_from = resume_path(cfg.resume, cfg.checkpoint, cfg.save_dir, task.prefix)
         torch.manual_seed(cfg.seed)  # the same init on every rank, whatever reading the task's files drew
         self.raw = task.build().to(device)
         self.params = [p for p in self.raw.parameters() if p.requires_grad]
-        self.model = self.raw
-        if world.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.model = DDP(self.raw, device_ids=[device.index] if device.type == "cuda" else None)
+        self.model = DDP(self.raw, device_ids=[device.index] if device.type == "cuda" else None) \
+            if world.distributed else self.raw
         torch.manual_seed(cfg.seed + 1000 * world.rank)  # dropout differs across ranks
         self.dtype = amp_dtype(cfg.amp, device)
         pin = device.type == "cuda"
         self.train_loader = on_device(task.loader("train", cfg.batch_size, world, True, cfg.num_workers, pin),
                                       cfg.data_on_device, device)
-        self.val_loader = on_device(task.loader(self.val_split, cfg.eval_batch_size, world, False,
-                                                min(cfg.num_workers, 2), pin), cfg.data_on_device, device)
+        self.val_loaders = {name: on_device(lo, cfg.data_on_device, device) for name, lo in task.split_loaders(
+            None, cfg.eval_batch_size, world, min(cfg.num_workers, 2), pin).items()}
+        self.val_split = "val" if len(self.data.sets) > 1 else \
+            validation_split(self.data.sets[0].manifest.splits)
         self.steps_per_epoch = len(self.train_loader)
         self.optimizer = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -318,15 +349,15 @@ class Run:
                  "loader": self.train_loader, "rng": RNGPart(world), "train": self.state}
         self.ckpt = Checkpointer(cfg.save_dir, task.prefix, parts, self._meta, cfg.keep_epochs, world.is_main)
         self.log = RunLog(os.path.join(cfg.save_dir, "tb", task.prefix), world.is_main)
-        self.train_durations = duration_quantiles(self.shards, "train")  # what new inputs are compared with
-
+        self.train_durations = duration_quantiles(self.data, "train")  # what new inputs are compared with
 
     def _meta(self) -> dict:
-        s = self.shards
-        return {"stage": self.task.stage, "config": asdict(self.cfg), "arch": self.task.arch(),
-                "data": {"name": s.name, "root": s.root, "fingerprint": s.fingerprint, "encoders": s.manifest.encoders,
-                         "taxonomy": s.taxonomy, "audio_layers": s.manifest.audio_layers,
-                         "train_durations_s": self.train_durations},
+        d = self.data
+        data = {"name": d.name, "root": d.root, "fingerprint": d.fingerprint, "encoders": d.encoders,
+                "taxonomy": d.taxonomy, "audio_layers": d.audio_layers, "train_durations_s": self.train_durations}
+        if not d.single:
+            data["sets"] = d.record()
+        return {"stage": self.task.stage, "config": asdict(self.cfg), "arch": self.task.arch(), "data": data,
                 **self.task.extra_state()}
 
     def restore(self) -> None:
@@ -334,14 +365,18 @@ class Run:
         cfg, log = self.cfg, self.log.line
         if self.resume_from:
             path = self.resume_from
-            old = self.ckpt.restore(resumable(path, self.task.stage), path, self.task.arch(),
-                                    self.shards.fingerprint)["config"]
+            ckpt = resumable(path, self.task.stage)
+            same_data(ckpt, self.data, path)
+            old = self.ckpt.restore(ckpt, path, self.task.arch(), None)["config"]
             if cfg.schedule != "constant" and (old.get("epochs"), old.get("schedule")) != (cfg.epochs, cfg.schedule):
                 log(f"warning: the {cfg.schedule} schedule now spans {cfg.epochs} epochs (was {old.get('epochs')} "
                     f"{old.get('schedule')}); the learning rate continues on the new curve")
             loader = self.train_loader
+            ranks = len(ckpt["rng"]) if isinstance(ckpt.get("rng"), list) else self.world.world_size
             log(f"resumed {path}: epoch {loader.epoch:03d}, batch {loader.consumed}/{self.steps_per_epoch}, "
-                f"step {self.state.step}")
+                f"step {self.state.step}" + (f"; on {self.world.world_size} rank(s), it ran on {ranks}: the same "
+                                             "global batches follow, dropout draws differ" if ranks !=
+                                             self.world.world_size else ""))
             if loader.consumed >= self.steps_per_epoch:  # saved at an epoch's end
                 loader.set_epoch(loader.epoch + 1)
         elif cfg.checkpoint:
@@ -352,13 +387,33 @@ class Run:
             self.train_loader.set_epoch(0)
         self.state.epoch = self.train_loader.epoch
 
+    def validate(self, loaders: dict, desc: str) -> dict:
+        """The metrics of the model on each set's loader; with several sets, the pooled metrics (of every row of
+        them together) with each set's under "sets"."""
+        outs = {name: gather_outputs(self.task, self.raw, lo, self.device, self.world, f"{desc} {name}",
+                                     self.cfg.progress) for name, lo in loaders.items()}
+        if len(outs) == 1:
+            return self.task.metrics(next(iter(outs.values())))
+        pooled = self.task.metrics(concat_outputs(list(outs.values())))
+        return {**pooled, "sets": {name: self.task.metrics(o) for name, o in outs.items()}}
+
+    def selected(self, metrics: dict) -> dict:
+        """The metrics selection looks at: the pooled ones, or --select-on's set's."""
+        return metrics["sets"][self.cfg.select_on] if self.cfg.select_on and "sets" in metrics else metrics
+
     def fit(self) -> dict:
         cfg, t_run = self.cfg, time.time()
-        self.log.line(f"{self.task.stage}: {self.shards.name} ({self.shards.fingerprint}), train "
-                      f"{self.train_loader.num_rows} rows, {self.val_split} {self.val_loader.num_rows} rows; "
+        val_rows = sum(lo.num_rows for lo in self.val_loaders.values())
+        self.log.line(f"{self.task.stage}: {self.data.name} ({self.data.fingerprint}), train "
+                      f"{sum(self.data.train_quotas())} rows an epoch, {self.val_split} {val_rows} rows; "
                       f"{self.steps_per_epoch} steps/epoch, epochs {self.state.epoch:03d}..{cfg.epochs - 1:03d}; "
                       f"{self.world.world_size} rank(s) on {self.device}; "
                       f"{sum(p.numel() for p in self.params):,} trainable parameters")
+        if not self.data.single:
+            shares = ", ".join(f"{n} {p:.3f}" for n, p in zip(self.data.names, self.data.shares()))
+            self.log.line(f"{len(self.data.sets)} sets, {self.data.num_classes} classes; shares of an epoch: {shares}")
+            for line in self.data.summary():
+                self.log.line(line)
         self.model.train()
         for epoch in range(self.state.epoch, cfg.epochs):
             self.state.epoch = epoch
@@ -418,14 +473,16 @@ class Run:
                         f"{self.steps_per_epoch}); continue with the same command and --resume")
 
     def _end_epoch(self, epoch: int, losses: list[float], seconds: float) -> None:
-        metrics = evaluate(self.task, self.raw, self.val_loader, self.device, self.world,
-                           desc=f"{self.val_split} {epoch:03d}", progress=self.cfg.progress)
-        is_best = self.state.observe(epoch, metrics)
+        metrics = self.validate(self.val_loaders, f"{self.val_split} {epoch:03d}")
+        is_best = self.state.observe(epoch, metrics, self.selected(metrics))
         self.ckpt.save_epoch(epoch, is_best)
         self.log.scalars(self.val_split, metrics, epoch)
+        for name, m in metrics.get("sets", {}).items():
+            self.log.scalars(f"{self.val_split}/{name}", m, epoch)
         train_loss = f"{np.mean(losses):.4f}" if losses else "-"
+        per_set = "".join(f"  {name} {m[self.task.selection]:.4f}" for name, m in metrics.get("sets", {}).items())
         self.log.line(f"epoch {epoch:03d}/{self.cfg.epochs - 1:03d}  train loss {train_loss}  {self.val_split} "
-                      f"{self.task.headline(metrics)}  lr {self.scheduler.get_last_lr()[0]:.2e}  {seconds:.1f} s"
+                      f"{self.task.headline(metrics)}{per_set}  lr {self.scheduler.get_last_lr()[0]:.2e}  {seconds:.1f} s"
                       + ("  *best*" if is_best else ""))
         if self.preempted.agreed(self.world, self.device):
             raise Preempted(f"{self.preempted.name} received: epoch {epoch:03d} is saved ({self.ckpt.path('last')}); "
@@ -435,15 +492,17 @@ class Run:
         cfg, state = self.cfg, self.state
         summary = {"stage": self.task.stage, "best": state.best, "best_checkpoint": self.ckpt.path("best"),
                    "last_checkpoint": self.ckpt.path("last"), "val": state.metrics, "seconds": round(seconds, 2)}
-        if cfg.test_at_end and "test" in self.shards.manifest.splits and state.best_epoch >= 0:
+        tests = self.task.split_loaders("test", cfg.eval_batch_size, self.world, min(cfg.num_workers, 2)) \
+            if cfg.test_at_end and state.best_epoch >= 0 else {}
+        if tests:
             barrier()  # rank 0 has written the best checkpoint
             best = self.ckpt.path("best")
             self.ckpt.restore(resumable(best, self.task.stage), best, self.task.arch(), None, only=("model",))
-            test_loader = self.task.loader("test", cfg.eval_batch_size, self.world, False, min(cfg.num_workers, 2))
-            summary["test"] = evaluate(self.task, self.raw, test_loader, self.device, self.world, desc="test",
-                                       progress=cfg.progress)
-            test_loader.close()
-            self.log.line(f"test (best checkpoint, epoch {state.best_epoch:03d}): {self.task.headline(summary['test'])}")
+            summary["test"] = self.validate(tests, "test")
+            self.log.line(f"test (best checkpoint, epoch {state.best_epoch:03d}): {self.task.headline(summary['test'])}"
+                          + "".join(f"  {n} {m[self.task.selection]:.4f}" for n, m in summary["test"].get("sets", {}).items()))
+        for lo in tests.values():
+            lo.close()
         if self.world.is_main:
             self.log.line(f"best {self.task.selection} {state.best_value:.4f} at epoch {state.best_epoch:03d}: "
                           f"{self.ckpt.path('best')}")
@@ -453,7 +512,8 @@ class Run:
 
     def close(self) -> None:
         self.train_loader.close()
-        self.val_loader.close()
+        for lo in self.val_loaders.values():
+            lo.close()
         self.log.close()
 
 

@@ -21,8 +21,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import pyarrow.compute as pc
-
 from lake.cliargs import REQUIRED, arg, at_least, between
 from lake.errors import LakeError
 from trainers.checkpoint import read_checkpoint_file
@@ -91,18 +89,17 @@ class MeldTask(Task):
     config_cls = MeldConfig
 
     @classmethod
-    def new(cls, cfg: MeldConfig, shards) -> "MeldTask":
-        m = shards.manifest
+    def new(cls, cfg: MeldConfig, data) -> "MeldTask":
         slm_task, slm = SlmTask.load(cfg.stage3_ckpt)
-        data = slm_task.checkpoint["data"]
-        check_encoders(data["encoders"], shards, f"{cfg.stage3_ckpt} (the SLM; ingest MELD with the same encoders)")
+        trained_on = slm_task.checkpoint["data"]
+        check_encoders(trained_on["encoders"], data, f"{cfg.stage3_ckpt} (the SLM; ingest MELD with the same encoders)")
         if cfg.clap_ckpt:
             check_same_projectors(cfg.clap_ckpt, slm.clap_audio, cfg.stage3_ckpt)
-        arch = {"mode": cfg.mode, "num_classes": m.num_classes, "taxonomy": m.taxonomy, "hidden_dim": cfg.hidden_dim,
-                "slm_arch": slm_task.arch()}
-        extras = {"slm": {"path": cfg.stage3_ckpt, "data": data},
-                  "class_weights": class_weights(train_labels(shards), m.num_classes).tolist()}
-        return cls(cfg, shards, arch, extras, init={"slm": slm.state_dict()})
+        arch = {"mode": cfg.mode, "num_classes": data.num_classes, "taxonomy": data.taxonomy,
+                "hidden_dim": cfg.hidden_dim, "slm_arch": slm_task.arch()}
+        extras = {"slm": {"path": cfg.stage3_ckpt, "data": trained_on},
+                  "class_weights": class_weights(data.train_labels(), data.num_classes).tolist()}
+        return cls(cfg, data, arch, extras, init={"slm": slm.state_dict()})
 
     def setup(self) -> None:
         a = self._arch
@@ -110,7 +107,7 @@ class MeldTask(Task):
         self.taxonomy = a["taxonomy"]
         self.weights = torch.tensor(self.extras["class_weights"], dtype=torch.float32)
         self.layers = list(a["slm_arch"]["layers"])
-        check_layers(self.layers, self.shards, "the SLM")
+        check_layers(self.layers, self.data, "the SLM")
 
     def make_model(self) -> nn.Module:
         a = self._arch
@@ -135,23 +132,23 @@ class MeldTask(Task):
         return f"weighted-F1 {m['weighted_f1']:.4f}  acc {m['accuracy']:.4f}  macro-F1 {m['macro_f1']:.4f}"
 
     @classmethod
-    def checkpoint_from(cls, obj, path: str, shards, stage3_ckpt: str = "", **files) -> dict | None:
+    def checkpoint_from(cls, obj, path: str, data, stage3_ckpt: str = "", **files) -> dict | None:
         """Ours, or the reference tooling's MELD layout: a head alone, so its SLM comes from `stage3_ckpt`."""
         if not is_reference_meld(obj):
-            return super().checkpoint_from(obj, path, shards)
+            return super().checkpoint_from(obj, path, data)
         if not stage3_ckpt:
             raise LakeError(f"{path}: a reference-layout MELD head, which holds no SLM; pass the stage-3 checkpoint it "
                             "was trained on with --stage3-ckpt")
-        if shards is None:
+        if data is None:
             raise LakeError(f"{path}: a reference-layout MELD head names no classes; it is read with the set it is "
                             "evaluated on")
         slm_ckpt = SlmTask.checkpoint_from(read_checkpoint_file(stage3_ckpt), stage3_ckpt, None)
         if slm_ckpt is None:
             raise LakeError(f"{stage3_ckpt}: not an SLM checkpoint (--stage3-ckpt)")
-        ckpt = meld_checkpoint(obj, path, slm_ckpt, shards.taxonomy,
+        ckpt = meld_checkpoint(obj, path, slm_ckpt, data.taxonomy,
                                lambda arch: MeldHead(build_slm(arch["slm_arch"]), arch["mode"], arch["num_classes"],
                                                      arch["hidden_dim"]).state_dict())
-        ckpt["class_weights"] = class_weights(train_labels(shards), shards.manifest.num_classes).tolist()
+        ckpt["class_weights"] = class_weights(data.train_labels(), data.num_classes).tolist()
         return ckpt
 
     @classmethod
@@ -159,12 +156,6 @@ class MeldTask(Task):
         parser = stage_parser("python -m trainers.meld", MeldConfig, __doc__.split("\n\n")[0] + ".", DEFAULTS,
                               PRESETS)
         return parse_stage_args(parser, MeldConfig, PRESETS, argv)
-
-
-def train_labels(shards) -> np.ndarray:
-    """The label ids of the set's train split (from index.parquet: no shard is read)."""
-    index = shards.index
-    return np.asarray(index.filter(pc.equal(index["split"], "train")).column("label_id").to_numpy(), dtype=np.int64)
 
 
 main = MeldTask.main

@@ -18,6 +18,7 @@ from lake.catalog import ShardSet
 from lake.errors import LakeError
 from trainers.checkpoint import read_checkpoint_file
 from trainers.clap import ClapTask
+from trainers.data import TrainingData
 from trainers.loop import Task
 from trainers.meld import MeldTask
 from trainers.reference import layout_name
@@ -26,22 +27,25 @@ from trainers.slm import SlmTask
 STAGES: dict[str, type[Task]] = {"clap": ClapTask, "slm": SlmTask, "meld": MeldTask}
 
 
-def load(path: str, shards: ShardSet | None = None, stage: str | None = None, **files) -> tuple[Task, torch.nn.Module]:
+def load(path: str, shards: ShardSet | TrainingData | None = None, stage: str | None = None,
+         same_classes: bool = True, **files) -> tuple[Task, torch.nn.Module]:
     """(task, trained model in eval mode on the CPU) from any checkpoint file this project accepts.
 
-    `shards`: the set it is used on (checked against what the model was trained on; the reference tooling's
-    files take their class names from it), or None (prediction). `stage`: the stage the caller needs (else the
-    file's). `files`: other checkpoints a layout needs (a reference MELD head: `stage3_ckpt`).
+    `shards`: the set it is used on (checked against what the model was trained on: its encoders, and its classes
+    unless `same_classes` is False; the reference tooling's files take their class names from it), or None
+    (prediction). `stage`: the stage the caller needs (else the file's). `files`: other checkpoints a layout
+    needs (a reference MELD head: `stage3_ckpt`).
     """
+    data = TrainingData.of(shards) if isinstance(shards, ShardSet) else shards
     if stage is not None:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}")
-        return STAGES[stage].load(path, shards, **files)
+        return STAGES[stage].load(path, data, same_classes, **files)
     obj = read_checkpoint_file(path)
     for task_cls in STAGES.values():
-        ckpt = task_cls.checkpoint_from(obj, path, shards, **files)
+        ckpt = task_cls.checkpoint_from(obj, path, data, **files)
         if ckpt is not None:
-            return task_cls.from_checkpoint(ckpt, shards, path)
+            return task_cls.from_checkpoint(ckpt, data, path, same_classes)
     what = layout_name(obj)
     raise LakeError(f"{path}: {'a ' + what if what else 'not a checkpoint of this project'}; expected a checkpoint "
                     f"of a stage ({', '.join(STAGES)}), CLAP projectors or a file of the previous tooling")

@@ -128,20 +128,19 @@ class SlmTask(Task):
     config_cls = SlmConfig
 
     @classmethod
-    def new(cls, cfg: SlmConfig, shards) -> "SlmTask":
-        m = shards.manifest
-        if cfg.num_emotions and cfg.num_emotions != m.num_classes:
-            raise LakeError(f"--num-emotions {cfg.num_emotions}, but {shards.root} has {m.num_classes} classes in its "
-                            f"taxonomy ({', '.join(m.taxonomy[:6])}{', ...' if m.num_classes > 6 else ''}); "
-                            f"pass --num-emotions {m.num_classes}")
-        clap_task, clap = ClapTask.load(cfg.clap_ckpt, shards)  # checks its encoders, dims and layer against the set
-        layers, clap_index, prosody_index = slm_layers(clap_task.layer, cfg.audio_layer, m.audio_layers)
+    def new(cls, cfg: SlmConfig, data) -> "SlmTask":
+        n = data.num_classes
+        if cfg.num_emotions and cfg.num_emotions != n:
+            raise LakeError(f"--num-emotions {cfg.num_emotions}, but {data.root} has {n} classes in its taxonomy "
+                            f"({', '.join(data.taxonomy[:6])}{', ...' if n > 6 else ''}); pass --num-emotions {n}")
+        clap_task, clap = ClapTask.load(cfg.clap_ckpt, data)  # checks its encoders, dims and layer against the sets
+        layers, clap_index, prosody_index = slm_layers(clap_task.layer, cfg.audio_layer, data.audio_layers)
         d = clap_task.dims
-        arch = {"audio_dim": d["audio"], "text_dim": d["text"], "proj_dim": d["proj"], "num_classes": m.num_classes,
-                "taxonomy": m.taxonomy, "layers": layers, "clap_index": clap_index, "prosody_index": prosody_index,
+        arch = {"audio_dim": d["audio"], "text_dim": d["text"], "proj_dim": d["proj"], "num_classes": n,
+                "taxonomy": data.taxonomy, "layers": layers, "clap_index": clap_index, "prosody_index": prosody_index,
                 "hidden_dim": cfg.hidden_dim}
-        # the CLAP heads standardise as they were trained to; the prosody branch with this set's statistics
-        prosody_stats = field_stats(m.feature_stats, "audio", layers)
+        # the CLAP heads standardise as they were trained to; the prosody branch with these sets' statistics
+        prosody_stats = field_stats(data.feature_stats, "audio", layers)
         standardize = {f"clap_{k}": True for k in clap_task.arch().get("standardize", {})}
         if prosody_stats:
             standardize["prosody"] = True
@@ -150,12 +149,12 @@ class SlmTask(Task):
         clap_info = {"dims": d, "audio_layer": clap_task.layer, "data": clap_task.checkpoint["data"]}
         init = {"clap_audio": clap.audio_proj.state_dict(), "clap_text": clap.text_proj.state_dict(),
                 "prosody_stats": prosody_stats}
-        return cls(cfg, shards, arch, {"clap": clap_info}, init)
+        return cls(cfg, data, arch, {"clap": clap_info}, init)
 
     def setup(self) -> None:
         self.layers = list(self._arch["layers"])
         self.taxonomy = self._arch["taxonomy"]
-        check_layers(self.layers, self.shards, "the SLM")
+        check_layers(self.layers, self.data, "the SLM")
 
     def make_model(self) -> nn.Module:
         return build_slm(self._arch, self.cfg.dropout)
@@ -180,12 +179,12 @@ class SlmTask(Task):
         return f"macro-F1 {m['macro_f1']:.4f}  acc {m['accuracy']:.4f}  top3 {m['top3_accuracy']:.4f}"
 
     @classmethod
-    def checkpoint_from(cls, obj, path: str, shards, **files) -> dict | None:
+    def checkpoint_from(cls, obj, path: str, data, **files) -> dict | None:
         """Ours, or the reference tooling's stage-3 layout (its class names are the set's, when a set is given)."""
         if not is_reference_slm(obj):
-            return super().checkpoint_from(obj, path, shards)
+            return super().checkpoint_from(obj, path, data)
         return slm_checkpoint(obj, path, lambda arch: build_slm(arch).state_dict(),
-                              shards.taxonomy if shards is not None else None)
+                              data.taxonomy if data is not None else None)
 
     @classmethod
     def parse(cls, argv) -> SlmConfig:

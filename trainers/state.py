@@ -17,10 +17,11 @@ class TrainState:
     best_epoch: int = -1  # -1: no epoch finished yet
     metrics: dict = field(default_factory=dict)
 
-    def observe(self, epoch: int, metrics: dict) -> bool:
-        """Record an epoch's validation metrics; True when it is the best so far."""
+    def observe(self, epoch: int, metrics: dict, selected: dict | None = None) -> bool:
+        """Record an epoch's validation metrics; True when it is the best so far (judged on `selected`: the
+        metrics of the set selection looks at, by default `metrics` themselves)."""
         self.metrics = metrics
-        value = metrics[self.metric]
+        value = (selected or metrics)[self.metric]
         if value > self.best_value:
             self.best_value, self.best_epoch = value, epoch
             return True
