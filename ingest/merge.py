@@ -10,7 +10,8 @@ from __future__ import annotations
 from lake import storage
 from lake.catalog import ShardSet
 from lake.errors import LakeError
-from lake.schema import SHARDS_DIR, Manifest
+from lake.blocks import SHARDS_DIR
+from lake.schema import Manifest
 from ingest.journal import read_journals, rows_path, work_dir
 from ingest.output import as_output
 from ingest.sources.base import reason_category

@@ -22,7 +22,8 @@ import shutil
 import tempfile
 
 from lake import storage
-from lake.schema import SHARDS_DIR, ShardEntry
+from lake.blocks import SHARDS_DIR
+from lake.schema import ShardEntry
 from shards.format import TMP_SUFFIX
 
 WORK_DIR = "_work"

@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from lake import storage
 from lake.catalog import ShardSet
 from lake.errors import LakeError
-from lake.schema import MANIFEST_NAME, QUARANTINE_NAME, SHARDS_DIR, BlockEntry, Manifest, ShardEntry
+from lake.blocks import SHARDS_DIR
+from lake.schema import MANIFEST_NAME, QUARANTINE_NAME, BlockEntry, Manifest, ShardEntry
 from ingest.output import SetOutput
 from shards.format import TMP_SUFFIX, HashingFile, decode_member, iter_tar_blocks
 from shards.writer import index_rows
