@@ -15,7 +15,8 @@ from typing import Callable, Iterable
 
 from lake import storage
 from lake.blocks import DURATIONS, KEYS, META_MEMBER, SOURCE_URIS, TRANSCRIPTS, shard_relpath
-from lake.schema import INDEX_COLUMNS, INDEX_NAME, MANIFEST_NAME, QUARANTINE_NAME, Manifest, ShardEntry, split_summary
+from lake.schema import (INDEX_COLUMNS, INDEX_NAME, MANIFEST_NAME, QUARANTINE_NAME, Manifest, ShardEntry, index_schema,
+                         split_summary)
 from shards.format import Block, ShardWriter
 
 OnComplete = Callable[[ShardEntry, list[dict]], None]
@@ -81,8 +82,6 @@ class RotatingWriter:
 def index_table(rows):
     """Index rows (dicts, or a pyarrow Table) as the index schema, sorted by (shard, block, row)."""
     import pyarrow as pa
-
-    from lake.schema import index_schema
 
     if isinstance(rows, pa.Table):
         table = rows.select(list(INDEX_COLUMNS)).cast(index_schema())
