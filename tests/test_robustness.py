@@ -22,6 +22,10 @@ import time
 
 import pytest
 
+from ingest.write.journal import Journal, read_journals
+from ingest.write.lock import SetLock
+from ingest.write.merge import merge_set
+from ingest.write.output import SetOutput, finish_swap, overwrite_sibling
 from lake.catalog import open_shard_set
 from lake.errors import PREEMPTED_EXIT
 from shards.verify import verify_set
@@ -164,8 +168,6 @@ def test_overwrite_keeps_the_old_set_until_the_new_one_is_complete(corpus, finis
 
 
 def test_an_interrupted_swap_is_completed_by_the_next_run(corpus, finished, tmp_path):
-    from ingest.write.output import SetOutput, finish_swap, overwrite_sibling
-
     out = copy_of(finished, tmp_path)
     new = overwrite_sibling(SetOutput(str(out)))
     import shutil
@@ -202,7 +204,6 @@ def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_stale_lock(corpus
         first.wait()
     ingest(corpus, out, "--checkpoint-mb", "0.02", check=True)  # the kernel dropped the dead writer's lock
     assert verify_set(str(out))[0] == []
-    from ingest.write.lock import SetLock
 
     with SetLock(str(out)):  # a writer holds the finished set: readers still read it, a writer is refused
         assert run("shards", "verify", out, check=True).stdout.startswith("OK: ")
@@ -213,7 +214,6 @@ def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_stale_lock(corpus
 def test_the_object_store_lock_refuses_a_live_owner_and_takes_over_a_dead_one(s3_bucket):
     from lake import storage
     from lake.errors import LakeError
-    from ingest.write.lock import SetLock
 
     root = f"{s3_bucket}/sets/locked"
     with SetLock(root):
@@ -318,9 +318,6 @@ def test_merge_refuses_a_key_committed_by_two_ranks(tmp_path):
     own verify fails."""
     from conftest import write_set
 
-    from ingest.write.journal import Journal
-    from ingest.write.merge import merge_set
-    from ingest.write.output import SetOutput
     from lake.errors import LakeError
 
     root = tmp_path / "set"
@@ -407,9 +404,6 @@ def test_dataclass_configs_check_their_ranges_outside_the_command_line_too():
 
 def test_a_preemption_signal_stops_ingest_at_a_clip_boundary_and_the_rerun_continues(corpus, finished, tmp_path):
     """SIGUSR1 here (Slurm's --signal); the trainers' preemption test sends SIGTERM."""
-    from ingest.write.journal import read_journals
-    from ingest.write.output import SetOutput
-
     out = tmp_path / "laion"
     args = ["--source", "laion", "--input", str(corpus), "--out", str(out), *ARGS, "--checkpoint-mb", "0.02"]
     proc = subprocess.Popen([sys.executable, "-m", "ingest", *args], cwd=REPO, env=ENV, stdout=subprocess.PIPE,

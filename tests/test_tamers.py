@@ -19,6 +19,8 @@ import pytest
 from ingest.config import IngestConfig
 from ingest.run import ingest_set
 from ingest.sources.tamers_parquet import tamers_key
+from ingest.write.journal import read_journals
+from ingest.write.output import SetOutput
 from lake.catalog import open_shard_set
 from lake.errors import LakeError
 from lake.splits import assign_split
@@ -243,8 +245,6 @@ def test_killed_import_resumes_where_it_stopped(reference_laion, tmp_path, monke
 
     import ingest.sources.tamers_parquet as tamers_parquet
     from ingest.sources.tamers_parquet import TamersParquetSource
-    from ingest.write.journal import read_journals
-    from ingest.write.output import SetOutput
 
     src, _, _ = reference_laion
     small = dict(checkpoint_mb=0.0, block_rows=8, rows_per_shard=16)  # every file its own segment
