@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import av
 import numpy as np
 
-SAMPLE_RATE = 16000
+from lake.schema import SAMPLE_RATE
 
 # FFmpeg skips a packet it cannot decode and goes on (as the `ffmpeg` CLI does); a clip
 # with more bad packets than this share of all its packets (and more than one) is garbage,

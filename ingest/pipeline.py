@@ -1,12 +1,12 @@
-"""One ingest rank: read its units, decode in worker processes, encode, pack, write.
+"""One ingest rank's rows from audio: read its units, decode in worker processes, encode, pack.
 
     source.read(unit) --(Clip)--> decode pool (PyAV, N processes, ordered)
         --> window of decoded clips, sorted by length --> audio + text encoders (batched)
-        --> BlockPacker (per split) --> BackgroundWriter --> shards + journal
+        --> BlockPacker (per split) --> the write path (ingest.write.commit.RankCommit)
 
-Work is cut into segments of about `checkpoint_mb` of input: at the end of a
-segment every open shard is closed and the segment's units are journalled as done,
-so a killed run loses at most one segment per rank.
+What is read and packed is counted by the rank's ingest.write.ledger.Ledger (--limit,
+committed and duplicate keys, quarantine); how finished rows are committed, segment by
+segment, is ingest.write.commit's.
 """
 
 from __future__ import annotations
@@ -19,15 +19,14 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from lake.errors import LakeError, Preempted
+from lake.blocks import row_meta
+from lake.errors import LakeError
+from lake.schema import SAMPLE_RATE
 from ingest.config import IngestConfig
 from ingest.decode_pool import Featured, OrderedDecoder, chunk_fn
-from ingest.journal import Journal, JournalState
-from ingest.output import SetOutput
-from ingest.packer import BlockPacker
 from ingest.sources.base import Clip, Skip, Unit
-from ingest.writer_thread import BackgroundWriter
-from shards.writer import RotatingWriter
+from ingest.write.ledger import Ledger
+from ingest.write.packer import BlockPacker
 
 
 MAX_FAILURES_IN_A_ROW = 64
@@ -50,58 +49,21 @@ def duration_mismatch(clip: Clip, dec) -> str | None:
     return None
 
 
-def assign_units(units: list[Unit], world_size: int) -> list[list[Unit]]:
-    """Largest first to the least-loaded rank (deterministic for a given world size)."""
-    loads = [0] * world_size
-    out: list[list[Unit]] = [[] for _ in range(world_size)]
-    for u in sorted(units, key=lambda u: (-u.size, u.id)):
-        r = min(range(world_size), key=lambda i: (loads[i], i))
-        out[r].append(u)
-        loads[r] += max(u.size, 1)
-    return [sorted(us, key=lambda u: u.id) for us in out]
-
-
-def segments(units: list[Unit], checkpoint_bytes: float) -> Iterator[list[Unit]]:
-    seg, size = [], 0
-    for u in units:
-        seg.append(u)
-        size += u.size
-        if size >= checkpoint_bytes:
-            yield seg
-            seg, size = [], 0
-    if seg:
-        yield seg
-
-
 class RankWorker:
-    """One rank's share of the units: read, decode, encode, pack, write, commit (segment by segment).
+    """One rank's producer of rows from audio: `processor()` gives RankCommit the per-segment work.
+    `preempted` (lake.signals): when set, reading stops at a clip boundary (the clips in hand are finished)."""
 
-    `run` is the commit protocol every kind of ingest shares (PrecomputedWorker reuses it): open the
-    journal and the writer, then per segment `_process(segment, committed, packer)`, close every open
-    shard, journal the quarantine and the finished units. `preempted` (lake.signals): when set, the
-    clip in hand is finished, the segment's shards are committed, and the run stops (Preempted).
-    """
-
-    def __init__(self, cfg: IngestConfig, source, taxonomy: list[str], audio_enc, text_enc, rank: int,
-                 world_size: int, state: JournalState, progress=None, out: SetOutput | None = None,
-                 preempted=None):
-        self.cfg, self.source, self.taxonomy = cfg, source, taxonomy
+    def __init__(self, cfg: IngestConfig, source, taxonomy: list[str], audio_enc, text_enc, world_size: int,
+                 ledger: Ledger, progress=None, preempted=None):
+        self.cfg, self.source = cfg, source
         self.audio_enc, self.text_enc = audio_enc, text_enc
-        self.rank, self.world_size, self.state = rank, world_size, state
-        self.out = out or SetOutput(cfg.out)
+        self.world_size, self.ledger = world_size, ledger
         self.label_id = {name: i for i, name in enumerate(taxonomy)}
         self.progress = progress
         self.preempted = preempted
-        self.clips_read = 0  # clips read from the source, committed ones included (what --limit counts)
-        self.quarantine: list[dict] = []
-        self.limit = -(-cfg.limit // world_size) if cfg.limit else 0
         self._failures_in_a_row = 0
-        self._keys: set[str] = set()  # keys taken by this run: a second clip with one of them is refused
-
-    # -- setup ------------------------------------------------------------------
-    def clean_leftovers(self) -> None:
-        """Delete this worker id's shards that no journal line committed (a killed run's leftovers)."""
-        self.out.clean_leftovers(self.rank, set(self.state.shards))
+        self._bytes_total = sum(u.size for u in ledger.todo) or 1
+        self._bytes_read = 0
 
     def split_of(self, clip: Clip | Skip) -> str:
         return self.source.split_policy.split_of(clip)
@@ -109,43 +71,8 @@ class RankWorker:
     def _stopping(self) -> bool:
         return bool(self.preempted)
 
-    # -- the loop ---------------------------------------------------------------
-    def run(self, units: list[Unit]) -> None:
-        cfg = self.cfg
-        todo = [u for u in units if u.id not in self.state.units_done]
-        # clips read by earlier runs count towards --limit, so a resumed run takes the same clips
-        self.clips_read = sum(self.state.units_done.get(u.id, 0) for u in units)
-        self._unit_clips: dict[str, int] = {}
-        self._bytes_total = sum(u.size for u in todo) or 1
-        self._bytes_read = 0
-        committed = self.state.committed_keys(self.out) if todo and self.state.shards else set()
-        journal = Journal(self.out, self.rank)
-        rotating = RotatingWriter(self.out.build_root, self.taxonomy, journal.shard, worker=self.rank,
-                                  rows_per_shard=cfg.rows_per_shard, next_seq=self.state.next_seq(self.rank))
-        writer = BackgroundWriter(rotating)
-        packer = BlockPacker(cfg.block_rows, writer.submit, with_caption=self.source.has_captions)
-        try:
-            with self._processor() as process:
-                for seg in segments(todo, cfg.checkpoint_mb * 1e6):
-                    process(seg, committed, packer)
-                    packer.flush()
-                    writer.sync()  # every shard of this segment closed and journalled
-                    if self.quarantine:
-                        journal.append({"type": "quarantine", "records": self.quarantine})
-                        self.quarantine = []
-                    if self._stopping():  # the segment's units are not all read: they stay undone
-                        raise Preempted(f"{self.preempted.name} received: rank {self.rank} committed its finished "
-                                        f"shards; re-run the same command to continue from there")
-                    journal.append({"type": "units_done", "units": {u.id: self._unit_clips.get(u.id, 0) for u in seg}})
-            writer.stop()
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            journal.close()
-
     @contextmanager
-    def _processor(self):
+    def processor(self):
         """The per-segment work: decode in worker processes, then encode (a pool for the whole run)."""
         cfg = self.cfg
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))  # ranks sharing this machine
@@ -154,8 +81,8 @@ class RankWorker:
         decoder = OrderedDecoder(lambda: ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")),
                                  chunk_fn(self.audio_enc), chunk=4, max_pending=cfg.batch_size * 32)
 
-        def process(seg: list[Unit], committed: set[str], packer: BlockPacker) -> None:
-            clips = self._clips(seg, committed)
+        def process(seg: list[Unit], packer: BlockPacker) -> None:
+            clips = self._clips(seg)
             self._encode_stream(decoder.map((c, cfg.max_seconds) for c in clips), packer)
 
         try:
@@ -165,39 +92,29 @@ class RankWorker:
             raise
         decoder.close()
 
-    def _clips(self, seg: list[Unit], committed: set[str]) -> Iterator[Clip]:
+    def _clips(self, seg: list[Unit]) -> Iterator[Clip]:
         """Clips to decode; skip records go straight to quarantine. Stops at a clip boundary when preempted."""
+        ledger = self.ledger
         for unit in seg:
-            if self.limit and self.clips_read >= self.limit:
+            if ledger.full:
                 continue  # excluded by --limit: journalled as done with 0 clips
             for item in self.source.read(unit):
                 if self._stopping():
                     return
                 if isinstance(item, Skip):
-                    if item.key not in committed:
-                        self._quarantine(item.key, "read", item.reason, item.source_uri, self.split_of(item))
+                    ledger.skipped(item.key, item.reason, item.source_uri, self.split_of(item))
                     continue
-                if self.limit and self.clips_read >= self.limit:
+                if ledger.full:
                     break
-                self.clips_read += 1
-                self._unit_clips[unit.id] = self._unit_clips.get(unit.id, 0) + 1
-                if item.key in committed:
-                    continue
-                if item.key in self._keys:  # never commit a key twice: the second clip is refused, with why
-                    self._quarantine(item.key, "read", f"duplicate key: another clip of this run has key {item.key!r}",
-                                     item.source_uri, self.split_of(item))
-                    continue
-                self._keys.add(item.key)
-                yield item
+                if ledger.take(unit.id, item.key, item.source_uri, self.split_of(item)):
+                    yield item
             self._bytes_read += unit.size
             if self.progress is not None and self._bytes_read:  # clips to come, estimated from the bytes read
                 done = self.progress.n
                 self.progress.total = max(done, int(done * self._bytes_total / self._bytes_read))
 
-    def _quarantine(self, key: str, stage: str, reason: str, source_uri: str, split: str | None) -> None:
-        self.quarantine.append({"key": key, "stage": stage, "reason": reason, "source_uri": source_uri, "split": split})
-        if self.progress is not None:
-            self.progress.update(1)
+    def _quarantine(self, clip: Clip, stage: str, reason: str) -> None:
+        self.ledger.quarantine(clip.key, stage, reason, clip.source_uri, self.split_of(clip))
 
     def _encode_stream(self, decoded: Iterable, packer: BlockPacker) -> None:
         window: list = []
@@ -206,7 +123,7 @@ class RankWorker:
             if dec is not None:
                 reason = duration_mismatch(clip, dec)
             if reason is not None:
-                self._quarantine(clip.key, "decode", reason, clip.source_uri, self.split_of(clip))
+                self._quarantine(clip, "decode", reason)
                 continue
             window.append((clip, dec))
             if len(window) >= size:
@@ -227,17 +144,20 @@ class RankWorker:
             for i, (clip, dec) in enumerate(batch):
                 if audio[i] is None:
                     continue
-                split = self.split_of(clip)
-                meta = {"keys": clip.key, "durations": round(float(dec.duration_s), 4),
-                        "transcripts": clip.transcript, "source_uris": clip.source_uri,
-                        "encoded_s": round(dec.samples / 16000.0, 4)}
-                if self.source.has_captions:
-                    meta["captions"] = clip.caption or ""
-                meta["extra"] = clip.extra
-                packer.add(split, audio[i], text[i], None if caption is None else caption[i],
+                meta = row_meta(clip.key, dec.duration_s, clip.transcript, clip.source_uri,
+                                encoded_s=dec.samples / SAMPLE_RATE,
+                                caption=(clip.caption or "") if self.source.has_captions else None, extra=clip.extra)
+                packer.add(self.split_of(clip), audio[i], text[i], None if caption is None else caption[i],
                            self.label_id[clip.label], meta)
-                if self.progress is not None:
-                    self.progress.update(1)
+                self.ledger.packed()
+
+    def _encoder_failed(self, last: str, where: str = "") -> None:
+        """One more clip the audio encoder failed on; an encoder that fails on every clip (a lost GPU, a
+        broken model) stops the run instead of quarantining the whole source."""
+        self._failures_in_a_row += 1
+        if self._failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
+            raise LakeError(f"the audio encoder failed on {self._failures_in_a_row} clips in a row{where} (last: "
+                            f"{last}); stopping. Finished shards are kept: fix the cause and re-run the same command")
 
     def _worker_features(self, batch: list) -> list:
         """Features the decode workers computed (`Featured`); their failures are quarantined here."""
@@ -245,18 +165,13 @@ class RankWorker:
             if d.failure is None:
                 self._failures_in_a_row = 0
                 continue
-            self._quarantine(clip.key, "encode", d.failure, clip.source_uri, self.split_of(clip))
+            self._quarantine(clip, "encode", d.failure)
             if d.failure.startswith("encode error"):  # the encoder itself, not the clip ("too short")
-                self._failures_in_a_row += 1
-                if self._failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-                    raise LakeError(f"the audio encoder failed on {self._failures_in_a_row} clips in a row in the "
-                                    f"decode workers (last: {d.failure}); stopping. Finished shards are kept: fix the "
-                                    "cause and re-run the same command")
+                self._encoder_failed(d.failure, " in the decode workers")
         return [d.features for _, d in batch]
 
     def _encode_audio(self, batch: list) -> list:
-        """Per clip: float32 [L, D], or None (quarantined). A failing batch is retried clip by clip;
-        an encoder that fails on every clip (a lost GPU, a broken model) stops the run instead."""
+        """Per clip: float32 [L, D], or None (quarantined). A failing batch is retried clip by clip."""
         if isinstance(batch[0][1], Featured):
             return self._worker_features(batch)
         waves = [d.wave for _, d in batch]
@@ -270,18 +185,12 @@ class RankWorker:
                     out.append(self.audio_enc.encode([d.wave])[0])
                     self._failures_in_a_row = 0
                 except Exception as e:  # noqa: BLE001
-                    self._failures_in_a_row += 1
-                    if self._failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-                        raise LakeError(f"the audio encoder failed on {self._failures_in_a_row} clips in a row "
-                                        f"(last: {type(e).__name__}: {e}); stopping. Finished shards are kept: "
-                                        "fix the cause and re-run the same command") from e
-                    self._quarantine(clip.key, "encode", f"encode error: {type(e).__name__}: {e}",
-                                     clip.source_uri, self.split_of(clip))
+                    self._encoder_failed(f"{type(e).__name__}: {e}")
+                    self._quarantine(clip, "encode", f"encode error: {type(e).__name__}: {e}")
                     out.append(None)
         for i, ((clip, _), emb) in enumerate(zip(batch, out)):
             if emb is not None and not np.isfinite(emb).all():
-                self._quarantine(clip.key, "encode", "encode error: non-finite audio embedding",
-                                 clip.source_uri, self.split_of(clip))
+                self._quarantine(clip, "encode", "encode error: non-finite audio embedding")
                 out[i] = None
         return out
 

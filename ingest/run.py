@@ -11,13 +11,19 @@ from lake.cli import run_cli
 from lake.distributed import World, barrier, close_distributed, init_distributed
 from lake.progress import Progress
 from lake.signals import preemption_signals
+from lake.storage import set_storage_options
 from ingest.config import IngestConfig, parse_config
-from ingest.journal import read_journals
-from ingest.lock import SetLock
-from ingest.output import SetOutput, swap_in
-from ingest.plan import make_plan, prepare_output
+from ingest.pipeline import RankWorker
+from ingest.precomputed import PrecomputedWorker
 from ingest.sources import open_source
 from ingest.summary import summarize
+from ingest.write.commit import RankCommit, assign_units
+from ingest.write.journal import Journal, read_journals
+from ingest.write.ledger import Ledger, per_rank_limit
+from ingest.write.lock import SetLock
+from ingest.write.output import SetOutput, swap_in
+from ingest.write.plan import make_plan
+from ingest.write.prepare import Status, prepare_output
 
 
 def build_encoders(cfg: IngestConfig, device: str):
@@ -35,18 +41,19 @@ def build_encoders(cfg: IngestConfig, device: str):
     return audio, text
 
 
-def ingest_set(cfg: IngestConfig, world: World | None = None, device: str = "cpu", preempted=None) -> str:
-    """Every rank's part of an ingest, then (rank 0) the merge: "complete" if the set was already
-    finished and sound, else "done". `world`: from init_distributed (default: one process).
-    Rank 0 holds the set's lock (ingest.lock) throughout: a second writer is refused."""
+def ingest_set(cfg: IngestConfig, world: World | None = None, device: str = "cpu", preempted=None) -> Status:
+    """Every rank's part of an ingest, then (rank 0) the merge: Status.COMPLETE if the set was already
+    finished and sound, else Status.DONE. `world`: from init_distributed (default: one process).
+    Rank 0 holds the set's lock (ingest.write.lock) throughout: a second writer is refused. The output
+    (--out, --staging-dir) is decided here, once, and handed down as one SetOutput."""
     world = world or World()
     out = SetOutput(cfg.out, cfg.staging_dir)
     with SetLock(out.root) if world.is_main else nullcontext():
         return _ingest(cfg, world, device, out, preempted)
 
 
-def _ingest(cfg: IngestConfig, world: World, device: str, out: SetOutput, preempted) -> str:
-    from ingest.merge import merge_set
+def _ingest(cfg: IngestConfig, world: World, device: str, out: SetOutput, preempted) -> Status:
+    from ingest.write.merge import merge_set  # shards.stats imports torch: seconds of start-up (-X importtime)
 
     t0 = time.time()
     source = open_source(cfg, world)
@@ -59,17 +66,17 @@ def _ingest(cfg: IngestConfig, world: World, device: str, out: SetOutput, preemp
         encoders = {"audio": audio.info(), "text": text.info()}
     plan = make_plan(cfg, source, taxonomy, encoders, world.world_size)
     status, build = prepare_output(cfg, plan, world, out)
-    if status == "complete" and build.root == out.root:
+    if status == Status.COMPLETE and build.root == out.root:
         if world.is_main:
             checked = "every shard read and hashed" if cfg.check else "sizes and index; --check also hashes every shard"
             print(f"{out.root} is already complete and checks out ({checked}); nothing to do")
             print(summarize(out.root, []))
         return status
-    if status != "complete":
+    if status != Status.COMPLETE:
         _build(cfg, world, device, source, taxonomy, audio, text, status, build, preempted)
         barrier()
     if world.is_main:
-        if status != "complete":
+        if status != Status.COMPLETE:
             settings = {"batch_size": cfg.batch_size, "block_rows": cfg.block_rows,
                         "rows_per_shard": cfg.rows_per_shard, "world_size": world.world_size, "device": device,
                         "argv": sys.argv[1:]}
@@ -78,16 +85,12 @@ def _ingest(cfg: IngestConfig, world: World, device: str, out: SetOutput, preemp
             swap_in(build, out)
         print(summarize(out.root, source.notes(), time.time() - t0))
     barrier()
-    return "done"
+    return Status.DONE
 
 
-def _build(cfg, world, device, source, taxonomy, audio, text, status, build: SetOutput, preempted) -> None:
+def _build(cfg, world, device, source, taxonomy, audio, text, status: Status, build: SetOutput, preempted) -> None:
     """This rank's units: decoded and encoded (or imported), committed shard by shard."""
-    from ingest.journal import Journal
-    from ingest.pipeline import RankWorker, assign_units
-    from ingest.precomputed import PrecomputedWorker
-
-    if status == "merge" and world.is_main:  # a reopened set with nothing to re-read: every unit is done
+    if status == Status.MERGE and world.is_main:  # a reopened set with nothing to re-read: every unit is done
         journal = Journal(build, "repair")
         journal.append({"type": "units_done", "units": {u.id: 0 for u in source.units()}})
         journal.close()
@@ -95,25 +98,23 @@ def _build(cfg, world, device, source, taxonomy, audio, text, status, build: Set
     state = read_journals(build)
     units = assign_units(source.units(), world.world_size)[world.rank]
     progress = Progress(f"ingest{' rank 0' if world.distributed else ''}", unit="clip", enabled=world.is_main)
-    if world.is_main and status in ("resume", "repair"):
+    if world.is_main and status in (Status.RESUME, Status.REPAIR):
         progress.write(f"resuming {build.root}: {len(state.shards)} shards and {len(state.units_done)} source units "
                        "already done")
+    ledger = Ledger(units, state, build, per_rank_limit(cfg.limit, world.world_size), progress)
+    commit = RankCommit(cfg, build, world.rank, state, taxonomy, source.has_captions, ledger, preempted)
     if audio is None:
-        worker = PrecomputedWorker(cfg, source, taxonomy, world.rank, world.world_size, state, progress, build,
-                                   preempted)
+        producer = PrecomputedWorker(source, ledger, preempted)
     else:
-        worker = RankWorker(cfg, source, taxonomy, audio, text, world.rank, world.world_size, state, progress, build,
-                            preempted)
-    worker.clean_leftovers()
+        producer = RankWorker(cfg, source, taxonomy, audio, text, world.world_size, ledger, progress, preempted)
+    commit.clean_leftovers()
     try:
-        worker.run(units)
+        commit.run(producer.processor())
     finally:
         progress.close()
 
 
 def run(cfg: IngestConfig) -> int:
-    from lake.storage import set_storage_options
-
     set_storage_options([cfg.input, cfg.out], cfg.storage_options)
     world, device = init_distributed(cfg.device, backend="gloo", timeout_s=cfg.rank_timeout_hours * 3600)
     try:

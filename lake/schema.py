@@ -5,7 +5,7 @@ A shard set is a directory (or object-store prefix):
     manifest.json     this module's `Manifest`
     index.parquet     one row per clip, `INDEX_SCHEMA`
     quarantine.jsonl  clips that could not be decoded or encoded, with the reason
-    shards/<split>-<worker>-<seq>.tar
+    shards/<split>-<worker>-<seq>.tar   blocks of rows: lake.blocks
 
 Each shard entry in the manifest records, per block, the byte range of every tar
 member, so that a local reader can map the tar and view each `.npy` payload in
@@ -20,13 +20,16 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from lake.blocks import member_shape
 from lake.errors import LakeError
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.parquet"
 QUARANTINE_NAME = "quarantine.jsonl"
-SHARDS_DIR = "shards"
+
+SAMPLE_RATE = 16000
+"""Hz: the rate every stored audio embedding is computed at (ingest resamples every clip to it)."""
 
 SPLITS = ("train", "val", "test")
 """Hash-split names; MELD keeps its official `dev` (lake.splits.validation_split finds either)."""
@@ -36,17 +39,6 @@ _SPLIT_ORDER = ("train", "val", "dev", "test")
 def split_sort_key(split: str) -> tuple[int, str]:
     """Splits in reading order: train, val, dev, test, then any other name alphabetically."""
     return (_SPLIT_ORDER.index(split) if split in _SPLIT_ORDER else len(_SPLIT_ORDER), split)
-
-# Block members: name -> (dtype, number of dims). The shapes are checked against
-# the manifest's encoder dims: audio [n, L, Da], text/caption [n, Dt], label [n].
-ARRAY_MEMBERS = {
-    "audio": ("float16", 3),
-    "text": ("float16", 2),
-    "caption": ("float16", 2),
-    "label": ("int16", 1),
-}
-META_MEMBER = "meta"
-MEMBER_SUFFIX = {name: f"{name}.npy" for name in ARRAY_MEMBERS} | {META_MEMBER: "meta.json"}
 
 INDEX_COLUMNS = (
     "key", "split", "label_id", "label", "duration_s", "transcript",
@@ -159,14 +151,19 @@ class Manifest:
         return sum(s.rows for s in self.shards if s.split == split)
 
     def expected_shape(self, member: str, rows: int) -> tuple[int, ...]:
-        """The shape a block member of `rows` rows must have under this manifest."""
-        if member == "audio":
-            return (rows, len(self.audio_layers), self.audio_dim)
-        if member in ("text", "caption"):
-            return (rows, self.text_dim)
-        if member == "label":
-            return (rows,)
-        raise KeyError(member)
+        """The shape a block member of `rows` rows must have under this manifest (KeyError: not an array
+        member)."""
+        return member_shape(member, rows, self.axis_size)
+
+    def axis_size(self, axis: str) -> int:
+        """The size of a named block axis other than rows (lake.blocks.Member.dims) under this manifest."""
+        if axis == "layers":
+            return len(self.audio_layers)
+        if axis == "audio_dim":
+            return self.audio_dim
+        if axis == "text_dim":
+            return self.text_dim
+        raise KeyError(axis)
 
     def fingerprint(self) -> str:
         """A short hash of what trainers depend on: encoders, taxonomy and shard contents.

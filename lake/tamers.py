@@ -15,6 +15,7 @@ This sits in lake/ because both ingest (the import) and trainers (the checkpoint
 from __future__ import annotations
 
 from lake.errors import LakeError
+from lake.schema import SAMPLE_RATE
 
 REFERENCE = "vano04/TAMERSv2"
 LAION_AUDIO_ID = "tamers-auristream-randproj17"
@@ -26,7 +27,6 @@ LAYERS = {"laion": "last_randproj17", "meld": "last"}
 AUDIO_MODEL = "TuKoResearch/AuriStream100M_RoPE_librilight"
 AUDIO_QUANTIZER = "TuKoResearch/WavCochV8192"
 TEXT_MODEL = "google/embeddinggemma-300m"
-SAMPLE_RATE = 16000
 
 
 def reference_encoders(kind: str = "laion", audio_dim: int = 768, text_dim: int = 768, audio_model: str = AUDIO_MODEL,

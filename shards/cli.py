@@ -17,6 +17,7 @@ import json
 import sys
 
 from lake import storage
+from lake.blocks import ROW_NAME
 from lake.catalog import default_cache_dir, open_shard_set
 from lake.cliargs import at_least, bounded
 from lake.errors import LakeError
@@ -98,12 +99,12 @@ def cmd_show(args) -> int:
     if args.json:
         print(json.dumps(clip, ensure_ascii=False))
         return 0
-    for k in ("key", "split", "label_id", "label", "duration_s", "source_uri", "shard", "block", "row"):
+    shown = ("key", "split", "label_id", "label", "duration_s", "source_uri", "shard", "block", "row")
+    for k in shown:
         print(f"{k:>11}: {clip[k]}")
-    singular = {"transcripts": "transcript", "captions": "caption", "encoded_s": "encoded_s", "extra": "extra"}
-    for k, v in clip["meta"].items():
-        if k not in ("keys", "durations", "source_uris"):
-            print(f"{singular.get(k, k):>11}: {v}")
+    for k, v in clip["meta"].items():  # the rest of the row's meta: transcript, caption, encoded_s, extra, ...
+        if ROW_NAME.get(k, k) not in shown:
+            print(f"{ROW_NAME.get(k, k):>11}: {v}")
     print("      norms: " + ", ".join(f"{k} {v:.3f}" for k, v in clip["norms"].items()))
     return 0
 

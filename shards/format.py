@@ -2,8 +2,8 @@
 
 A shard is a plain tar of blocks; a block holds up to ~1024 clips as a handful of
 members (`<block>.audio.npy`, `.text.npy`, `.caption.npy`, `.label.npy`,
-`.meta.json`), so a tar header and an npy header are paid per block, not per clip.
-`.npy` keeps each member readable with numpy alone.
+`.meta.json`: lake.blocks owns the names, dtypes and meta keys), so a tar header and an
+npy header are paid per block, not per clip. `.npy` keeps each member readable with numpy alone.
 
 The writer records every member's [offset, size] inside the tar. Two readers, for two
 purposes: `shards.mapped` views the arrays in place at those offsets (random access: the
@@ -29,19 +29,14 @@ from typing import Any, Iterator
 import numpy as np
 
 from lake import storage
+from lake.blocks import (ARRAY_MEMBERS, MEMBER_SUFFIX, META_LISTS, META_MEMBER, block_name, member_file, member_of,
+                         split_member_file)
 from lake.errors import LakeError, about
-from lake.schema import ARRAY_MEMBERS, MEMBER_SUFFIX, META_MEMBER, BlockEntry, ShardEntry
+from lake.schema import BlockEntry, ShardEntry
 
 Block = dict[str, Any]
 
-META_LISTS = ("keys", "durations", "transcripts", "source_uris")
-"""Per-row lists every block's meta.json has (others, like captions or soft_labels, are optional)."""
-
 TMP_SUFFIX = ".tmp"
-
-
-def block_name(index: int) -> str:
-    return f"b{index:06d}"
 
 
 def block_rows(block: Block) -> int:
@@ -51,12 +46,12 @@ def block_rows(block: Block) -> int:
 def check_block(block: Block) -> int:
     """Rows of a block, after checking that its members agree with each other."""
     n = block_rows(block)
-    for name, (dtype, ndim) in ARRAY_MEMBERS.items():
+    for name, member in ARRAY_MEMBERS.items():
         if name not in block:
-            if name == "caption":
+            if member.optional:
                 continue
             raise ValueError(f"block lacks member {name!r}")
-        arr = block[name]
+        arr, dtype, ndim = block[name], member.dtype, member.ndim
         if not isinstance(arr, np.ndarray) or arr.dtype != np.dtype(dtype) or arr.ndim != ndim or len(arr) != n:
             got = f"{getattr(arr, 'dtype', type(arr).__name__)} {getattr(arr, 'shape', '')}"
             raise ValueError(f"block member {name!r}: expected {dtype} with {ndim} dims and {n} rows, got {got}")
@@ -79,7 +74,7 @@ def encode_member(name: str, value: Any) -> bytes:
 
 def decode_member(suffix: str, data: bytes) -> tuple[str, Any]:
     """('audio', array) for 'audio.npy', ('meta', dict) for 'meta.json'."""
-    name = suffix.split(".", 1)[0]
+    name = member_of(suffix)
     if suffix == MEMBER_SUFFIX[META_MEMBER]:
         return name, json.loads(data.decode("utf-8"))
     from shards.mapped import npy_view  # numpy's own header parser is not thread-safe on Python 3.11
@@ -152,9 +147,9 @@ class ShardWriter:
     """
 
     def __init__(self, root: str, relpath: str, split: str):
-        if storage.is_url(root):
-            raise LakeError(f"{root}: shards are written to a local or mounted directory; "
-                            "copy the finished set to the object store afterwards")
+        if storage.is_url(root):  # ingest builds each shard in a local staging folder and uploads it itself
+            raise LakeError(f"{root}: shards are written to a local or mounted directory; write the set there, "
+                            "then `python -m shards cp` it to the object store")
         self.relpath, self.split = relpath, split
         self.final = os.path.join(storage.local_path(root), relpath)
         self.tmp = self.final + TMP_SUFFIX
@@ -174,11 +169,11 @@ class ShardWriter:
         n = check_block(block)
         index = len(self.blocks)
         members: dict[str, list[int]] = {}
-        for name, suffix in MEMBER_SUFFIX.items():
+        for name in MEMBER_SUFFIX:
             if name not in block:
                 continue
             data = encode_member(name, block[name])
-            self._tar.addfile(_tarinfo(f"{block_name(index)}.{suffix}", len(data)), io.BytesIO(data))
+            self._tar.addfile(_tarinfo(member_file(block_name(index), name), len(data)), io.BytesIO(data))
             # after addfile the tar offset sits past the data padded to 512 bytes
             padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
             members[name] = [self._tar.offset - padded, len(data)]
@@ -217,7 +212,7 @@ def iter_tar_blocks(f, where: str) -> Iterator[tuple[str, dict[str, tuple[int, b
     try:
         with tarfile.open(fileobj=f, mode="r|") as tar:
             for info in tar:
-                prefix, _, suffix = info.name.partition(".")
+                prefix, suffix = split_member_file(info.name)
                 if prefix != current:
                     if current is not None:
                         yield current, members

@@ -19,8 +19,9 @@ import threading
 import numpy as np
 
 from lake import storage
+from lake.blocks import MEMBER_SUFFIX, META_MEMBER
 from lake.errors import LakeError
-from lake.schema import MEMBER_SUFFIX, META_MEMBER, BlockEntry, ShardEntry
+from lake.schema import BlockEntry, ShardEntry
 
 # The header dict numpy writes: {'descr': '<f2', 'fortran_order': False, 'shape': (3, 1, 8), }
 _HEADER = re.compile(r"^\{'descr': '([<>|=][a-zA-Z]\d*)', 'fortran_order': (True|False), "
@@ -133,7 +134,7 @@ class ShardMap:
                 try:
                     out[name] = json.loads(bytes(memoryview(buf)[off:off + size]).decode("utf-8"))
                 except (ValueError, UnicodeDecodeError) as e:
-                    raise LakeError(f"{where} meta.json: not readable JSON ({e}); run `python -m shards verify`") from None
+                    raise LakeError(f"{where} {MEMBER_SUFFIX[name]}: not readable JSON ({e}); run `python -m shards verify`") from None
             else:
                 out[name] = npy_view(buf, off, size, where=f"{where} {MEMBER_SUFFIX[name]}")
         return out

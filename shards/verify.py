@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lake import storage
+from lake.blocks import ARRAY_MEMBERS, KEYS, MEMBER_SUFFIX, META_LISTS, META_MEMBER, SHARD_SUFFIX, SHARDS_DIR, member_of
 from lake.catalog import ShardSet, open_shard_set
 from lake.errors import LakeError
-from lake.schema import ARRAY_MEMBERS, MEMBER_SUFFIX, META_MEMBER, SHARDS_DIR, ShardEntry
-from shards.format import META_LISTS, TMP_SUFFIX, HashingFile, decode_member, iter_tar_blocks
+from lake.schema import INDEX_COLUMNS, INDEX_NAME, ShardEntry
+from shards.format import TMP_SUFFIX, HashingFile, decode_member, iter_tar_blocks
+
+META_FILE = MEMBER_SUFFIX[META_MEMBER]
 
 
 @dataclass
@@ -30,19 +33,24 @@ class ShardReport:
 
 
 def check_shard(shards: ShardSet, entry: ShardEntry) -> ShardReport:
-    m = shards.manifest
+    """One sequential pass over one shard: its bytes against the manifest entry, then every block."""
     path = shards.shard_path(entry)
     rep = ShardReport(path=path)
-    bad = rep.problems.append
     if not storage.exists(path):
-        bad(f"{path}: missing (listed in the manifest with {entry.rows} rows)")
+        rep.problems.append(f"{path}: missing (listed in the manifest with {entry.rows} rows)")
         return rep
     size = storage.size(path)
     if size != entry.bytes:
-        bad(f"{path}: {size} bytes, the manifest says {entry.bytes} (truncated or replaced)")
-    wanted = {MEMBER_SUFFIX[f] for f in m.fields} | {MEMBER_SUFFIX[META_MEMBER]}
+        rep.problems.append(f"{path}: {size} bytes, the manifest says {entry.bytes} (truncated or replaced)")
+    blocks = _read_tar(path, entry, rep.problems.append)
+    rows = sum(_check_block(shards.manifest, entry, b, name, members, rep) for b, (name, members) in enumerate(blocks))
+    _check_row_count(path, rows, entry, rep)
+    return rep
+
+
+def _read_tar(path: str, entry: ShardEntry, bad) -> list[tuple[str, dict]]:
+    """Read and hash the whole tar: (block name, its members) in tar order, each block once."""
     blocks: dict[str, dict] = {}
-    order: list[str] = []
     with storage.open_file(path, "rb") as raw:
         reader = HashingFile(raw)
         try:
@@ -51,75 +59,94 @@ def check_shard(shards: ShardSet, entry: ShardEntry) -> ShardReport:
                     bad(f"{path}: block {name} appears twice")
                     continue
                 blocks[name] = members
-                order.append(name)
         except LakeError as e:
             bad(str(e))
         reader.drain()
     if reader.hexdigest() != entry.sha256:
         bad(f"{path}: sha256 differs from the manifest (altered or truncated)")
-    if len(order) != len(entry.blocks):
-        bad(f"{path}: {len(order)} blocks in the tar, the manifest lists {len(entry.blocks)}")
-    rows = 0
-    for b, name in enumerate(order):
-        members = blocks[name]
-        where = f"{path} block {name}"
-        if set(members) != wanted:
-            missing, extra = sorted(wanted - set(members)), sorted(set(members) - wanted)
-            bad(f"{where}: members differ from the manifest's fields"
-                + (f"; missing {', '.join(missing)}" if missing else "") + (f"; unexpected {', '.join(extra)}" if extra else ""))
-        block_entry = entry.blocks[b] if b < len(entry.blocks) else None
-        lens: dict[str, int] = {}
-        for suffix, (offset, data) in sorted(members.items()):
-            member = suffix.split(".", 1)[0]
-            try:
-                _, value = decode_member(suffix, data)
-            except (ValueError, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
-                bad(f"{where}: {suffix} cannot be decoded ({e})")
-                continue
-            if block_entry is not None and member in block_entry.members:
-                if block_entry.members[member] != [offset, len(data)]:
-                    bad(f"{where}: {suffix} at [{offset}, {len(data)}], the manifest says {block_entry.members[member]}")
-            if member == META_MEMBER:
-                if not isinstance(value, dict):
-                    bad(f"{where}: meta.json is not a JSON object")
-                    continue
-                for k in META_LISTS:
-                    if not isinstance(value.get(k), list):
-                        bad(f"{where}: meta.json lacks the list {k!r}")
-                continue
-            if member not in ARRAY_MEMBERS:
-                continue
-            dtype, _ = ARRAY_MEMBERS[member]
-            lens[suffix] = len(value) if value.ndim else 0
-            expected = m.expected_shape(member, len(value) if value.ndim else 0)
-            if value.dtype != np.dtype(dtype) or value.shape != expected:
-                bad(f"{where}: {suffix} is {value.dtype}{list(value.shape)}, the manifest implies {dtype}{list(expected)}")
-            if member == "label" and value.size and (value.min() < 0 or value.max() >= m.num_classes):
-                bad(f"{where}: label ids outside 0..{m.num_classes - 1} (the taxonomy's range)")
-        if not lens:
-            continue
-        n = lens.get(MEMBER_SUFFIX["label"], max(lens.values()))
-        if len(set(lens.values())) > 1:
-            bad(f"{where}: members disagree on the row count ({lens})")
-        if block_entry is not None and block_entry.rows != n:
-            bad(f"{where}: {n} rows, the manifest says {block_entry.rows}")
-        meta_pair = members.get(MEMBER_SUFFIX[META_MEMBER])
-        if meta_pair is not None:
-            try:
-                meta = json.loads(meta_pair[1].decode("utf-8"))
-                for k in META_LISTS:
-                    if isinstance(meta.get(k), list) and len(meta[k]) != n:
-                        bad(f"{where}: meta.json {k!r} has {len(meta[k])} entries for {n} rows")
-                for r, key in enumerate(meta.get("keys", [])[:n]):
-                    rep.keys[(b, r)] = key
-            except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
-                pass  # reported above
-        rows += n
+    if len(blocks) != len(entry.blocks):
+        bad(f"{path}: {len(blocks)} blocks in the tar, the manifest lists {len(entry.blocks)}")
+    return list(blocks.items())
+
+
+def _check_block(m, entry: ShardEntry, b: int, name: str, members: dict, rep: ShardReport) -> int:
+    """Check the `b`-th block of the shard; returns its rows (0 when no array member could be read)."""
+    where = f"{rep.path} block {name}"
+    bad = rep.problems.append
+    wanted = {MEMBER_SUFFIX[f] for f in m.fields} | {META_FILE}
+    if set(members) != wanted:
+        missing, extra = sorted(wanted - set(members)), sorted(set(members) - wanted)
+        bad(f"{where}: members differ from the manifest's fields"
+            + (f"; missing {', '.join(missing)}" if missing else "") + (f"; unexpected {', '.join(extra)}" if extra else ""))
+    block_entry = entry.blocks[b] if b < len(entry.blocks) else None
+    lens: dict[str, int] = {}
+    for suffix, (offset, data) in sorted(members.items()):
+        n = _check_member(m, where, suffix, offset, data, block_entry, bad)
+        if n is not None:
+            lens[suffix] = n
+    if not lens:
+        return 0
+    n = lens.get(MEMBER_SUFFIX["label"], max(lens.values()))
+    if len(set(lens.values())) > 1:
+        bad(f"{where}: members disagree on the row count ({lens})")
+    if block_entry is not None and block_entry.rows != n:
+        bad(f"{where}: {n} rows, the manifest says {block_entry.rows}")
+    _check_meta_lists(where, members.get(META_FILE), n, b, rep)
+    return n
+
+
+def _check_member(m, where: str, suffix: str, offset: int, data: bytes, block_entry, bad) -> int | None:
+    """Check one tar member (decodes, sits where the manifest says, dtype and shape); the rows of an
+    array member, None for the meta or an unreadable member."""
+    member = member_of(suffix)
+    try:
+        _, value = decode_member(suffix, data)
+    except (ValueError, json.JSONDecodeError, UnicodeDecodeError, OSError) as e:
+        bad(f"{where}: {suffix} cannot be decoded ({e})")
+        return None
+    if block_entry is not None and member in block_entry.members:
+        if block_entry.members[member] != [offset, len(data)]:
+            bad(f"{where}: {suffix} at [{offset}, {len(data)}], the manifest says {block_entry.members[member]}")
+    if member == META_MEMBER:
+        if not isinstance(value, dict):
+            bad(f"{where}: {META_FILE} is not a JSON object")
+            return None
+        for k in META_LISTS:
+            if not isinstance(value.get(k), list):
+                bad(f"{where}: {META_FILE} lacks the list {k!r}")
+        return None
+    if member not in ARRAY_MEMBERS:
+        return None
+    dtype = ARRAY_MEMBERS[member].dtype
+    rows = len(value) if value.ndim else 0
+    expected = m.expected_shape(member, rows)
+    if value.dtype != np.dtype(dtype) or value.shape != expected:
+        bad(f"{where}: {suffix} is {value.dtype}{list(value.shape)}, the manifest implies {dtype}{list(expected)}")
+    if member == "label" and value.size and (value.min() < 0 or value.max() >= m.num_classes):
+        bad(f"{where}: label ids outside 0..{m.num_classes - 1} (the taxonomy's range)")
+    return rows
+
+
+def _check_meta_lists(where: str, meta_pair, n: int, b: int, rep: ShardReport) -> None:
+    """Every per-row meta list holds `n` entries; the block's keys are kept for the index check."""
+    if meta_pair is None:
+        return
+    try:
+        meta = json.loads(meta_pair[1].decode("utf-8"))
+        for k in META_LISTS:
+            if isinstance(meta.get(k), list) and len(meta[k]) != n:
+                rep.problems.append(f"{where}: {META_FILE} {k!r} has {len(meta[k])} entries for {n} rows")
+        for r, key in enumerate(meta.get(KEYS, [])[:n]):
+            rep.keys[(b, r)] = key
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError):
+        pass  # reported by _check_member
+
+
+def _check_row_count(path: str, rows: int, entry: ShardEntry, rep: ShardReport) -> None:
     if rows != entry.rows and not rep.problems:
-        bad(f"{path}: {rows} rows in the tar, the manifest says {entry.rows}")
+        rep.problems.append(f"{path}: {rows} rows in the tar, the manifest says {entry.rows}")
     elif rows != entry.rows:
-        bad(f"{path}: {rows} readable rows, the manifest says {entry.rows}")
-    return rep
+        rep.problems.append(f"{path}: {rows} readable rows, the manifest says {entry.rows}")
 
 
 def check_index(shards: ShardSet, reports: dict[str, ShardReport]) -> list[str]:
@@ -128,9 +155,7 @@ def check_index(shards: ShardSet, reports: dict[str, ShardReport]) -> list[str]:
         table = shards.index
     except LakeError as e:
         return [str(e)]
-    where = shards.path("index.parquet")
-    from lake.schema import INDEX_COLUMNS
-
+    where = shards.path(INDEX_NAME)
     missing = [c for c in INDEX_COLUMNS if c not in table.column_names]
     if missing:
         return [f"{where}: lacks column(s) {', '.join(missing)}"]
@@ -213,7 +238,7 @@ def verify_set(root: str, workers: int = 4, progress: bool = False) -> tuple[lis
         for name in storage.listdir(shard_dir):
             if name.endswith(TMP_SUFFIX):
                 warnings.append(f"{storage.join(shard_dir, name)}: unfinished temporary shard (left by an interrupted ingest)")
-            elif name.endswith(".tar") and name not in listed:
+            elif name.endswith(SHARD_SUFFIX) and name not in listed:
                 problems.append(f"{storage.join(shard_dir, name)}: shard not listed in the manifest")
     summary = {"shards": len(m.shards), "rows": sum(s.rows for s in m.shards), "bytes": total_bytes,
                "bad_shards": len({r.path for r in reports if r.problems}), "repair": repair_hint(m)}

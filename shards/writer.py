@@ -14,29 +14,26 @@ import json
 from typing import Callable, Iterable
 
 from lake import storage
-from lake.schema import (INDEX_COLUMNS, INDEX_NAME, MANIFEST_NAME, QUARANTINE_NAME, SHARDS_DIR, Manifest,
-                         ShardEntry, split_summary)
+from lake.blocks import DURATIONS, KEYS, META_MEMBER, SOURCE_URIS, TRANSCRIPTS, shard_relpath
+from lake.schema import (INDEX_COLUMNS, INDEX_NAME, MANIFEST_NAME, QUARANTINE_NAME, Manifest, ShardEntry, index_schema,
+                         split_summary)
 from shards.format import Block, ShardWriter
 
 OnComplete = Callable[[ShardEntry, list[dict]], None]
 
 
-def shard_relpath(split: str, worker: int, seq: int) -> str:
-    return f"{SHARDS_DIR}/{split}-{worker:04d}-{seq:06d}.tar"
-
-
 def index_rows(shard: str, split: str, block_index: int, block: Block, taxonomy: list[str]) -> list[dict]:
     """The index.parquet rows of one block (`shard` is the shard's path in the set)."""
-    meta = block["meta"]
+    meta = block[META_MEMBER]
     return [
         {
-            "key": meta["keys"][i],
+            "key": meta[KEYS][i],
             "split": split,
             "label_id": int(label),
             "label": taxonomy[int(label)] if 0 <= int(label) < len(taxonomy) else "",
-            "duration_s": float(meta["durations"][i]),
-            "transcript": meta["transcripts"][i],
-            "source_uri": meta["source_uris"][i],
+            "duration_s": float(meta[DURATIONS][i]),
+            "transcript": meta[TRANSCRIPTS][i],
+            "source_uri": meta[SOURCE_URIS][i],
             "shard": shard,
             "block": block_index,
             "row": i,
@@ -85,8 +82,6 @@ class RotatingWriter:
 def index_table(rows):
     """Index rows (dicts, or a pyarrow Table) as the index schema, sorted by (shard, block, row)."""
     import pyarrow as pa
-
-    from lake.schema import index_schema
 
     if isinstance(rows, pa.Table):
         table = rows.select(list(INDEX_COLUMNS)).cast(index_schema())

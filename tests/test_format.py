@@ -8,6 +8,9 @@ import tarfile
 import numpy as np
 import pytest
 
+from lake.blocks import (ARRAY_MEMBERS, MEMBER_SUFFIX, META_LISTS, OPTIONAL_META, SHARDS_DIR, SOFT_LABELS,
+                         block_name, make_block, member_file, member_of, parse_shard_name, row_meta, shard_relpath,
+                         split_member_file)
 from lake.catalog import open_shard_set
 from lake.errors import LakeError
 from lake.schema import SCHEMA_VERSION
@@ -72,6 +75,45 @@ def test_shard_is_a_plain_tar_numpy_can_read(tmp_path):
         arr = np.load(io.BytesIO(tar.extractfile("b000000.audio.npy").read()))
         meta = json.load(tar.extractfile("b000000.meta.json"))
     assert np.array_equal(arr, block["audio"]) and meta == block["meta"]
+
+
+def test_shard_and_member_names_round_trip_through_lake_blocks():
+    for split, worker, seq in [("train", 0, 0), ("val", 3, 17), ("test-clean", 12, 123456), ("dev", 10000, 1234567)]:
+        rel = shard_relpath(split, worker, seq)
+        assert rel.startswith(f"{SHARDS_DIR}/")
+        assert parse_shard_name(rel) == (split, worker, seq) == parse_shard_name(rel.rsplit("/", 1)[-1])
+    for other in ("index.parquet", "train-0000-000001.tar.tmp", "notes.tar", "train-x-000001.tar", "0000-000001.tar"):
+        assert parse_shard_name(other) is None, other
+    for index in (0, 7, 123456):
+        for member in MEMBER_SUFFIX:
+            block, suffix = split_member_file(member_file(block_name(index), member))
+            assert block == block_name(index) and suffix == MEMBER_SUFFIX[member] and member_of(suffix) == member
+
+
+def test_a_block_made_from_rows_is_stored_as_lake_blocks_says(tmp_path):
+    """Rows -> make_block (dtypes, meta lists) -> ShardWriter -> tar member names that parse back."""
+    manifest = make_manifest(caption=True)
+    rng = np.random.default_rng(6)
+    L, Da, Dt = len(manifest.audio_layers), manifest.audio_dim, manifest.text_dim
+    metas = [row_meta(f"k{i}", 1.23456, f"t{i}", f"u{i}", encoded_s=1.0, caption=f"c{i}",
+                      extra={SOFT_LABELS: {"class0": 0.5}}) for i in range(3)]
+    block = make_block({"audio": [rng.standard_normal((L, Da), dtype=np.float32) for _ in range(3)],
+                        "text": [rng.standard_normal(Dt, dtype=np.float32) for _ in range(3)],
+                        "caption": [rng.standard_normal(Dt, dtype=np.float32) for _ in range(3)],
+                        "label": [2, 0, 1]}, metas)
+    for name, member in ARRAY_MEMBERS.items():
+        assert block[name].dtype == np.dtype(member.dtype) and block[name].shape == manifest.expected_shape(name, 3)
+    assert list(block["meta"]) == [*META_LISTS, *OPTIONAL_META]
+    assert block["meta"]["durations"] == [1.2346] * 3 and block["meta"]["keys"] == ["k0", "k1", "k2"]
+    relpath = shard_relpath("train", 0, 0)
+    w = ShardWriter(str(tmp_path), relpath, "train")
+    w.add_block(block)
+    entry = w.close()
+    with tarfile.open(tmp_path / relpath) as tar:
+        parsed = [split_member_file(n) for n in tar.getnames()]
+    assert [b for b, _ in parsed] == [block_name(0)] * 5
+    assert [member_of(suffix) for _, suffix in parsed] == list(MEMBER_SUFFIX) == list(entry.blocks[0].members)
+    assert parse_shard_name(entry.path).split == entry.split == "train"
 
 
 def test_partial_shard_is_never_visible(tmp_path):

@@ -3,16 +3,17 @@
 import os
 
 
-from ingest.journal import Journal, read_journals, work_dir
+from ingest.write.journal import Journal, read_journals
+from ingest.write.output import SetOutput
 from lake.schema import ShardEntry
 
 
 def test_a_torn_line_does_not_hide_later_commits(tmp_path):
-    root = str(tmp_path)
+    root = SetOutput(str(tmp_path))
     j = Journal(root, 0)
     j.append({"type": "units_done", "units": {"a.tar": 5}})
     j.close()
-    with open(os.path.join(work_dir(root), "journal-0000.jsonl"), "a") as f:
+    with open(os.path.join(root.work(), "journal-0000.jsonl"), "a") as f:
         f.write('{"type": "units_do')  # the kill (or a full disk) cut this line
     j = Journal(root, 0)  # the resumed run
     j.append({"type": "units_done", "units": {"b.tar": 3}})
@@ -25,7 +26,7 @@ def test_a_journalled_shard_that_vanished_is_an_error(tmp_path):
 
     from lake.errors import LakeError
 
-    root = str(tmp_path)
+    root = SetOutput(str(tmp_path))
     j = Journal(root, 0)
     j.append({"type": "shard", "entry": ShardEntry("shards/train-0000-000000.tar", "train", 1, 10, "x").to_dict()})
     j.close()

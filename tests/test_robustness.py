@@ -2,10 +2,10 @@
 that the message names the thing and holds no traceback, and that nothing written before was lost.
 
   storage errors     lake.errors.describe_os_error via lake.cli.run_cli   (full disk, read-only, --out a file)
-  --overwrite        ingest.output: built beside the old set, swapped in when complete
-  one writer         ingest.lock.SetLock (flock; a leased object behind a URL)
-  repair             ingest.repair: a re-run checks the set and rebuilds or re-ingests what is damaged
-  silent results     ingest.pipeline: no key twice, declared durations, no empty set; predict's warnings
+  --overwrite        ingest.write.output: built beside the old set, swapped in when complete
+  one writer         ingest.write.lock.SetLock (flock; a leased object behind a URL)
+  repair             ingest.write.repair: a re-run checks the set and rebuilds or re-ingests what is damaged
+  silent results     ingest: no key twice (write.ledger), declared durations, no empty set; predict's warnings
   numbers            lake.cliargs ranges, checked at parse time for every command
   preemption         lake.signals: SIGTERM -> the journal consistent, exit 75, the re-run continues
   logs               lake.progress: plain lines, no \\r, when the output is a file; help without placeholders
@@ -22,6 +22,10 @@ import time
 
 import pytest
 
+from ingest.write.journal import Journal, read_journals
+from ingest.write.lock import SetLock
+from ingest.write.merge import merge_set
+from ingest.write.output import SetOutput, finish_swap, overwrite_sibling
 from lake.catalog import open_shard_set
 from lake.errors import PREEMPTED_EXIT
 from shards.verify import verify_set
@@ -164,8 +168,6 @@ def test_overwrite_keeps_the_old_set_until_the_new_one_is_complete(corpus, finis
 
 
 def test_an_interrupted_swap_is_completed_by_the_next_run(corpus, finished, tmp_path):
-    from ingest.output import SetOutput, finish_swap, overwrite_sibling
-
     out = copy_of(finished, tmp_path)
     new = overwrite_sibling(SetOutput(str(out)))
     import shutil
@@ -202,7 +204,6 @@ def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_stale_lock(corpus
         first.wait()
     ingest(corpus, out, "--checkpoint-mb", "0.02", check=True)  # the kernel dropped the dead writer's lock
     assert verify_set(str(out))[0] == []
-    from ingest.lock import SetLock
 
     with SetLock(str(out)):  # a writer holds the finished set: readers still read it, a writer is refused
         assert run("shards", "verify", out, check=True).stdout.startswith("OK: ")
@@ -213,7 +214,6 @@ def test_a_second_writer_is_refused_and_a_killed_one_leaves_no_stale_lock(corpus
 def test_the_object_store_lock_refuses_a_live_owner_and_takes_over_a_dead_one(s3_bucket):
     from lake import storage
     from lake.errors import LakeError
-    from ingest.lock import SetLock
 
     root = f"{s3_bucket}/sets/locked"
     with SetLock(root):
@@ -318,8 +318,6 @@ def test_merge_refuses_a_key_committed_by_two_ranks(tmp_path):
     own verify fails."""
     from conftest import write_set
 
-    from ingest.journal import Journal
-    from ingest.merge import merge_set
     from lake.errors import LakeError
 
     root = tmp_path / "set"
@@ -329,7 +327,7 @@ def test_merge_refuses_a_key_committed_by_two_ranks(tmp_path):
     rows = {e.path: [r for r in index if r["shard"] == e.path] for e in (first, second)}
     rows[second.path][0]["key"] = rows[first.path][0]["key"]  # rank 1 committed one of rank 0's keys
     for rank, e in enumerate((first, second)):
-        journal = Journal(str(root), rank)
+        journal = Journal(SetOutput(str(root)), rank)
         journal.adopt(e, rows[e.path])
         journal.append({"type": "units_done", "units": {f"unit{rank}": 10}})
         journal.close()
@@ -337,7 +335,7 @@ def test_merge_refuses_a_key_committed_by_two_ranks(tmp_path):
     plan = {"name": manifest.name, "source": manifest.source, "encoders": manifest.encoders,
             "taxonomy": manifest.taxonomy, "fields": manifest.fields}
     with pytest.raises(LakeError, match=r"the same key was committed by two shards \(" + rows[first.path][0]["key"]):
-        merge_set(str(root), plan, ["unit0", "unit1"], {})
+        merge_set(SetOutput(str(root)), plan, ["unit0", "unit1"], {})
     assert not (root / "manifest.json").exists()
 
 
@@ -406,8 +404,6 @@ def test_dataclass_configs_check_their_ranges_outside_the_command_line_too():
 
 def test_a_preemption_signal_stops_ingest_at_a_clip_boundary_and_the_rerun_continues(corpus, finished, tmp_path):
     """SIGUSR1 here (Slurm's --signal); the trainers' preemption test sends SIGTERM."""
-    from ingest.journal import read_journals
-
     out = tmp_path / "laion"
     args = ["--source", "laion", "--input", str(corpus), "--out", str(out), *ARGS, "--checkpoint-mb", "0.02"]
     proc = subprocess.Popen([sys.executable, "-m", "ingest", *args], cwd=REPO, env=ENV, stdout=subprocess.PIPE,
@@ -419,7 +415,7 @@ def test_a_preemption_signal_stops_ingest_at_a_clip_boundary_and_the_rerun_conti
     last = one_clear_line(subprocess.CompletedProcess(proc.args, proc.returncode, "", err), PREEMPTED_EXIT,
                           "SIGUSR1 received", "re-run the same command")
     assert last.startswith("stopped:")
-    state = read_journals(str(out))  # consistent: every journalled shard is there, with its rows
+    state = read_journals(SetOutput(str(out)))  # consistent: every journalled shard is there, with its rows
     assert state.shards and not (out / "manifest.json").exists()
     run("ingest", *args, check=True)
     assert verify_set(str(out))[0] == [] and _keys(out) == _keys(finished)

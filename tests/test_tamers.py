@@ -19,6 +19,8 @@ import pytest
 from ingest.config import IngestConfig
 from ingest.run import ingest_set
 from ingest.sources.tamers_parquet import tamers_key
+from ingest.write.journal import read_journals
+from ingest.write.output import SetOutput
 from lake.catalog import open_shard_set
 from lake.errors import LakeError
 from lake.splits import assign_split
@@ -242,7 +244,6 @@ def test_killed_import_resumes_where_it_stopped(reference_laion, tmp_path, monke
     import time
 
     import ingest.sources.tamers_parquet as tamers_parquet
-    from ingest.journal import read_journals
     from ingest.sources.tamers_parquet import TamersParquetSource
 
     src, _, _ = reference_laion
@@ -250,6 +251,7 @@ def test_killed_import_resumes_where_it_stopped(reference_laion, tmp_path, monke
     full = tmp_path / "full"
     ingest_set(ingest_cfg(src, full, **small))
     out = tmp_path / "killed"
+    written = SetOutput(str(out))
     monkeypatch.setattr(tamers_parquet, "BATCH_ROWS", 8)
     real = TamersParquetSource.read_rows
     opened = []
@@ -258,10 +260,10 @@ def test_killed_import_resumes_where_it_stopped(reference_laion, tmp_path, monke
         opened.append(unit.id)
         for n, batch in enumerate(real(self, unit)):
             if len(opened) == 2 and n == 0:
-                committed_after_first = len(read_journals(str(out)).shards)
+                committed_after_first = len(read_journals(written).shards)
             if len(opened) == 2 and n == 5:
                 deadline = time.time() + 20  # until the writer thread has committed a shard of this file
-                while len(read_journals(str(out)).shards) <= committed_after_first and time.time() < deadline:
+                while len(read_journals(written).shards) <= committed_after_first and time.time() < deadline:
                     time.sleep(0.01)
                 raise KeyboardInterrupt  # as a kill would, mid-file
             yield batch
@@ -270,9 +272,9 @@ def test_killed_import_resumes_where_it_stopped(reference_laion, tmp_path, monke
     with pytest.raises(KeyboardInterrupt):
         ingest_set(ingest_cfg(src, out, **small))
     assert not (out / "manifest.json").exists()
-    state = read_journals(str(out))
+    state = read_journals(written)
     assert list(state.units_done) == [opened[0]]
-    mid_file = {k for k in state.committed_keys(str(out)) if k.startswith("en/joy/")}
+    mid_file = {k for k in state.committed_keys(written) if k.startswith("en/joy/")}
     assert mid_file  # rows of the killed file were already in committed shards
 
     def records(self, unit):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 
-SAMPLE_RATE = 16000
+from lake.schema import SAMPLE_RATE
 
 
 class AudioEncoder:

@@ -20,14 +20,19 @@ path for "killed mid-run" and "damaged later".
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from lake import storage
+from lake.blocks import META_MEMBER, MEMBER_SUFFIX, SHARD_SUFFIX, SHARDS_DIR, member_of, parse_shard_name
 from lake.catalog import ShardSet
 from lake.errors import LakeError
-from lake.schema import MANIFEST_NAME, QUARANTINE_NAME, SHARDS_DIR, BlockEntry, Manifest, ShardEntry
-from ingest.output import SetOutput
+from lake.schema import MANIFEST_NAME, QUARANTINE_NAME, BlockEntry, Manifest, ShardEntry
+from ingest.write.journal import Journal
+from ingest.write.output import WORK_DIR, SetOutput
+from ingest.write.plan import write_plan
 from shards.format import TMP_SUFFIX, HashingFile, decode_member, iter_tar_blocks
+from shards.verify import check_index, check_shard
 from shards.writer import index_rows
 
 
@@ -59,21 +64,15 @@ def inspect_set(out: SetOutput, deep: bool = False) -> Findings:
         elif storage.size(shards.shard_path(entry)) != entry.bytes:
             found.damaged[entry.path] = f"{storage.size(shards.shard_path(entry))} bytes, the manifest says {entry.bytes}"
     if deep:
-        from concurrent.futures import ThreadPoolExecutor
-
-        from shards.verify import check_shard
-
         todo = [e for e in manifest.shards if e.path not in found.damaged]
         with ThreadPoolExecutor(4) as pool:
             for entry, rep in zip(todo, pool.map(lambda e: check_shard(shards, e), todo)):
                 if rep.problems:
                     found.damaged[entry.path] = rep.problems[0].split(": ", 1)[-1]
     listed = {e.name for e in manifest.shards}
-    found.unlisted = [f"{SHARDS_DIR}/{n}" for n in sorted(present - listed) if n.endswith((".tar", TMP_SUFFIX))]
+    found.unlisted = [f"{SHARDS_DIR}/{n}" for n in sorted(present - listed) if n.endswith((SHARD_SUFFIX, TMP_SUFFIX))]
     found.problems += [f"{out.path(p)}: {why}" for p, why in sorted(found.damaged.items())]
     found.problems += [f"{out.path(p)}: not listed in the manifest" for p in found.unlisted]
-    from shards.verify import check_index
-
     index_problems = check_index(shards, {})
     found.index_ok = not index_problems
     found.problems += index_problems
@@ -83,22 +82,25 @@ def inspect_set(out: SetOutput, deep: bool = False) -> Findings:
 def scan_shard(out: SetOutput, relpath: str, taxonomy: list[str]) -> tuple[ShardEntry, list[dict]]:
     """A shard's manifest entry and index rows, from the tar itself (one sequential read)."""
     path = out.path(relpath)
+    name = parse_shard_name(relpath)
+    if name is None:
+        raise LakeError(f"{path}: not a shard name of this format ({SHARDS_DIR}/<split>-<worker>-<seq>{SHARD_SUFFIX})")
+    meta_file, label_file = MEMBER_SUFFIX[META_MEMBER], MEMBER_SUFFIX["label"]
     blocks, rows = [], []
     with storage.open_file(path, "rb") as raw:
         reader = HashingFile(raw)
         for b, (_, members) in enumerate(iter_tar_blocks(reader, path)):
             try:
-                meta = json.loads(members["meta.json"][1].decode("utf-8"))
-                labels = decode_member("label.npy", members["label.npy"][1])[1]
+                meta = json.loads(members[meta_file][1].decode("utf-8"))
+                labels = decode_member(label_file, members[label_file][1])[1]
             except (KeyError, ValueError, UnicodeDecodeError) as e:
                 raise LakeError(f"{path}: block {b} cannot be read ({type(e).__name__}: {e})") from None
-            blocks.append(BlockEntry(rows=len(labels), members={s.split(".", 1)[0]: [off, len(data)]
+            blocks.append(BlockEntry(rows=len(labels), members={member_of(s): [off, len(data)]
                                                                 for s, (off, data) in members.items()}))
-            split = relpath.rsplit("/", 1)[-1].split("-", 1)[0]
-            rows += index_rows(relpath, split, b, {"label": labels, "meta": meta}, taxonomy)
+            rows += index_rows(relpath, name.split, b, {"label": labels, META_MEMBER: meta}, taxonomy)
         reader.drain()
-    entry = ShardEntry(path=relpath, split=relpath.rsplit("/", 1)[-1].split("-", 1)[0], rows=len(rows),
-                       bytes=reader.bytes, sha256=reader.hexdigest(), blocks=blocks)
+    entry = ShardEntry(path=relpath, split=name.split, rows=len(rows), bytes=reader.bytes, sha256=reader.hexdigest(),
+                       blocks=blocks)
     return entry, rows
 
 
@@ -113,16 +115,13 @@ def _rows_from_index(out: SetOutput, manifest: Manifest) -> dict[str, list[dict]
 def reopen(out: SetOutput, plan: dict, found: Findings) -> tuple[list[str], bool]:
     """Make the damaged finished set an unfinished one holding its intact shards; returns what was done
     (one line each) and whether clips must be ingested again (the source is then read in full)."""
-    from ingest.journal import Journal
-    from ingest.plan import write_plan  # plan imports this module when it finds a finished set
-
     done, rows_of, entries = [], {}, []
     if found.manifest is not None:
         entries = [e for e in found.manifest.shards if e.path not in found.damaged]
         if found.index_ok:
             rows_of = _rows_from_index(out, found.manifest)
     candidates = [e.path for e in entries] if found.manifest is not None else \
-        [f"{SHARDS_DIR}/{n}" for n in out.shard_names() if n.endswith(".tar")]
+        [f"{SHARDS_DIR}/{n}" for n in out.shard_names() if n.endswith(SHARD_SUFFIX)]
     listed = {e.path: e for e in entries}
     kept = []
     for relpath in candidates:
@@ -152,7 +151,7 @@ def reopen(out: SetOutput, plan: dict, found: Findings) -> tuple[list[str], bool
         quarantine = [json.loads(line) for line in text.splitlines() if line.strip()]
     except (FileNotFoundError, ValueError, UnicodeDecodeError):
         pass
-    out.remove_tree("_work")
+    out.remove_tree(WORK_DIR)
     write_plan(out, plan)
     journal = Journal(out, "repair")
     for entry, rows in kept:

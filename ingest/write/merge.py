@@ -7,29 +7,28 @@ work directory. The manifest is written last: a set is complete when it exists.
 
 from __future__ import annotations
 
+from collections import Counter
+
 from lake import storage
+from lake.blocks import SHARDS_DIR
 from lake.catalog import ShardSet
 from lake.errors import LakeError
-from lake.schema import SHARDS_DIR, Manifest
-from ingest.journal import read_journals, rows_path, work_dir
-from ingest.output import as_output
+from lake.schema import Manifest
 from ingest.sources.base import reason_category
+from ingest.write.journal import read_journals, rows_relpath
+from ingest.write.output import WORK_DIR, SetOutput
 from shards.stats import standardization_stats
 from shards.writer import finalize_set
 
 
 def _repeated(keys: list[str]) -> set[str]:
-    from collections import Counter
-
     return {k for k, n in Counter(keys).items() if n > 1}
 
 
-def merge_set(root, plan: dict, all_units: list[str], settings: dict) -> Manifest:
-    """`root`: the set's folder or URL, or its SetOutput."""
+def merge_set(out: SetOutput, plan: dict, all_units: list[str], settings: dict) -> Manifest:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    out = as_output(root)
     root = out.root
     state = read_journals(out)
     unfinished = sorted(set(all_units) - set(state.units_done))
@@ -37,7 +36,7 @@ def merge_set(root, plan: dict, all_units: list[str], settings: dict) -> Manifes
         raise LakeError(f"{root}: {len(unfinished)} source unit(s) not finished (e.g. {unfinished[0]}): a rank "
                         "stopped early; re-run the same command to resume")
     entries = sorted(state.shards.values(), key=lambda e: e.path)
-    tables = [pq.read_table(pa.BufferReader(storage.read_bytes(rows_path(out, e.path)))) for e in entries]
+    tables = [pq.read_table(pa.BufferReader(storage.read_bytes(out.path(rows_relpath(e.path))))) for e in entries]
     index = pa.concat_tables(tables) if tables else None
     keys = index.column("key").to_pylist() if index is not None else []
     committed = set(keys)
@@ -49,7 +48,7 @@ def merge_set(root, plan: dict, all_units: list[str], settings: dict) -> Manifes
         reasons = sorted({reason_category(r["reason"]) for r in state.quarantine})
         raise LakeError(f"{root}: no clip could be used ({len(state.quarantine)} skipped"
                         + (f": {', '.join(reasons[:6])}" if reasons else "") + "); nothing was written as a set. "
-                        f"The reasons per clip are in {work_dir(out)}/journal-*; fix the input and re-run")
+                        f"The reasons per clip are in {out.work()}/journal-*; fix the input and re-run")
     # one record per clip: a clip retried after a kill is recorded once; one that later succeeded not at all
     quarantine = {}
     for rec in state.quarantine:
@@ -65,5 +64,5 @@ def merge_set(root, plan: dict, all_units: list[str], settings: dict) -> Manifes
     )
     manifest.feature_stats = standardization_stats(ShardSet(root, manifest))  # before the manifest is written
     finalize_set(root, manifest, index if index is not None else [], sorted(quarantine.values(), key=lambda r: r["key"]))
-    out.remove_tree("_work")
+    out.remove_tree(WORK_DIR)
     return manifest

@@ -1,8 +1,8 @@
 """Pack encoded rows into blocks, per split, and hand full blocks to the shard writer.
 
 Rows arrive in the order they were encoded; a block is cut at `block_rows` rows (or
-when the segment ends), converted to the stored dtypes (float16 embeddings, int16
-labels) and queued for the background writer thread.
+when the segment ends), made by lake.blocks.make_block (which stores each member as its
+dtype: float16 embeddings, int16 labels) and queued for the background writer thread.
 """
 
 from __future__ import annotations
@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+
+from lake.blocks import make_block
 
 
 class BlockPacker:
@@ -19,7 +21,7 @@ class BlockPacker:
 
     def add(self, split: str, audio: np.ndarray, text: np.ndarray, caption: np.ndarray | None, label: int,
             meta: dict) -> None:
-        """One row: audio [L, Da], text [Dt], caption [Dt] (or None), label id, per-row meta."""
+        """One row: audio [L, Da], text [Dt], caption [Dt] (or None), label id, its meta (lake.blocks.row_meta)."""
         rows = self._rows.setdefault(split, [])
         rows.append((audio, text, caption, label, meta))
         if len(rows) >= self.block_rows:
@@ -30,15 +32,8 @@ class BlockPacker:
         if not rows:
             return
         audio, text, caption, label, meta = zip(*rows)
-        block = {
-            "audio": np.stack(audio).astype(np.float16),
-            "text": np.stack(text).astype(np.float16),
-            "label": np.asarray(label, dtype=np.int16),
-            "meta": {k: [m[k] for m in meta] for k in meta[0]},
-        }
-        if self.with_caption:
-            block["caption"] = np.stack(caption).astype(np.float16)
-        self.emit(split, block)
+        arrays = {"audio": audio, "text": text, "label": label} | ({"caption": caption} if self.with_caption else {})
+        self.emit(split, make_block(arrays, meta))
 
     def flush(self) -> None:
         for split in list(self._rows):

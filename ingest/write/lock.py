@@ -22,7 +22,7 @@ import uuid
 
 from lake import storage
 from lake.errors import LakeError
-from ingest.output import LOCK_OBJECT
+from ingest.write.output import LOCK_OBJECT
 
 LEASE_S = 120.0
 

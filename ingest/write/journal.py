@@ -20,19 +20,19 @@ import json
 import os
 from dataclasses import dataclass, field
 
+from lake import storage
+from lake.blocks import parse_shard_name
 from lake.errors import LakeError, about
 from lake.schema import ShardEntry
-from ingest.output import SetOutput, as_output
+from ingest.write.output import WORK_DIR, SetOutput
+from shards.writer import index_bytes
 
 ROWS_DIR = "rows"
 
 
-def work_dir(root) -> str:
-    return as_output(root).work()
-
-
-def rows_path(root, shard_path: str) -> str:
-    return as_output(root).work(ROWS_DIR, shard_path.rsplit("/", 1)[-1] + ".parquet")
+def rows_relpath(shard_path: str) -> str:
+    """Where a committed shard's index rows are kept until the merge, relative to the set's root."""
+    return f"{WORK_DIR}/{ROWS_DIR}/{shard_path.rsplit('/', 1)[-1]}.parquet"
 
 
 def _complete_prefix(data: bytes) -> int:
@@ -52,14 +52,14 @@ def _complete_prefix(data: bytes) -> int:
 class Journal:
     """Append-only, one per rank (`rank`: its number, or a name such as "repair")."""
 
-    def __init__(self, root, rank: int | str):
-        self.out = as_output(root)
+    def __init__(self, out: SetOutput, rank: int | str):
+        self.out = out
         self.rank = rank
         self._f = None
         name = f"journal-{rank:04d}" if isinstance(rank, int) else f"journal-{rank}"
         if self.out.remote:
             self._dir = name
-            self._seq = len(self.out.listdir("_work", self._dir))
+            self._seq = len(self.out.listdir(WORK_DIR, self._dir))
             return
         os.makedirs(self.out.work(ROWS_DIR), exist_ok=True)
         self.path = self.out.work(f"{name}.jsonl")
@@ -73,7 +73,7 @@ class Journal:
     def append(self, record: dict) -> None:
         line = json.dumps(record, ensure_ascii=False, separators=(",", ":")) + "\n"
         if self._f is None:
-            self.out.write_atomic(f"_work/{self._dir}/{self._seq:08d}.json", line.encode("utf-8"))
+            self.out.write_atomic(f"{WORK_DIR}/{self._dir}/{self._seq:08d}.json", line.encode("utf-8"))
             self._seq += 1
             return
         with about(self.path):
@@ -83,17 +83,13 @@ class Journal:
 
     def shard(self, entry: ShardEntry, rows: list[dict]) -> None:
         """Rows sidecar first, then the shard into place, then the record: the record commits all three."""
-        from shards.writer import index_bytes
-
-        self.out.write_atomic(f"_work/{ROWS_DIR}/{entry.name}.parquet", index_bytes(rows))
+        self.out.write_atomic(rows_relpath(entry.path), index_bytes(rows))
         self.out.commit_shard(entry)
         self.append({"type": "shard", "entry": entry.to_dict()})
 
     def adopt(self, entry: ShardEntry, rows: list[dict]) -> None:
         """Journal a shard that is already in place (a repair keeps the intact shards of a damaged set)."""
-        from shards.writer import index_bytes
-
-        self.out.write_atomic(f"_work/{ROWS_DIR}/{entry.name}.parquet", index_bytes(rows))
+        self.out.write_atomic(rows_relpath(entry.path), index_bytes(rows))
         self.append({"type": "shard", "entry": entry.to_dict()})
 
     def close(self) -> None:
@@ -109,15 +105,13 @@ class JournalState:
     units_done: dict[str, int] = field(default_factory=dict)  # unit id -> clips read from it
     quarantine: list[dict] = field(default_factory=list)
 
-    def committed_keys(self, root) -> set[str]:
+    def committed_keys(self, out: SetOutput) -> set[str]:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from lake import storage
-
         keys: set[str] = set()
         for path in self.shards:
-            data = storage.read_bytes(rows_path(root, path))
+            data = storage.read_bytes(out.path(rows_relpath(path)))
             keys.update(pq.read_table(pa.BufferReader(data), columns=["key"]).column("key").to_pylist())
         return keys
 
@@ -125,41 +119,37 @@ class JournalState:
         """Per split, the next free shard sequence number for this worker id."""
         out: dict[str, int] = {}
         for entry in self.shards.values():
-            split, w, seq = entry.name[: -len(".tar")].rsplit("-", 2)
-            if int(w) == worker:
-                out[split] = max(out.get(split, 0), int(seq) + 1)
+            name = parse_shard_name(entry.path)
+            if name is not None and name.worker == worker:
+                out[name.split] = max(out.get(name.split, 0), name.seq + 1)
         return out
 
 
 def _records(out: SetOutput) -> list[tuple[str, list[bytes]]]:
     """(journal name, its complete record lines) for every rank's journal."""
-    from lake import storage
-
     found = []
-    for name in out.listdir("_work"):
+    for name in out.listdir(WORK_DIR):
         if name.startswith("journal-") and name.endswith(".jsonl"):
             data = storage.read_bytes(out.work(name))
             found.append((name, data[:_complete_prefix(data)].splitlines()))
         elif name.startswith("journal-"):  # one object per record
-            lines = [storage.read_bytes(out.work(name, obj)) for obj in out.listdir("_work", name)]
+            lines = [storage.read_bytes(out.work(name, obj)) for obj in out.listdir(WORK_DIR, name)]
             found.append((name, [line.strip() for line in lines if line.strip()]))
     return sorted(found)
 
 
-def read_journals(root) -> JournalState:
-    from lake import storage
-
-    out = as_output(root)
+def read_journals(out: SetOutput) -> JournalState:
     state = JournalState()
     shard_names = set(out.shard_names())
-    rows = set(out.listdir("_work", ROWS_DIR))
+    rows = set(out.listdir(WORK_DIR, ROWS_DIR))
     for name, lines in _records(out):
         for line in lines:
             rec = json.loads(line)
             if rec["type"] == "shard":
                 entry = ShardEntry.from_dict(rec["entry"])
                 missing = [p for p, there in ((out.path(entry.path), entry.name in shard_names),
-                                              (rows_path(out, entry.path), f"{entry.name}.parquet" in rows)) if not there]
+                                              (out.path(rows_relpath(entry.path)), f"{entry.name}.parquet" in rows))
+                           if not there]
                 if missing:
                     raise LakeError(f"{storage.join(out.work(), name)}: journals {entry.path} as committed, but "
                                     f"{missing[0]} is gone; the unfinished set cannot be resumed safely: re-run with "

@@ -6,7 +6,7 @@ Shards are always built as local files; what differs is how a finished one is co
     URL root     built under the staging directory, uploaded to ROOT/shards/<name>.tar through
                  shards.copy.transfer (hashed on the way, size checked after), then deleted locally
 
-Either way the journal line that commits the shard is written only after that (ingest.journal),
+Either way the journal line that commits the shard is written only after that (ingest.write.journal),
 so a kill at any point leaves at most an uncommitted shard, which the next run deletes or
 overwrites (`clean_leftovers`). The journal and the rows sidecars live under ROOT/_work
 (files appended locally; one object per record behind a URL, since objects cannot be appended
@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 
 from lake import storage
-from lake.schema import SHARDS_DIR, ShardEntry
+from lake.blocks import SHARDS_DIR, parse_shard_name
+from lake.schema import INDEX_NAME, MANIFEST_NAME, QUARANTINE_NAME, ShardEntry
+from shards.copy import transfer
 from shards.format import TMP_SUFFIX
 
 WORK_DIR = "_work"
-LOCK_OBJECT = "_lock.json"  # ingest.lock's lock object behind a URL
+LOCK_OBJECT = "_lock.json"  # ingest.write.lock's lock object behind a URL
 
 
 def default_staging_dir(root: str) -> str:
@@ -98,8 +99,6 @@ class SetOutput:
         """Put a finished shard (renamed into place under build_root) at its final place in the set."""
         if not self.remote:
             return  # ShardWriter already renamed it into the set's shards/
-        from shards.copy import transfer
-
         local = os.path.join(self.staging, entry.path)
         transfer(local, self.path(entry.path), entry)  # verified: sha256 on the way, size after
         os.remove(local)
@@ -111,16 +110,19 @@ class SetOutput:
     def clean_leftovers(self, worker: int, committed: set[str]) -> list[str]:
         """Delete this worker id's shards that no journal line committed (a killed run's), here and in
         the staging folder; returns what was deleted."""
-        pattern = re.compile(rf"^[^-]+-{worker:04d}-\d+\.tar({re.escape(TMP_SUFFIX)})?$")
+        def ours(name: str) -> bool:  # a finished or temporary shard of this worker id
+            parsed = parse_shard_name(name.removesuffix(TMP_SUFFIX))
+            return parsed is not None and parsed.worker == worker
+
         gone = []
         for name in self.shard_names():
             rel = f"{SHARDS_DIR}/{name}"
-            if pattern.match(name) and (name.endswith(TMP_SUFFIX) or rel not in committed):
+            if ours(name) and (name.endswith(TMP_SUFFIX) or rel not in committed):
                 self.remove(rel)
                 gone.append(rel)
         if self.remote and os.path.isdir(os.path.join(self.staging, SHARDS_DIR)):
             for name in os.listdir(os.path.join(self.staging, SHARDS_DIR)):
-                if pattern.match(name):
+                if ours(name):
                     os.remove(os.path.join(self.staging, SHARDS_DIR, name))
         return gone
 
@@ -159,8 +161,6 @@ def swap_in(new: SetOutput, out: SetOutput) -> None:
 
 
 def _copy_remote(new: SetOutput, out: SetOutput) -> None:
-    from lake.schema import INDEX_NAME, MANIFEST_NAME, QUARANTINE_NAME
-
     out.remove(MANIFEST_NAME)
     for name in out.listdir():
         if name in (SHARDS_DIR, WORK_DIR):
@@ -193,8 +193,3 @@ def finish_swap(out: SetOutput) -> str | None:
         return None
     _copy_remote(new, out)
     return f"completed an interrupted --overwrite: {out.root} now holds the new set"
-
-
-def as_output(root) -> SetOutput:
-    """`root`: a set's folder or URL, or already its SetOutput."""
-    return root if isinstance(root, SetOutput) else SetOutput(root)

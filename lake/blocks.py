@@ -1,0 +1,146 @@
+"""What is inside a shard set's shards/ folder (format v1): shard names, block members, meta keys.
+
+The one owner of the block format; every writer and reader asks this module. A format v2
+changes this module and the code that reads its names, nothing that merely passes them on.
+
+    shards/<split>-<worker>-<seq>.tar          `shard_relpath` makes the name, `parse_shard_name` reads it
+    <block>.audio.npy    float16 [n, L, Da]   pooled audio embedding per stored layer
+    <block>.text.npy     float16 [n, Dt]      transcript embedding
+    <block>.caption.npy  float16 [n, Dt]      caption embedding (sources with captions only)
+    <block>.label.npy    int16   [n]          class id in the manifest's taxonomy
+    <block>.meta.json    per-row lists: keys, durations, transcripts, source_uris (always);
+                         encoded_s, captions, extra (soft labels, language, ...) when the writer has them
+
+A block's Python form (what `make_block` returns, shards.format writes and its readers return)
+is a dict of those member names: numpy arrays for the arrays, a dict of lists for "meta".
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Callable, NamedTuple, Sequence
+
+import numpy as np
+
+SHARDS_DIR = "shards"
+SHARD_SUFFIX = ".tar"
+
+
+# -- shard names -------------------------------------------------------------------------------------
+
+class ShardName(NamedTuple):
+    split: str
+    worker: int  # the ingest rank (or SetWriter's worker id) that wrote it
+    seq: int  # per split and worker, in writing order
+
+
+_SHARD_NAME = re.compile(r"^(?P<split>.+)-(?P<worker>\d+)-(?P<seq>\d+)" + re.escape(SHARD_SUFFIX) + "$")
+
+
+def shard_relpath(split: str, worker: int, seq: int) -> str:
+    """A shard's path in its set, e.g. shards/train-0000-000003.tar."""
+    return f"{SHARDS_DIR}/{split}-{worker:04d}-{seq:06d}{SHARD_SUFFIX}"
+
+
+def parse_shard_name(name: str) -> ShardName | None:
+    """(split, worker, seq) of a shard's base name or path in its set; None for any other file name.
+
+    The split is everything before the last two fields, so a split name may hold a '-'."""
+    found = _SHARD_NAME.match(name.rsplit("/", 1)[-1])
+    if found is None:
+        return None
+    return ShardName(found["split"], int(found["worker"]), int(found["seq"]))
+
+
+# -- block members ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Member:
+    """One array member: its stored dtype and the names of its axes (rows first)."""
+
+    dtype: str
+    dims: tuple[str, ...]  # "rows", "layers" (stored audio layers), "audio_dim", "text_dim"
+    optional: bool = False  # only in the blocks of sets whose fields list it
+
+    @property
+    def ndim(self) -> int:
+        return len(self.dims)
+
+
+ARRAY_MEMBERS = {
+    "audio": Member("float16", ("rows", "layers", "audio_dim")),
+    "text": Member("float16", ("rows", "text_dim")),
+    "caption": Member("float16", ("rows", "text_dim"), optional=True),
+    "label": Member("int16", ("rows",)),
+}
+META_MEMBER = "meta"
+MEMBER_SUFFIX = {name: f"{name}.npy" for name in ARRAY_MEMBERS} | {META_MEMBER: "meta.json"}
+"""Member name -> the suffix of its tar member (`<block>.<suffix>`), in writing order."""
+
+
+def member_shape(member: str, rows: int, size_of: Callable[[str], int]) -> tuple[int, ...]:
+    """The shape an array member of `rows` rows has; `size_of(axis)`: the size of each other axis in
+    a given set (lake.schema.Manifest.axis_size)."""
+    return tuple(rows if axis == "rows" else size_of(axis) for axis in ARRAY_MEMBERS[member].dims)
+
+
+def block_name(index: int) -> str:
+    """The name the members of a shard's `index`-th block share: b000000, b000001, ..."""
+    return f"b{index:06d}"
+
+
+def member_file(block: str, member: str) -> str:
+    """The tar member name of one member of a block, e.g. b000003.audio.npy."""
+    return f"{block}.{MEMBER_SUFFIX[member]}"
+
+
+def split_member_file(name: str) -> tuple[str, str]:
+    """(block name, suffix) of a tar member name: 'b000003.audio.npy' -> ('b000003', 'audio.npy')."""
+    block, _, suffix = name.partition(".")
+    return block, suffix
+
+
+def member_of(suffix: str) -> str:
+    """The member name of a tar member suffix: 'audio.npy' -> 'audio', 'meta.json' -> 'meta'."""
+    return suffix.split(".", 1)[0]
+
+
+# -- meta.json ------------------------------------------------------------------------------------------
+
+KEYS, DURATIONS, TRANSCRIPTS, SOURCE_URIS = "keys", "durations", "transcripts", "source_uris"
+ENCODED_S, CAPTIONS, EXTRA = "encoded_s", "captions", "extra"
+SOFT_LABELS = "soft_labels"
+"""Inside a row's `extra`: LAION's per-class annotation scores."""
+
+META_LISTS = (KEYS, DURATIONS, TRANSCRIPTS, SOURCE_URIS)
+"""Per-row lists every block's meta.json has."""
+OPTIONAL_META = (ENCODED_S, CAPTIONS, EXTRA)
+"""Per-row lists a block's meta.json has when its writer had them (ingest of audio: all three;
+an import of precomputed vectors: extra)."""
+ROW_NAME = {KEYS: "key", DURATIONS: "duration_s", TRANSCRIPTS: "transcript", SOURCE_URIS: "source_uri",
+            ENCODED_S: "encoded_s", CAPTIONS: "caption", EXTRA: "extra"}
+"""Meta list -> the name of one row's value (the index's column, for the lists it holds)."""
+
+
+def row_meta(key: str, duration_s: float, transcript: str, source_uri: str, *, encoded_s: float | None = None,
+             caption: str | None = None, extra: dict | None = None) -> dict:
+    """One row's meta: durations in seconds rounded to 0.1 ms; `encoded_s`: the seconds of audio the
+    encoder saw (after --max-seconds); None leaves an optional entry out. Every row of a block must
+    have the same entries (`make_block` takes the first row's)."""
+    meta = {KEYS: key, DURATIONS: round(float(duration_s), 4), TRANSCRIPTS: transcript, SOURCE_URIS: source_uri}
+    if encoded_s is not None:
+        meta[ENCODED_S] = round(float(encoded_s), 4)
+    if caption is not None:
+        meta[CAPTIONS] = caption
+    if extra is not None:
+        meta[EXTRA] = extra
+    return meta
+
+
+def make_block(arrays: dict[str, Sequence], metas: Sequence[dict]) -> dict:
+    """A block from its rows: each array member's rows stacked and stored as its dtype (float32
+    embeddings become float16), the rows' meta dicts turned into per-key lists."""
+    block = {name: np.stack(rows).astype(ARRAY_MEMBERS[name].dtype, copy=False) for name, rows in arrays.items()}
+    block[META_MEMBER] = {k: [m[k] for m in metas] for k in metas[0]}
+    return block
