@@ -26,6 +26,7 @@ import io
 import json
 import os
 import re
+import shlex
 from collections import Counter
 from dataclasses import asdict, dataclass, replace
 
@@ -364,10 +365,10 @@ def card_text(shards: ShardSet, root: str, settings: CardSettings, previews: lis
                                    else "not recorded")
     quarantined = shards.quarantine()
     argv = m.ingest.get("settings", {}).get("argv")
-    made = f"\n- made by: `python -m ingest {' '.join(argv)}`" if argv else ""
+    made = f"\n- made by: `python -m ingest {shlex.join(argv)}`" if argv else ""
     embeddings = [f"audio layer {x}" for x in _preview_layers(m, settings)] + [
         f for f in m.fields if f in ("text", "caption")]
-    preview = (f"`preview/<split>.parquet`: the first {settings.preview_rows:,} rows of each split in index order "
+    preview = (f"`preview/<split>.parquet`: the first {settings.preview_rows:,} rows (at most) of each split in index order "
                f"with their embeddings ({', '.join(embeddings)}) as float32 lists: what the dataset viewer shows"
                if previews else "no preview (made with --preview-rows 0)")
     return "\n".join([
