@@ -1,4 +1,5 @@
-"""`python -m shards`: look inside a shard set (ls, stats, verify, show, head) and move it (cp).
+"""`python -m shards`: look inside a shard set (ls, stats, verify, show, head), move it (cp) and
+write its Hub dataset card (card).
 
 Each subcommand takes SET: a shard set's directory, or an fsspec URL of one
 (s3://bucket/prefix, hf://datasets/OWNER/NAME), and prints to stdout. Object-store
@@ -20,7 +21,7 @@ from lake import storage
 from lake.blocks import ROW_NAME
 from lake.catalog import default_cache_dir, open_shard_set
 from lake.cliargs import at_least, bounded
-from lake.errors import LakeError
+from lake.errors import LakeError, describe_os_error
 from lake.progress import human_bytes
 
 
@@ -137,9 +138,47 @@ def cmd_cp(args) -> int:
     rate = s.bytes_copied / max(s.seconds, 1e-9) / 1e6
     print(f"copied {s.copied} shard(s), {human_bytes(s.bytes_copied)} ({rate:.1f} MB/s); skipped {s.skipped} already "
           f"there; {s.seconds:.1f} s")
-    print(f"{s.dst}: shard set {s.name!r}, {s.shards} shards, fingerprint {s.fingerprint}; "
-          f"check it with `python -m shards verify {s.dst}`")
+    print(f"{s.dst}: shard set {s.name!r}, {s.shards} shards, fingerprint {s.fingerprint}"
+          + (", with its dataset card (README.md, preview/)" if s.card else "")
+          + f"; check it with `python -m shards verify {s.dst}`")
     return 0
+
+
+def cmd_card(args) -> int:
+    from shards.card import settings_for, write_card
+
+    shards = open_shard_set(args.set, cache_limit_gb=0)
+    dest = (args.out or shards.root).rstrip("/")
+    settings = settings_for(shards, dest, license=args.license, preview_rows=args.preview_rows,
+                            preview_layers=args.preview_layers)
+    written = write_card(shards, dest, settings)
+    for path, size in written.items():
+        print(f"{path}  {human_bytes(size)}")
+    print(f"the card of {shards.name!r}: open {storage.join(dest, 'README.md')}; it is regenerated, not edited "
+          "(run this again after the set changes; `shards cp` to hf:// uploads a fresh one)")
+    return 0
+
+
+def _add_card(sub, common, set_help: str) -> None:
+    s = sub.add_parser("card", parents=[common], help="write the set's Hub dataset card: README.md and preview/*.parquet",
+                       description="Write the dataset card the Hub shows for the set: README.md (YAML front matter "
+                                   "the Hub reads, then what the set is, its source, encoders, rows per split and "
+                                   "class, hours, quarantine, how to load it, the manifest's sha256) and "
+                                   "preview/<split>.parquet (the first rows of each split with their embeddings, "
+                                   "for the dataset viewer). Neither is part of the set: its manifest, fingerprint "
+                                   "and `verify` are unchanged. Settings not given are those of the card already "
+                                   "there. Cost: reads the manifest, the index and the preview rows' blocks.")
+    s.add_argument("set", metavar="SET", help=set_help)
+    s.add_argument("--out", metavar="DIR", help="where to write them: a directory or URL (default: the set's own root)")
+    s.add_argument("--license", help="a Hub licence id, e.g. cc-by-4.0, apache-2.0, gpl-3.0 (default: the source's "
+                                     "when known, MELD's gpl-3.0; else 'other', saying it is not known)")
+    s.add_argument("--preview-rows", type=bounded(int, at_least(0)), default=None,
+                   help="rows per split in the preview, the first in index order; 0: no preview (default: "
+                        "shards.card.PREVIEW_ROWS, 2000)")
+    s.add_argument("--preview-layers", default=None,
+                   help="stored audio layers in the preview: last, all, or names/indices (default: last; every "
+                        "layer costs a list of the audio dims per row)")
+    s.set_defaults(func=cmd_card)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -195,8 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "sha256 is skipped, so re-running after an interruption resumes; every shard is "
                                    "hashed in transit and checked against the manifest; the manifest is written "
                                    "last, so DST is a set only once it is complete. A DST holding another set is "
-                                   "refused. Cost: one read of SRC, one write of what DST lacks, and one read of "
-                                   "the shards already at DST (to check them).")
+                                   "refused. The set's dataset card (README.md, preview/; see `card`) is made anew "
+                                   "for DST: always for hf://, elsewhere when SRC has one (with its settings); a "
+                                   "pull from hf:// leaves it behind. Cost: one read of SRC, one write of what DST "
+                                   "lacks, and one read of the shards already at DST (to check them).")
     s.add_argument("src", metavar="SRC", help="the set to copy (" + set_help + ")")
     s.add_argument("dst", metavar="DST", help="where to put it: a directory, an s3:// prefix or hf://datasets/OWNER/NAME")
     s.add_argument("--overwrite", action="store_true",
@@ -209,13 +250,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
                    help="a progress bar of bytes on stderr (default: when stderr is a terminal)")
     s.set_defaults(func=cmd_cp)
+
+    _add_card(sub, common, set_help)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        storage.set_storage_options([getattr(args, k) for k in ("set", "src", "dst") if hasattr(args, k)],
+        storage.set_storage_options([getattr(args, k) for k in ("set", "src", "dst", "out") if hasattr(args, k)],
                                     args.storage_options)
         return args.func(args)
     except LakeError as e:
@@ -223,3 +266,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except BrokenPipeError:  # `python -m shards head ... | head`
         return 0
+    except OSError as e:  # a full disk, a read-only folder: one line naming the path
+        print(f"error: {describe_os_error(e)}", file=sys.stderr)
+        return 2

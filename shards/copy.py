@@ -13,6 +13,12 @@
 Pushing to `hf://datasets/OWNER/NAME` goes through `HfApi.upload_large_folder` (resumable,
 several commits) from a staging folder of links next to the shard cache, then one commit of
 the manifest; pulling reads through `HfFileSystem` at `--revision`.
+
+The dataset card (`shards.card`: README.md and preview/*.parquet) is not part of the set; it is
+regenerated at the destination, never copied, since it names where the set is published: a push
+to the Hub always carries one (the Hub shows nothing without it), a copy elsewhere gets one when
+the source has one (with the source card's settings: its licence travels), and a pull from the
+Hub leaves the Hub's card behind.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from lake import storage
 from lake.catalog import ShardSet, default_cache_dir, open_shard_set
 from lake.errors import LakeError
 from lake.schema import INDEX_NAME, MANIFEST_NAME, QUARANTINE_NAME, Manifest, ShardEntry
+from shards.card import PREVIEW_DIR, CardSettings, card_files, card_settings, remove_card, write_card
 from shards.format import TMP_SUFFIX, copy_stream
 
 CHUNK = 8 << 20  # bytes per read while moving a shard (each one ranged GET from an object store)
@@ -46,6 +53,7 @@ class CopySummary:
     skipped: int
     bytes_copied: int
     seconds: float
+    card: bool = False  # a dataset card (README.md, preview/) was written at the destination
 
 
 def with_revision(url: str, revision: str | None) -> str:
@@ -159,6 +167,7 @@ def transfer(src: str, dst: str, entry: ShardEntry, progress=None) -> None:
 def _remove_stale(old: list[ShardEntry], shards: ShardSet, dst: str) -> None:
     """--overwrite: the old manifest first (the destination stops being a set), then the old set's shards the new lacks."""
     storage.remove(storage.join(dst, MANIFEST_NAME))
+    remove_card(dst)
     keep = {s.path for s in shards.manifest.shards}
     for s in old:
         if s.path not in keep:
@@ -203,28 +212,37 @@ def copy_set(src: str, dst: str, overwrite: bool = False, revision: str | None =
         if storage.exists(shards.path(name)):
             storage.write_bytes_atomic(storage.join(dst, name), storage.read_bytes(shards.path(name)))
     storage.write_bytes_atomic(storage.join(dst, MANIFEST_NAME), storage.read_bytes(shards.path(MANIFEST_NAME)))
+    settings = card_settings(shards.root) if storage.scheme(src) != "hf" else None  # a pull leaves the Hub's card
+    if settings is not None:
+        write_card(open_shard_set(dst, cache_limit_gb=0), dst, settings)
     return CopySummary(src=src, dst=dst, name=shards.name, fingerprint=shards.fingerprint,
                        shards=len(shards.manifest.shards), copied=copied, skipped=skipped, bytes_copied=moved,
-                       seconds=time.perf_counter() - t0)
+                       seconds=time.perf_counter() - t0, card=settings is not None)
 
 
 # -- the Hub -------------------------------------------------------------------------------------------------
 
-def upload_plan(shards: ShardSet, dst_root: str) -> tuple[list[ShardEntry], list[str]]:
-    """(shards the Hub lacks, every path to upload: those shards and the extra files; never the manifest)."""
+def upload_plan(shards: ShardSet, dst_root: str, card: dict[str, bytes] | None = None
+                ) -> tuple[list[ShardEntry], list[str]]:
+    """(shards the Hub lacks, every path to upload: those shards, the extra files and the card's files;
+    never the manifest)."""
     todo = [e for e in shards.manifest.shards if not already_there(storage.join(dst_root, e.path), e)]
     extras = [name for name in EXTRA_FILES if storage.exists(shards.path(name))]
-    return todo, [e.path for e in todo] + extras
+    return todo, [e.path for e in todo] + extras + sorted(card or {})
 
 
-def stage_for_upload(shards: ShardSet, paths: list[str], stage: str) -> None:
+def stage_for_upload(shards: ShardSet, paths: list[str], stage: str, card: dict[str, bytes] | None = None) -> None:
     """Lay out `paths` under `stage` as upload_large_folder reads them: links to a local set's files
-    (nothing is written into the set itself), verified copies of a set behind a URL."""
+    (nothing is written into the set itself), verified copies of a set behind a URL, and the
+    generated card's files (`card`: {path: bytes}) written there."""
     by_path = {e.path: e for e in shards.manifest.shards}
+    card = card or {}
     for rel in paths:
         target = os.path.join(stage, rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)
-        if not storage.is_url(shards.root):
+        if rel in card:
+            storage.write_bytes_atomic(target, card[rel])
+        elif not storage.is_url(shards.root):
             if os.path.lexists(target):
                 os.remove(target)
             os.symlink(os.path.abspath(storage.local_path(shards.path(rel))), target)
@@ -243,15 +261,17 @@ def _push_to_hub(shards: ShardSet, dst: str, overwrite: bool, revision: str | No
     root = with_revision(f"hf://datasets/{repo_id}", revision)
     api = HfApi()
     old = _check_destination(shards, root, overwrite)
-    todo, paths = upload_plan(shards, root)
+    card = card_files(shards, root, card_settings(shards.root) or CardSettings())
+    todo, paths = upload_plan(shards, root, card)
     stage = os.path.join(cache_dir, "hf-upload", f"{repo_id.replace('/', '--')}@{quote(revision or 'main', safe='')}")
     with storage.errors(dst):
         if old is not None:
-            keep = {s.path for s in shards.manifest.shards}
-            gone = [MANIFEST_NAME] + [s.path for s in old if s.path not in keep]
+            keep = {s.path for s in shards.manifest.shards} | set(card)
+            gone = [MANIFEST_NAME] + [s.path for s in old if s.path not in keep] + [
+                p for p in _hub_previews(root) if p not in keep]
             api.create_commit(repo_id, [CommitOperationDelete(p) for p in gone], repo_type="dataset",
                               revision=revision, commit_message=f"Remove the shard set replaced by {shards.name!r}")
-        stage_for_upload(shards, paths, stage)
+        stage_for_upload(shards, paths, stage, card)
         if progress is not None:
             progress.total = sum(e.bytes for e in todo)
         api.upload_large_folder(repo_id, stage, repo_type="dataset", revision=revision, allow_patterns=paths,
@@ -269,4 +289,12 @@ def _push_to_hub(shards: ShardSet, dst: str, overwrite: bool, revision: str | No
     return CopySummary(src=shards.root, dst=root, name=shards.name, fingerprint=shards.fingerprint,
                        shards=len(shards.manifest.shards), copied=len(todo),
                        skipped=len(shards.manifest.shards) - len(todo), bytes_copied=sum(e.bytes for e in todo),
-                       seconds=time.perf_counter() - t0)
+                       seconds=time.perf_counter() - t0, card=True)
+
+
+def _hub_previews(root: str) -> list[str]:
+    """The preview files in the repository now (a replaced set's splits may differ from the new one's)."""
+    try:
+        return [f"{PREVIEW_DIR}/{n}" for n in storage.listdir(storage.join(root, PREVIEW_DIR))]
+    except FileNotFoundError:
+        return []

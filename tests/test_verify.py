@@ -133,7 +133,7 @@ def test_ls_stats_show_head(small_set, capsys):
 def test_every_argument_has_help():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == {"ls", "stats", "verify", "show", "head", "cp"}
+    assert set(sub.choices) == {"ls", "stats", "verify", "show", "head", "cp", "card"}
     for name, p in sub.choices.items():
         assert p.description, name
         for action in p._actions:
