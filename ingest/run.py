@@ -11,7 +11,9 @@ from lake.cli import run_cli
 from lake.distributed import World, barrier, close_distributed, init_distributed
 from lake.progress import Progress
 from lake.signals import preemption_signals
+from lake import storage
 from lake.storage import set_storage_options
+from shards.card import write_card
 from ingest.config import IngestConfig, parse_config
 from ingest.pipeline import RankWorker
 from ingest.precomputed import PrecomputedWorker
@@ -83,6 +85,8 @@ def _ingest(cfg: IngestConfig, world: World, device: str, out: SetOutput, preemp
             merge_set(build, plan, [u.id for u in source.units()], settings)
         if build.root != out.root:  # --overwrite: the old set goes only now that the new one is whole
             swap_in(build, out)
+        if storage.scheme(out.root) == "hf":  # a set on the hub explains itself: its card and preview
+            write_card(out.root)
         print(summarize(out.root, source.notes(), time.time() - t0))
     barrier()
     return Status.DONE

@@ -5,13 +5,11 @@ from __future__ import annotations
 import os
 from collections import Counter, defaultdict
 
-from lake.schema import split_sort_key
+from lake.catalog import open_shard_set
+from lake.schema import reason_category, split_sort_key
 
 
 def summarize(root: str, notes: list[str], elapsed: float | None = None) -> str:
-    from lake.catalog import open_shard_set
-    from ingest.sources.base import reason_category
-
     shards = open_shard_set(root)
     m = shards.manifest
     idx = shards.index.select(["split", "duration_s"]).to_pydict()

@@ -36,6 +36,11 @@ SPLITS = ("train", "val", "test")
 _SPLIT_ORDER = ("train", "val", "dev", "test")
 
 
+def reason_category(reason: str) -> str:
+    """The part of a quarantine reason before ':' (what summaries and cards count), e.g. "decode error"."""
+    return reason.split(":", 1)[0].strip()
+
+
 def split_sort_key(split: str) -> tuple[int, str]:
     """Splits in reading order: train, val, dev, test, then any other name alphabetically."""
     return (_SPLIT_ORDER.index(split) if split in _SPLIT_ORDER else len(_SPLIT_ORDER), split)

@@ -38,7 +38,7 @@ from lake import storage
 from lake.catalog import ShardSet, open_shard_set
 from lake.errors import LakeError
 from lake.layers import resolve_layers
-from lake.schema import MANIFEST_NAME, split_sort_key
+from lake.schema import MANIFEST_NAME, reason_category, split_sort_key
 from shards.describe import set_stats
 from shards.mapped import ShardMap
 
@@ -278,7 +278,7 @@ def _quarantine(records: list[dict]) -> str:
     example: dict[str, str] = {}
     for rec in records:
         reason = str(rec.get("reason", "unknown"))
-        category = reason.split(":", 1)[0].strip()  # the category, as the ingest summary counts it
+        category = reason_category(reason)
         by_reason[category] += 1
         example.setdefault(category, f"{rec.get('key', '?')}: {reason[:120]}")
     rows = [[c, n, f"`{example[c]}`"] for c, n in by_reason.most_common()]

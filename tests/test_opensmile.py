@@ -19,7 +19,7 @@ import pytest
 from ingest.decode import decode_audio
 from ingest.encoders import build_audio_encoder, encoders_from_manifest
 from ingest.encoders.opensmile import FP16_MAX, KNEE, compress, expand
-from ingest.sources.base import reason_category
+from lake.schema import reason_category
 from ingest.synthetic.media import encode_mp3, write_mp4
 from ingest.synthetic.voice import VOICES, profile, sample_cues, syllables, synthesize
 from lake.errors import LakeError

@@ -123,8 +123,3 @@ class Source(Protocol):
         """What else about the source decides which rows a set holds (e.g. LAION's languages):
         recorded in the ingest plan, so a resume with other values is refused."""
         ...
-
-
-def reason_category(reason: str) -> str:
-    """The part of a skip reason before ':' (what the summary counts)."""
-    return reason.split(":", 1)[0].strip()

@@ -14,7 +14,7 @@ from lake.blocks import SHARDS_DIR
 from lake.catalog import ShardSet
 from lake.errors import LakeError
 from lake.schema import Manifest
-from ingest.sources.base import reason_category
+from lake.schema import reason_category
 from ingest.write.journal import read_journals, rows_relpath
 from ingest.write.output import WORK_DIR, SetOutput
 from shards.stats import standardization_stats

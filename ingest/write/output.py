@@ -79,7 +79,7 @@ class SetOutput:
         storage.remove(self.path(relpath))
 
     def remove_tree(self, *parts: str) -> None:
-        """Delete a folder (a prefix behind a URL) and everything under it; absent is fine."""
+        """Delete a file, or a folder (a prefix behind a URL) and everything under it; absent is fine."""
         path = self.path(*parts)
         if not self.remote:
             shutil.rmtree(path, ignore_errors=True)
@@ -163,10 +163,8 @@ def swap_in(new: SetOutput, out: SetOutput) -> None:
 def _copy_remote(new: SetOutput, out: SetOutput) -> None:
     out.remove(MANIFEST_NAME)
     for name in out.listdir():
-        if name in (SHARDS_DIR, WORK_DIR):
+        if name != LOCK_OBJECT:  # the lock of the ingest doing this swap; everything else, folders too (preview/)
             out.remove_tree(name)
-        elif name != LOCK_OBJECT:  # the lock of the ingest doing this swap
-            out.remove(name)
     fs, _ = storage.filesystem(new.root)
     names = [f"{SHARDS_DIR}/{n}" for n in new.shard_names()] + [n for n in (INDEX_NAME, QUARANTINE_NAME)
                                                                   if new.exists(n)]
