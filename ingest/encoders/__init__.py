@@ -49,9 +49,7 @@ def encoder_class(kind: str, name: str):
     `prefix:` entry with something after the colon."""
     table = ENCODERS[kind]
     prefix, colon, rest = str(name).partition(":")
-    key = prefix + colon if colon else name  # "hf:" alone names no model: no entry
-    if colon and not rest:
-        key = None
+    key = name if not colon else (prefix + colon if rest else None)  # "hf:" alone names no model
     if key not in table:
         raise LakeError(f"unknown {kind} encoder {name!r}; choose {encoder_names(kind)}")
     module, cls = table[key].split(":")

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from ingest.encoders.base import SAMPLE_RATE, AudioEncoder, record_layers
-from ingest.encoders.compute import autocast, autocast_dtype, dtype_name, to_device
+from ingest.encoders.compute import autocast, autocast_dtype, dtype_name, masked_sums, output_field, to_device
 from ingest.encoders.hub import check_local_dir, hub_load_error, loaded_revision, looks_like_path
 from lake.errors import LakeError
 from lake.layers import resolve_layers
@@ -79,14 +79,6 @@ def detect_layout(model: torch.nn.Module, model_id: str) -> Layout:
     raise LakeError(f"AuriStream model {model_id!r} ({type(model).__name__}) has neither transformer.h/"
                     f"transformer.ln_f (librilight AuriStream) nor h/ln_f (AuriStream-base AuriStreamModel); "
                     f"found: {', '.join(found) or 'no submodules'}. Point --audio-model at an AuriStream checkpoint")
-
-
-def _field(out: Any, key: str):
-    """`out[key]` / `out.key` of a BatchEncoding, ModelOutput, dict or plain object; None if absent."""
-    value = getattr(out, key, None)
-    if value is None and isinstance(out, dict):
-        value = out.get(key)
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,9 +210,9 @@ class AuriStreamEncoder(AudioEncoder):
             for r, i in enumerate(group):
                 batch[r, 0, :lengths[i]] = torch.from_numpy(np.asarray(waves[i], dtype=np.float32))
             out = self.tokenizer(to_device(batch, self.device))
-            ids = out if isinstance(out, torch.Tensor) else _field(out, "input_ids")
+            ids = out if isinstance(out, torch.Tensor) else output_field(out, "input_ids")
             if ids is None:  # older WavCoch revisions named the field input_values
-                ids = _field(out, "input_values")
+                ids = output_field(out, "input_values")
             if ids is None or ids.dim() != 2 or ids.shape[0] != len(group):
                 raise LakeError(f"WavCoch tokenizer {self.tokenizer_id!r} returned "
                                 f"{type(out).__name__} without (B, L) input_ids; check tokenizer_revision")
@@ -262,15 +254,12 @@ class AuriStreamEncoder(AudioEncoder):
             ids, lens, clip = (to_device(t, self.device) for t in (ids, lens, clip))
             with autocast(self.device, self.autocast_dtype):
                 out = self.model(**{input_name: ids}, output_hidden_states=True)
-                hidden = _field(out, "hidden_states")
+                hidden = output_field(out, "hidden_states")
                 if hidden is None or len(hidden) != self.n_layer + 1:
                     raise LakeError(f"AuriStream model {self.model_id!r} returned "
                                     f"{0 if hidden is None else len(hidden)} hidden states, expected "
                                     f"n_layer + 1 = {self.n_layer + 1}; check model_revision")
                 picked = [final_norm(hidden[-1]) if j < 0 else hidden[j] for j in self._hidden_index]
-            mask = (torch.arange(width, device=self.device)[None, :] < lens[:, None]).float()  # [W, T]
-            # per window, per layer: sum over valid tokens, in fp32 -> [W, L, D]
-            pooled = torch.stack([torch.einsum("wt,wtd->wd", mask, h.float()) for h in picked], dim=1)
-            sums.index_add_(0, clip, pooled)
+            sums.index_add_(0, clip, masked_sums(picked, lens))  # per window, per layer: sum over valid tokens
         counts = torch.tensor([len(t) for t in tokens], dtype=torch.float32, device=self.device)
         return (sums / counts[:, None, None]).cpu().numpy()

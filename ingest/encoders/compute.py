@@ -1,4 +1,4 @@
-"""Where and in what precision the model encoders run: one rule for `auristream` and `hf:`.
+"""How the model encoders (`auristream`, `hf:`) run: precision, device copies, reading outputs, pooling.
 
 `auto` is bf16 autocast on CUDA (the weights stay fp32, matmuls run in bf16) and plain fp32 on
 CPU, where bf16 is slow and buys nothing. Batches go to the GPU from pinned host memory so the
@@ -39,3 +39,19 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":  # pinned host memory lets the copy overlap with compute
         return t.pin_memory().to(device, non_blocking=True)
     return t.to(device)
+
+
+def masked_sums(hidden: list[torch.Tensor], lengths: torch.Tensor) -> torch.Tensor:
+    """Per row and layer, the sum of the first lengths[row] positions in fp32: [G, len(hidden), D]
+    from layers of [G, T, D]. Padding past a row's length never enters, whatever it holds."""
+    width = hidden[0].shape[1]
+    mask = (torch.arange(width, device=lengths.device)[None, :] < lengths[:, None]).float()  # [G, T]
+    return torch.stack([torch.einsum("gt,gtd->gd", mask, h.float()) for h in hidden], dim=1)
+
+
+def output_field(out, key: str):
+    """`out[key]` / `out.key` of a BatchEncoding, ModelOutput, dict or plain object; None if absent."""
+    value = getattr(out, key, None)
+    if value is None and isinstance(out, dict):
+        value = out.get(key)
+    return value

@@ -50,7 +50,7 @@ import numpy as np
 import torch
 
 from ingest.encoders.base import SAMPLE_RATE, AudioEncoder, record_layers
-from ingest.encoders.compute import autocast, autocast_dtype, dtype_name, to_device
+from ingest.encoders.compute import autocast, autocast_dtype, dtype_name, masked_sums, output_field, to_device
 from ingest.encoders.hub import check_local_dir, hub_load_error, loaded_revision, looks_like_path
 from lake.errors import LakeError
 from lake.layers import resolve_layers
@@ -68,13 +68,6 @@ BATCHING = {
 }
 POOLING = ("per layer, the mean over each clip's valid frames (the model's output-length rule) across all its "
            "windows: the frame-weighted mean of the windows' means")
-
-
-def _hidden_states(out: Any):
-    hidden = getattr(out, "hidden_states", None)
-    if hidden is None and isinstance(out, dict):
-        hidden = out.get("hidden_states")
-    return hidden
 
 
 class HfSpeechEncoder(AudioEncoder):
@@ -292,7 +285,7 @@ class HfSpeechEncoder(AudioEncoder):
         its valid frame count [G])."""
         inputs = self._inputs(samples, masked)
         with autocast(self.device, dtype):
-            hidden = _hidden_states(self.model(**inputs, output_hidden_states=True))
+            hidden = output_field(self.model(**inputs, output_hidden_states=True), "hidden_states")
         if hidden is None or len(hidden) != self.n_layers + 1:
             raise LakeError(f"{self.name} returned {0 if hidden is None else len(hidden)} hidden states, expected "
                             f"{self.n_layers + 1} (its config's layers + 1); check the model's revision")
@@ -301,9 +294,7 @@ class HfSpeechEncoder(AudioEncoder):
         if int(frames.max()) > width:
             raise LakeError(f"{self.name} gave {width} frames where its output-length rule counts "
                             f"{int(frames.max())}; this encoder cannot tell its valid frames apart")
-        mask = (torch.arange(width, device=self.device)[None, :] < frames[:, None]).float()  # [G, T]
-        pooled = torch.stack([torch.einsum("gt,gtd->gd", mask, hidden[j].float()) for j in index], dim=1)
-        return pooled, frames
+        return masked_sums([hidden[j] for j in index], frames), frames
 
     @torch.inference_mode()
     def encode(self, waves: list[np.ndarray]) -> np.ndarray:
