@@ -172,7 +172,7 @@ def test_data2vec_audio_would_read_the_padding(models, loaded):
         padded = model(x, attention_mask=mask, output_hidden_states=True).hidden_states[-1][0]
     alone, n = own_forward(loaded, "data2vec-audio", short)
     assert np.abs(padded[:n].mean(0).numpy() - alone[-1]).max() > 1e-2
-    assert "changes this model's frames" in build_audio_encoder("hf:" + models["data2vec-audio"]).padding_note
+    assert "changes this model's frames" in build_audio_encoder("hf:" + models["data2vec-audio"]).batching_reason
 
 
 # -- (b) long clips: windows pooled by frame counts -------------------------------------------------------
@@ -242,6 +242,7 @@ def test_ingest_stores_each_clips_own_forward_and_records_the_model(hf_set, load
                                         "padding_value": 0.0, "do_normalize": True, "return_attention_mask": True}
     assert cfg["n_layers"] == 2 and cfg["window_s"] == 20.0 and cfg["dtype"] == "fp32"
     assert cfg["batching"] == "masked" and "attention mask" in cfg["padding"] and "frame" in cfg["pooling"]
+    assert cfg["batching_reason"] == "the feature extractor returns an attention mask, and the model honours it"
 
 
 def test_ingest_resumes_with_the_same_record_and_refuses_another_window(hf_set, capsys):

@@ -99,7 +99,7 @@ class HfSpeechEncoder(AudioEncoder):
         self.min_samples = self._min_samples()
         budget_s = float(max_batch_s) if max_batch_s else (320.0 if self.device.type == "cuda" else 60.0)
         self.max_batch_samples = max(1, round(budget_s * SAMPLE_RATE))
-        self.batching, self.padding_note = self._batching()
+        self.batching, self.batching_reason = self._batching()
 
     # -- the three ways to make one ---------------------------------------------------------------
 
@@ -226,7 +226,8 @@ class HfSpeechEncoder(AudioEncoder):
                 "model_class": type(self.model).__name__,
                 "feature_extractor": {"class": type(fe).__name__, **settings},
                 "n_layers": self.n_layers, "window_s": self.window / SAMPLE_RATE, "dtype": dtype_name(self.autocast_dtype),
-                "pooling": POOLING, "batching": self.batching, "padding": BATCHING[self.batching]}
+                "pooling": POOLING, "batching": self.batching, "padding": BATCHING[self.batching],
+                "batching_reason": self.batching_reason}
 
     # -- encode ---------------------------------------------------------------------------------------
 
