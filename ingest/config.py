@@ -45,7 +45,7 @@ class IngestConfig:
                            "embeddinggemma (google/embeddinggemma-300m) or st:ID_OR_PATH")
     audio_layers: str = _f("all", "audio layers to store: all, last, or a comma list of names/indices "
                            "(auristream: h0..h12 and final_norm, the last layer after the model's final norm; "
-                           "hf:: h0 (the first hidden state: the feature projection) .. hN)")
+                           "hf:ID: h0 (the first hidden state: the feature projection) .. hN)")
     text_prompt: str = _f("auto", "text encoder prompt name (embeddinggemma: Classification by default; "
                           "'none' reproduces the reference run)")
     audio_model: str = _f("", "auristream: model id or local dir (default TuKoResearch/AuriStream100M_RoPE_librilight); "

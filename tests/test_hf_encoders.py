@@ -340,10 +340,12 @@ def test_hub_id_offline_says_what_to_download():
     assert "hf download lake-tests/no-such-speech-model" in str(err.value) and "--audio-model DIR" in str(err.value)
 
 
-def test_whisper_window_cannot_exceed_its_input(models):
+def test_windows_fit_the_model(models):
     with pytest.raises(LakeError, match="longer than Whisper's input \\(2 s\\)"):
         build_audio_encoder("hf:" + models["whisper"], window_s=5)
     assert build_audio_encoder("hf:" + models["whisper"], window_s=1.5).window == 24000
+    with pytest.raises(LakeError, match="shorter than one frame of this model \\(40 samples\\)"):
+        build_audio_encoder("hf:" + models["wav2vec2"], window_s=0.001)
 
 
 # -- the registry, the flags, the cost model --------------------------------------------------------------

@@ -97,6 +97,9 @@ class HfSpeechEncoder(AudioEncoder):
         self._hidden_index = [int(n[1:]) for n in self.layers]
         self.window = self._window_samples(float(window_s or 0.0))
         self.min_samples = self._min_samples()
+        if self.window < self.min_samples:
+            raise LakeError(f"{self.name}: --audio-window-s {window_s:g} is shorter than one frame of this model "
+                            f"({self.min_samples} samples); use a longer window, or 0 for the model's default")
         budget_s = float(max_batch_s) if max_batch_s else (320.0 if self.device.type == "cuda" else 60.0)
         self.max_batch_samples = max(1, round(budget_s * SAMPLE_RATE))
         self.batching, self.batching_reason = self._batching()
