@@ -1,6 +1,7 @@
-"""The GPU check: AuriStream-100M-shaped encoding, tokenisation apart, and SLM training steps, in one run.
+"""The GPU check: AuriStream-100M-shaped encoding, tokenisation apart, a wav2vec2-base-shaped `hf:`
+encoder, and SLM training steps, in one run.
 
-    uv run python -m benchmarks.gpu [--clips 2048] [--peak-tflops T] [--rows 200000] [--steps 500]
+    uv run python -m benchmarks.gpu [--clips 2048] [--hf-clips 1024] [--peak-tflops T] [--rows 200000] [--steps 500]
 
 Needs CUDA; on a machine without it, it says so and exits 0. Under 5 minutes on one GPU:
 
@@ -16,6 +17,16 @@ Needs CUDA; on a machine without it, it says so and exits 0. Under 5 minutes on 
   the transformer and of the whole encode, and model FLOPs utilisation of the transformer
   (`flops_per_token` x tokens / its time) against the GPU's dense bf16 peak (the table below,
   or --peak-tflops).
+- hf encoder: the real `hf:` encoder code (`ingest.encoders.hf_speech`: feature extractor,
+  windows, batching rule, masked pooling, bf16 autocast) on a randomly initialised model of
+  wav2vec2-base's shape (`Wav2Vec2Config()`'s defaults: 7 conv layers of 512, 12 layers, 768 wide,
+  12 heads, FFN 3072; feat_extract_norm="group", so no attention mask: clips are never padded).
+  Three timings: the bare model forward at batch 16 on 10 s clips (the published anchor's setting:
+  ~1,800x real time on one A100 in bf16, NVIDIA's DeepLearningExamples), `encode` of --hf-clips
+  10 s clips in batches of 16 (equal lengths share a forward), and `encode` of --hf-clips clips of
+  2 - 12 s as ingest hands them over (batches of 32; no two lengths equal, so one forward each).
+  Reported: clips/s, audio hours per GPU hour, TFLOP/s (`HfSpeechEncoder.cost`: every conv and
+  linear layer plus attention, checked against torch's FLOP counter in the tests) and MFU.
 - SLM training: `benchmarks.train` for the SLM stage alone (the trainers' `Run`, batch 512, bf16
   autocast) on a synthetic set of --rows rows, streaming (`ShardLoader`, pinned batches) vs the
   split on the GPU (`DeviceLoader`): steps/s with a synchronisation per step, and as the loop
@@ -42,6 +53,7 @@ from lake.cliargs import above, at_least, bounded
 PEAK_BF16 = {"H100 SXM": 989.0, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0,
              "A100": 312.0, "L40S": 362.0, "A10": 125.0, "L4": 121.0}
 SHAPE_100M = dict(n_layer=12, n_head=12, n_embd=768, vocab_size=8192, seq_len=4096)
+SHAPE_W2V2_BASE: dict = {}  # Wav2Vec2Config()'s defaults are wav2vec2-base's shape
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests", "fixtures")
 
 
@@ -66,6 +78,86 @@ def random_auristream(root: str, shape: dict) -> str:
     return model_dir
 
 
+def random_wav2vec2(root: str, shape: dict) -> str:
+    """A model folder as `save_pretrained` writes it: random (seeded) weights of `shape` over
+    Wav2Vec2Config's defaults, and facebook/wav2vec2-base's feature extractor settings."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    model_dir = os.path.join(root, "wav2vec2_random")
+    torch.manual_seed(0)
+    Wav2Vec2Model(Wav2Vec2Config(**shape)).save_pretrained(model_dir)
+    Wav2Vec2FeatureExtractor(do_normalize=True, return_attention_mask=False).save_pretrained(model_dir)
+    return model_dir
+
+
+def synthetic_clips(n_clips: int, lo_s: float, hi_s: float, seed: int = 0) -> list[np.ndarray]:
+    """Noise clips of uniform lengths in [lo_s, hi_s] seconds (LAION clips: a few seconds each)."""
+    rng = np.random.default_rng(seed)
+    return [0.1 * rng.standard_normal(int(s * 16000), dtype=np.float32) for s in rng.uniform(lo_s, hi_s, n_clips)]
+
+
+def ingest_groups(waves: list[np.ndarray], batch: int) -> list[list[np.ndarray]]:
+    """As ingest hands clips to the encoder: sorted by length in runs of 16 batches, then batched."""
+    runs = [sorted(waves[i:i + 16 * batch], key=len) for i in range(0, len(waves), 16 * batch)]
+    return [r[i:i + batch] for r in runs for i in range(0, len(r), batch)]
+
+
+def timed(fn, groups, sync) -> float:
+    sync()
+    t0 = time.perf_counter()
+    for g in groups:
+        fn(g)
+    sync()
+    return time.perf_counter() - t0
+
+
+def throughput(clips: int, audio_s: float, flops: float, seconds: float, peak_tflops: float | None) -> dict:
+    out = {"clips": clips, "audio_s": round(audio_s, 1), "seconds": round(seconds, 3),
+           "clips_per_s": round(clips / seconds, 1), "audio_hours_per_gpu_hour": round(audio_s / seconds, 1),
+           "tflops": round(flops / seconds / 1e12, 2)}
+    if peak_tflops:
+        out["mfu"] = round(flops / seconds / 1e12 / peak_tflops, 4)
+    return out
+
+
+def hf_encoder(n_clips: int, peak_tflops: float | None, root: str, device: str = "cuda",
+               shape: dict = SHAPE_W2V2_BASE, batch: int = 16, equal_s: float = 10.0,
+               lengths_s: tuple[float, float] = (2.0, 12.0)) -> dict:
+    """The wav2vec2-base-shaped `hf:` encoder: the bare forward at `batch`, then `encode` of equal and of
+    varied clip lengths (module docstring)."""
+    import torch
+
+    from ingest.encoders import build_audio_encoder
+    from ingest.encoders.compute import autocast
+
+    enc = build_audio_encoder("hf:" + random_wav2vec2(root, shape), device=device, layers="all")
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    n = int(equal_s * 16000)
+    x = (0.1 * torch.randn(batch, n)).to(device)
+
+    def forward(_):
+        with torch.inference_mode(), autocast(enc.device, enc.autocast_dtype):
+            enc.model(x, output_hidden_states=True)
+
+    equal = synthetic_clips(n_clips, equal_s, equal_s, seed=1)
+    varied = synthetic_clips(n_clips, *lengths_s)
+    equal_groups = [equal[i:i + batch] for i in range(0, n_clips, batch)]
+    varied_groups = ingest_groups(varied, 32)
+    forward(None)  # warm-up: cuDNN/cuBLAS choices, the allocator
+    enc.encode(equal_groups[0])
+    steps = list(range(max(1, n_clips // batch)))
+    out = {"params": sum(p.numel() for p in enc.model.parameters()), "batching": enc.batching,
+           "dtype": enc.config()["dtype"], "batch": batch, "equal_s": equal_s}
+    out["forward"] = throughput(len(steps) * batch, len(steps) * batch * equal_s,
+                                len(steps) * batch * enc.cost(n), timed(forward, steps, sync), peak_tflops)
+    for key, waves, groups in (("encode_equal", equal, equal_groups), ("encode_varied", varied, varied_groups)):
+        seconds = timed(enc.encode, groups, sync)
+        out[key] = throughput(len(waves), sum(len(w) for w in waves) / 16000, sum(enc.cost(len(w)) for w in waves),
+                              seconds, peak_tflops)
+    return out
+
+
 def encoder(n_clips: int, peak_tflops: float | None, root: str, device: str = "cuda", shape: dict = SHAPE_100M,
             batch: int = 32) -> dict:
     """Tokenisation and the whole encode, timed apart over the same clips; the transformer is the difference."""
@@ -76,27 +168,15 @@ def encoder(n_clips: int, peak_tflops: float | None, root: str, device: str = "c
     enc = AuriStreamEncoder(device=device, layers="all", model=random_auristream(root, shape),
                             tokenizer=os.path.join(FIXTURES, "wavcoch_tiny"))
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    rng = np.random.default_rng(0)
-    lengths = rng.uniform(2.0, 12.0, n_clips)  # LAION clips: a few seconds each
-    waves = [(0.1 * rng.standard_normal(int(s * 16000), dtype=np.float32)) for s in lengths]
-    # as ingest hands clips to the encoder: sorted by length in runs of 16 batches, then batched
-    runs = [sorted(waves[i:i + 16 * batch], key=len) for i in range(0, n_clips, 16 * batch)]
-    groups = [r[i:i + batch] for r in runs for i in range(0, len(r), batch)]
+    waves = synthetic_clips(n_clips, 2.0, 12.0)
+    groups = ingest_groups(waves, batch)
     enc.encode(groups[0])  # warm-up: cuDNN/cuBLAS choices, the allocator, remote-code imports
 
-    def timed(fn) -> float:
-        sync()
-        t0 = time.perf_counter()
-        for g in groups:
-            fn(g)
-        sync()
-        return time.perf_counter() - t0
-
     with torch.inference_mode():  # as inside encode
-        tokenize_s = timed(enc._tokenize)
-    encode_s = timed(enc.encode)
+        tokenize_s = timed(enc._tokenize, groups, sync)
+    encode_s = timed(enc.encode, groups, sync)
     transformer_s = max(encode_s - tokenize_s, 1e-9)
-    audio_s = float(lengths.sum())
+    audio_s = sum(len(w) for w in waves) / 16000
     tokens = [len(w) // enc.hop for w in waves]
     # windows of seq_len: a clip of n tokens is full windows plus one of the rest (enc.cost counts the same)
     flops = sum(enc.cost(len(w)) for w in waves)
@@ -145,6 +225,14 @@ def table(r: dict) -> str:
              f"| WavCoch stand-in tokenisation alone: audio-seconds/s | {e['tokenize_audio_seconds_per_s']:,} |",
              f"| whole encode (tokenise + transformer + pooling): clips/s, audio-s/s | {e['encode_clips_per_s']:,}, "
              f"{e['encode_audio_seconds_per_s']:,} |"]
+    h = r["hf_encoder"]
+    for key, label in (("forward", f"bare forward, batch {h['batch']} x {h['equal_s']:g} s"),
+                       ("encode_equal", f"`encode`, {h['equal_s']:g} s clips in batches of {h['batch']}"),
+                       ("encode_varied", "`encode`, 2 - 12 s clips as ingest hands them (one forward each)")):
+        f = h[key]
+        mfu = f"{f['mfu']:.1%}" if "mfu" in f else "?"
+        lines.append(f"| wav2vec2-base shape (`hf:`), {label}: clips/s, audio h per GPU h, TFLOP/s, MFU | "
+                     f"{f['clips_per_s']:,}, {f['audio_hours_per_gpu_hour']:,}, {f['tflops']}, {mfu} |")
     for path, label in (("streaming", "streaming (`ShardLoader`)"), ("device", "split on the GPU (`DeviceLoader`)")):
         f = s[path]
         lines.append(f"| SLM training (batch 512), {label}: steps/s synchronised, as the loop runs | "
@@ -158,6 +246,8 @@ def table(r: dict) -> str:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.gpu", description=__doc__.split("\n\n")[0])
     p.add_argument("--clips", type=bounded(int, at_least(1)), default=2048, help="synthetic clips for the encoder (default: 2048)")
+    p.add_argument("--hf-clips", type=bounded(int, at_least(16)), default=1024,
+                   help="synthetic clips for each `hf:` encoder timing (default: 1024)")
     p.add_argument("--peak-tflops", type=bounded(float, above(0)), help="the GPU's dense bf16 peak, if not in the built-in table")
     p.add_argument("--rows", type=bounded(int, at_least(512)), default=200_000,
                    help="rows of the SLM training set, at least one batch (default: 200000)")
@@ -181,6 +271,8 @@ def main(argv=None) -> int:
                   "machine": platform.machine(), "torch": torch.__version__, "rows": args.rows, "steps": args.steps}
         result["encoder"] = encoder(args.clips, peak, root)
         print(f"encoder done in {time.perf_counter() - t0:.0f} s", flush=True)
+        result["hf_encoder"] = hf_encoder(args.hf_clips, peak, root)
+        print(f"hf encoder done in {time.perf_counter() - t0:.0f} s", flush=True)
         result["slm"] = slm_steps(args.rows, args.steps, root)
         result["seconds"] = round(time.perf_counter() - t0, 1)
         print(table(result))

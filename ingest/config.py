@@ -37,16 +37,25 @@ class IngestConfig:
                             "second, 50x fbank), compare (openSMILE ComParE 2016, 6,373 functionals; ~10 ms per audio "
                             "second, 25x fbank's bytes per row); egemaps and compare run in the decode workers "
                             "(they scale with --decode-workers), no GPU; clips under 0.06 s are quarantined. "
-                            "Or auristream (WavCoch tokens -> AuriStream hidden states; needs the hub weights)")
+                            "Or auristream (WavCoch tokens -> AuriStream hidden states; needs the hub weights), or "
+                            "hf:ID_OR_DIR, any transformers speech encoder (wav2vec2, HuBERT, WavLM, data2vec-audio, "
+                            "Whisper's encoder; a hub id or a local model folder): every hidden state, masked mean "
+                            "over each clip's frames; GPU")
     text_encoder: str = _f("hashing", "text encoder: hashing (offline), minilm (all-MiniLM-L6-v2 from its wheel), "
                            "embeddinggemma (google/embeddinggemma-300m) or st:ID_OR_PATH")
     audio_layers: str = _f("all", "audio layers to store: all, last, or a comma list of names/indices "
-                           "(auristream: h0..h12 and final_norm, the last layer after the model's final norm)")
+                           "(auristream: h0..h12 and final_norm, the last layer after the model's final norm; "
+                           "hf:ID: h0 (the first hidden state: the feature projection) .. hN)")
     text_prompt: str = _f("auto", "text encoder prompt name (embeddinggemma: Classification by default; "
                           "'none' reproduces the reference run)")
-    audio_model: str = _f("", "auristream: model id or local dir (default TuKoResearch/AuriStream100M_RoPE_librilight)")
+    audio_model: str = _f("", "auristream: model id or local dir (default TuKoResearch/AuriStream100M_RoPE_librilight); "
+                          "hf:ID: a local copy of ID to load instead (the set still records hf:ID)")
     audio_tokenizer: str = _f("", "auristream: tokenizer id or local dir (default TuKoResearch/WavCochV8192)")
-    audio_revision: str = _f("", "auristream: model revision to pin (commit hash or tag)")
+    audio_model_revision: str = _f("", "auristream, hf:ID: model revision to pin (commit hash, branch or tag; the "
+                                   "commit actually loaded is recorded). Also spelled --audio-revision")
+    audio_window_s: float = _f(0.0, "hf:ID: seconds of audio per model forward; longer clips run as several windows, "
+                               "pooled by frame counts. 0 = the model's default: 20 s, Whisper's 30 s input (at "
+                               "most that for Whisper)", range=at_least(0))
     text_model: str = _f("", "text encoder: model id or local dir overriding the name's default")
     text_revision: str = _f("", "text encoder: revision to pin")
     batch_size: int = _f(32, "clips per audio-encoder batch (clips are sorted by length first)", range=at_least(1))
@@ -128,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
                "`python -m shards stats OUT` and `python -m shards verify OUT`.",
         formatter_class=HelpFormatter)
     add_dataclass_args(p, IngestConfig)
+    p.add_argument("--audio-revision", dest="audio_model_revision", default=argparse.SUPPRESS,
+                   help="the same as --audio-model-revision (its earlier name)")
     return p
 
 

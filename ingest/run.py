@@ -15,6 +15,7 @@ from lake import storage
 from lake.storage import set_storage_options
 from shards.card import write_card
 from ingest.config import IngestConfig, parse_config
+from ingest.encoders import encoder_class
 from ingest.pipeline import RankWorker
 from ingest.precomputed import PrecomputedWorker
 from ingest.sources import open_source
@@ -29,18 +30,9 @@ from ingest.write.prepare import Status, prepare_output
 
 
 def build_encoders(cfg: IngestConfig, device: str):
-    from ingest.encoders import build_audio_encoder, build_text_encoder
-
-    audio_opts = {}
-    if cfg.audio_encoder.startswith("auristream"):
-        audio_opts = {k: v for k, v in (("model", cfg.audio_model), ("tokenizer", cfg.audio_tokenizer),
-                                        ("model_revision", cfg.audio_revision)) if v}
-    text_opts = {k: v for k, v in (("model", cfg.text_model), ("revision", cfg.text_revision)) if v}
-    if cfg.text_encoder != "hashing" and cfg.text_prompt != "auto":
-        text_opts["prompt"] = cfg.text_prompt
-    audio = build_audio_encoder(cfg.audio_encoder, device=device, layers=cfg.audio_layers, **audio_opts)
-    text = build_text_encoder(cfg.text_encoder, device=device, **text_opts)
-    return audio, text
+    """The audio and text encoders the flags name, each made from the flags it reads (ingest.encoders)."""
+    return (encoder_class("audio", cfg.audio_encoder).from_config(cfg.audio_encoder, cfg, device),
+            encoder_class("text", cfg.text_encoder).from_config(cfg.text_encoder, cfg, device))
 
 
 def ingest_set(cfg: IngestConfig, world: World | None = None, device: str = "cpu", preempted=None) -> Status:

@@ -49,3 +49,27 @@ def test_train_benchmark_runs_every_stage_on_both_paths(tmp_path):
             assert 0 <= f["loader_wait_share"] < 1
     assert out["projection_hours_reference_slm"]["streaming"] > 0
     assert sorted(os.listdir(tmp_path)) == ["set", "set.json"]  # this run's checkpoints removed, the set kept
+
+
+def test_gpu_benchmark_hf_encoder_code_path_on_cpu(tmp_path):
+    """benchmarks.gpu's wav2vec2-base part with a tiny shape on the CPU: the model folder, the three
+    timings and their figures (no timing is checked)."""
+    from benchmarks.gpu import hf_encoder, table
+
+    tiny = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                conv_dim=(16, 16, 16), conv_stride=(5, 2, 2), conv_kernel=(10, 3, 3), num_conv_pos_embeddings=16,
+                num_conv_pos_embedding_groups=2)
+    out = hf_encoder(4, 100.0, str(tmp_path), device="cpu", shape=tiny, batch=2, equal_s=0.25, lengths_s=(0.1, 0.4))
+    assert (out["batching"], out["dtype"], out["batch"]) == ("exact", "fp32", 2)  # group norm: never padded
+    for key, clips in (("forward", 4), ("encode_equal", 4), ("encode_varied", 4)):
+        f = out[key]
+        assert f["clips"] == clips and f["clips_per_s"] > 0 and f["audio_hours_per_gpu_hour"] > 0
+        assert f["tflops"] >= 0 and 0 <= f["mfu"] < 1
+    assert out["forward"]["audio_s"] == 1.0 and out["encode_equal"]["audio_s"] == 1.0
+    encoder = {"transformer_clips_per_s": 1.0, "transformer_audio_seconds_per_s": 1.0, "transformer_tflops": 0.0,
+               "dtype": "fp32", "tokenize_audio_seconds_per_s": 1.0, "encode_clips_per_s": 1.0,
+               "encode_audio_seconds_per_s": 1.0, "clips": 4, "audio_s": 1.0}
+    slm = {p: {"steps_per_s": 1.0, "loader_wait_share": 0.0} for p in ("streaming", "device")}
+    text = table({"gpu": "cpu", "gpu_memory_gb": 0, "cpus": 2, "torch": "x", "cuda": None, "rows": 1, "steps": 1,
+                  "encoder": encoder, "hf_encoder": out, "slm": slm})
+    assert text.count("wav2vec2-base shape (`hf:`)") == 3

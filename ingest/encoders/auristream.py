@@ -42,10 +42,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ingest.encoders.base import SAMPLE_RATE, AudioEncoder
-from lake.layers import resolve_layers
+from ingest.encoders.base import SAMPLE_RATE, AudioEncoder, record_layers
+from ingest.encoders.compute import autocast, autocast_dtype, dtype_name, masked_sums, output_field, to_device
 from ingest.encoders.hub import check_local_dir, hub_load_error, loaded_revision, looks_like_path
 from lake.errors import LakeError
+from lake.layers import resolve_layers
 
 DEFAULT_MODEL = "TuKoResearch/AuriStream100M_RoPE_librilight"
 DEFAULT_TOKENIZER = "TuKoResearch/WavCochV8192"
@@ -80,14 +81,6 @@ def detect_layout(model: torch.nn.Module, model_id: str) -> Layout:
                     f"found: {', '.join(found) or 'no submodules'}. Point --audio-model at an AuriStream checkpoint")
 
 
-def _field(out: Any, key: str):
-    """`out[key]` / `out.key` of a BatchEncoding, ModelOutput, dict or plain object; None if absent."""
-    value = getattr(out, key, None)
-    if value is None and isinstance(out, dict):
-        value = out.get(key)
-    return value
-
-
 # ---------------------------------------------------------------------------------------------
 
 
@@ -103,11 +96,7 @@ class AuriStreamEncoder(AudioEncoder):
         (x hop samples)."""
         self.device = torch.device(device)
         self.model_id, self.tokenizer_id = str(model), str(tokenizer)
-        dtype = str(dtype).lower()
-        if dtype not in ("auto", "fp32", "float32", "bf16", "bfloat16"):
-            raise LakeError(f"auristream: dtype {dtype!r} not supported; choose auto, fp32 or bf16")
-        use_bf16 = dtype in ("bf16", "bfloat16") or (dtype == "auto" and self.device.type == "cuda")
-        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
+        self.autocast_dtype = autocast_dtype(dtype, self.device, "auristream")
         self.max_tokens_per_batch = int(max_tokens_per_batch)
         if self.max_tokens_per_batch < 1:
             raise LakeError("auristream: max_tokens_per_batch must be at least 1")
@@ -131,6 +120,31 @@ class AuriStreamEncoder(AudioEncoder):
         self.layers = resolve_layers(layers, names)
         self._hidden_index = [int(n[1:]) if n != "final_norm" else -1 for n in self.layers]
         self._block_params = sum(p.numel() for p in self.layout.blocks.parameters())
+
+    @classmethod
+    def build(cls, name, device="cpu", layers="all", **options):
+        if name.startswith("auristream:"):  # auristream:ID_OR_DIR picks another AuriStream checkpoint
+            options.setdefault("model", name.split(":", 1)[1])
+        return cls(device=device, layers=layers, **options)
+
+    @classmethod
+    def from_config(cls, name, cfg, device):
+        """Reads --audio-model, --audio-tokenizer, --audio-model-revision, --audio-layers."""
+        options = {k: v for k, v in (("model", cfg.audio_model), ("tokenizer", cfg.audio_tokenizer),
+                                     ("model_revision", cfg.audio_model_revision)) if v}
+        return cls.build(name, device=device, layers=cfg.audio_layers, **options)
+
+    @classmethod
+    def from_record(cls, record, device="cpu", model: str = "", tokenizer: str = "", **overrides):
+        """The recorded models at their recorded revisions, unless `model` / `tokenizer` name local copies."""
+        recorded = record.get("config", {})
+        options = {"model": model or recorded.get("model"), "tokenizer": tokenizer or recorded.get("tokenizer")}
+        if not model and recorded.get("model_revision"):
+            options["model_revision"] = recorded["model_revision"]
+        if not tokenizer and recorded.get("tokenizer_revision"):
+            options["tokenizer_revision"] = recorded["tokenizer_revision"]
+        return cls.build(record["id"], device=device, layers=record_layers(record),
+                         **{k: v for k, v in options.items() if v})
 
     def _load(self, ref: str, revision: str | None, what: str, default_id: str, option: str):
         from transformers import AutoModel
@@ -158,7 +172,7 @@ class AuriStreamEncoder(AudioEncoder):
                 "tokens_per_s": SAMPLE_RATE / self.hop,
                 "pooling": "mean over each clip's valid tokens across all its seq_len windows",
                 "final_norm": f"{self.layout.final_norm_name}(h{self.n_layer}) per token, then mean",
-                "dtype": "bf16-autocast" if self.autocast_dtype is not None else "fp32"}
+                "dtype": dtype_name(self.autocast_dtype)}
 
     # -- cost model ---------------------------------------------------------------------------
 
@@ -178,16 +192,6 @@ class AuriStreamEncoder(AudioEncoder):
 
     # -- encode --------------------------------------------------------------------------------
 
-    def _to_device(self, t: torch.Tensor) -> torch.Tensor:
-        if self.device.type == "cuda":  # pinned host memory lets the copy overlap with compute
-            return t.pin_memory().to(self.device, non_blocking=True)
-        return t.to(self.device)
-
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return torch.autocast(self.device.type, enabled=False)
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
     def _tokenize(self, waves: list[np.ndarray]) -> list[torch.Tensor]:
         """Each clip's valid token ids (int64, CPU): n // hop of them, at least 1."""
         lengths = [len(w) for w in waves]
@@ -205,10 +209,10 @@ class AuriStreamEncoder(AudioEncoder):
             batch = torch.zeros(len(group), 1, T, dtype=torch.float32)
             for r, i in enumerate(group):
                 batch[r, 0, :lengths[i]] = torch.from_numpy(np.asarray(waves[i], dtype=np.float32))
-            out = self.tokenizer(self._to_device(batch))
-            ids = out if isinstance(out, torch.Tensor) else _field(out, "input_ids")
+            out = self.tokenizer(to_device(batch, self.device))
+            ids = out if isinstance(out, torch.Tensor) else output_field(out, "input_ids")
             if ids is None:  # older WavCoch revisions named the field input_values
-                ids = _field(out, "input_values")
+                ids = output_field(out, "input_values")
             if ids is None or ids.dim() != 2 or ids.shape[0] != len(group):
                 raise LakeError(f"WavCoch tokenizer {self.tokenizer_id!r} returned "
                                 f"{type(out).__name__} without (B, L) input_ids; check tokenizer_revision")
@@ -247,18 +251,15 @@ class AuriStreamEncoder(AudioEncoder):
             for r, (i, s, n) in enumerate(group):
                 ids[r, :n] = tokens[i][s:s + n]
                 lens[r], clip[r] = n, i
-            ids, lens, clip = self._to_device(ids), self._to_device(lens), self._to_device(clip)
-            with self._autocast():
+            ids, lens, clip = (to_device(t, self.device) for t in (ids, lens, clip))
+            with autocast(self.device, self.autocast_dtype):
                 out = self.model(**{input_name: ids}, output_hidden_states=True)
-                hidden = _field(out, "hidden_states")
+                hidden = output_field(out, "hidden_states")
                 if hidden is None or len(hidden) != self.n_layer + 1:
                     raise LakeError(f"AuriStream model {self.model_id!r} returned "
                                     f"{0 if hidden is None else len(hidden)} hidden states, expected "
                                     f"n_layer + 1 = {self.n_layer + 1}; check model_revision")
                 picked = [final_norm(hidden[-1]) if j < 0 else hidden[j] for j in self._hidden_index]
-            mask = (torch.arange(width, device=self.device)[None, :] < lens[:, None]).float()  # [W, T]
-            # per window, per layer: sum over valid tokens, in fp32 -> [W, L, D]
-            pooled = torch.stack([torch.einsum("wt,wtd->wd", mask, h.float()) for h in picked], dim=1)
-            sums.index_add_(0, clip, pooled)
+            sums.index_add_(0, clip, masked_sums(picked, lens))  # per window, per layer: sum over valid tokens
         counts = torch.tensor([len(t) for t in tokens], dtype=torch.float32, device=self.device)
         return (sums / counts[:, None, None]).cpu().numpy()

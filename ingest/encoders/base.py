@@ -1,4 +1,11 @@
-"""The encoder interface: a name, output dims, `encode(batch)`, and what the manifest records.
+"""The encoder interface: a name, output dims, `encode(batch)`, what the manifest records, and
+three ways to make one (the registry in ingest.encoders calls them):
+
+    build(name, device, **options)     keyword options (a library call, a test)
+    from_config(name, cfg, device)     the `python -m ingest` flags it reads (IngestConfig fields)
+    from_record(record, device, **overrides)
+                                       a shard set's manifest record, to encode new audio into
+                                       that set's space; overrides name local copies of models
 
 Audio encoders take a batch of 16 kHz mono float32 waveforms (peak-normalised, each
 its own length) and return float32 [B, L, D]: one pooled vector per stored layer,
@@ -17,11 +24,29 @@ import numpy as np
 from lake.schema import SAMPLE_RATE
 
 
+def record_layers(record: dict) -> str:
+    """A record's stored layers as an --audio-layers spec."""
+    return ",".join(record["layers"])
+
+
 class AudioEncoder:
     name: str = ""
     revision: str | None = None
     dim: int = 0
     layers: list[str] = []  # the layers this encoder returns (after --audio-layers)
+
+    @classmethod
+    def build(cls, name: str, device: str = "cpu", layers: str = "all", **options) -> "AudioEncoder":
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, name: str, cfg, device: str) -> "AudioEncoder":
+        """Reads --audio-layers; encoders with more flags override this."""
+        return cls.build(name, device=device, layers=cfg.audio_layers)
+
+    @classmethod
+    def from_record(cls, record: dict, device: str = "cpu", **overrides) -> "AudioEncoder":
+        return cls.build(record["id"], device=device, layers=record_layers(record))
 
     def encode(self, waves: list[np.ndarray]) -> np.ndarray:
         """float32 [B, len(layers), dim] for B waveforms of any lengths."""
@@ -40,6 +65,18 @@ class TextEncoder:
     name: str = ""
     revision: str | None = None
     dim: int = 0
+
+    @classmethod
+    def build(cls, name: str, device: str = "cpu", **options) -> "TextEncoder":
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, name: str, cfg, device: str) -> "TextEncoder":
+        return cls.build(name, device=device)
+
+    @classmethod
+    def from_record(cls, record: dict, device: str = "cpu", **overrides) -> "TextEncoder":
+        return cls.build(record["id"], device=device)
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """float32 [B, dim]."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ingest.encoders.base import SAMPLE_RATE, AudioEncoder
+from ingest.encoders.base import SAMPLE_RATE, AudioEncoder, record_layers
 from lake.layers import resolve_layers
 
 
@@ -30,6 +30,14 @@ class FbankEncoder(AudioEncoder):
         self._mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=SAMPLE_RATE, n_fft=self.n_fft, hop_length=self.hop, n_mels=n_mels, f_min=50.0,
             f_max=7600.0, power=2.0, center=True)
+
+    @classmethod
+    def build(cls, name, device="cpu", layers="all", **options):
+        return cls(layers=layers, **options)
+
+    @classmethod
+    def from_record(cls, record, device="cpu", **overrides):
+        return cls(layers=record_layers(record), n_mels=record.get("config", {}).get("n_mels", 64))
 
     def info(self):
         return {**super().info(), "standardize": True}  # bands and statistics on different scales

@@ -25,6 +25,15 @@ class HashingEncoder(TextEncoder):
         self.dim = dim
         self._cache: dict[str, tuple[int, float]] = {}
 
+    @classmethod
+    def build(cls, name="hashing", device="cpu", dim: int = 512, **_):
+        """Options meant for model encoders (model, revision, prompt) mean nothing here."""
+        return cls(dim=int(dim))
+
+    @classmethod
+    def from_record(cls, record, device="cpu", **overrides):
+        return cls(dim=record["dim"])
+
     def config(self):
         return {"ngrams": [1, 2], "tf": "sublinear", "norm": "l2"}
 

@@ -38,7 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from ingest.encoders.base import SAMPLE_RATE, AudioEncoder
+from ingest.encoders.base import SAMPLE_RATE, AudioEncoder, record_layers
+from lake.errors import LakeError
 from lake.layers import resolve_layers
 
 FEATURE_SETS = {"egemaps": "eGeMAPSv02", "compare": "ComParE_2016"}
@@ -90,6 +91,21 @@ class OpenSmileEncoder(AudioEncoder):
         # what ingest hands to its decode workers (picklable: a module function and a name)
         self.worker_features = functools.partial(worker_features, name)
 
+    @classmethod
+    def build(cls, name, device="cpu", layers="all", **_):
+        return cls(name, layers=layers)
+
+    @classmethod
+    def from_record(cls, record, device="cpu", **overrides):
+        """Another openSMILE build could compute other features under the same names: refused."""
+        enc = cls(record["id"], layers=record_layers(record))
+        recorded = record.get("config", {})
+        if any(enc.config()[k] != recorded.get(k) for k in ("feature_names", "fp16")):
+            raise LakeError(f"this openSMILE ({enc.config()['openSMILE']}) computes other {enc.name} features "
+                            f"than the set's ({recorded.get('openSMILE')}); install the opensmile package the set "
+                            f"was made with ({recorded.get('opensmile')})")
+        return enc
+
     def info(self) -> dict[str, Any]:
         return {**super().info(), "standardize": True}
 
@@ -116,8 +132,6 @@ class OpenSmileEncoder(AudioEncoder):
 
     def encode(self, waves: list[np.ndarray]) -> np.ndarray:
         """In-process (prediction): raises LakeError naming the reason for a clip openSMILE cannot use."""
-        from lake.errors import LakeError
-
         out = np.empty((len(waves), 1, self.dim), dtype=np.float32)
         for i, w in enumerate(waves):
             feats, reason = self.features(w)
