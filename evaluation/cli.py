@@ -4,6 +4,7 @@
     python -m evaluation stage3 --stage3-ckpt slm_stage3_best.pt --data-root SET --out reports/stage3
     python -m evaluation stage4 --meld-ckpt meld_slm_A_best.pt --data-root MELDSET --out reports/stage4
     python -m evaluation probe --data-root SET [--split test] [--out reports/probe]
+    python -m evaluation matrix --checkpoints CKPT... --data-root SET... [--label-map FILE] --out reports/matrix
     python -m evaluation predict --stage3-ckpt S --clap-ckpt P [--meld-ckpt M] FILE...
 
 Each stage writes metrics.json, report.md and confusion.png to --out. Stages 3 and 4 show the
@@ -16,6 +17,7 @@ import argparse
 import json
 
 from evaluation import stages
+from evaluation.matrix import markdown, matrix
 from evaluation.predict import format_predictions, predict
 from lake.catalog import default_cache_limit_gb, open_shard_set
 from lake.cli import run_cli
@@ -41,6 +43,31 @@ def add_reading_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-limit", type=bounded(float, at_least(0)), default=default_cache_limit_gb(),
                    help="a set behind a URL: GB the shard cache may hold (0: ranged reads of each block)")
     p.add_argument("--storage-options", default="", help="JSON of fsspec options for a --data-root URL")
+
+
+def _label_map_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--label-map", default="", metavar="FILE",
+                   help="score the model on a set of another taxonomy: a JSON map of labels to classes ({label: "
+                        "class}, or {set name: {label: class}} for the evaluated set and the set(s) the model was "
+                        "trained on); each of the set's classes takes the summed probability of the model classes "
+                        "mapped to it; rows whose label maps to nothing are left out (counted in the report)")
+
+
+def _add_matrix(sub) -> None:
+    s = sub.add_parser("matrix", formatter_class=HelpFormatter, help="every model on every set: the cross-corpus table",
+                       description="Evaluate every checkpoint (SLM or MELD) on the test split of every set and write "
+                                   "one train x test table of the stage's headline metric (macro-F1; weighted F1 for "
+                                   "MELD): matrix.json, matrix.md and matrix.png (a heatmap). A set of another "
+                                   "taxonomy than a model's is scored through --label-map.")
+    s.add_argument("--checkpoints", nargs="+", required=True, metavar="CKPT", help="the trained models (rows)")
+    s.add_argument("--data-root", nargs="+", required=True, metavar="SET", help="the sets to evaluate on (columns)")
+    s.add_argument("--split", default="test", help="which split of every set")
+    s.add_argument("--label-map", default="", metavar="FILE", help="maps labels of sets and models of other "
+                   "taxonomies onto shared classes (see `stage3 --help`)")
+    s.add_argument("--out", required=True, help="directory for matrix.json, matrix.md and matrix.png")
+    s.add_argument("--batch-size", type=bounded(int, at_least(1)), default=1024, help="rows per evaluation batch")
+    s.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"], help="where the models run")
+    add_reading_flags(s)
 
 
 def _baseline_flags(p: argparse.ArgumentParser) -> None:
@@ -72,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "top-3/top-5 accuracy, per-class precision/recall/F1 and the confusion matrix.")
     _common(s, "--stage3-ckpt", "the SLM checkpoint (e.g. checkpoints/slm_stage3_best.pt)")
     _baseline_flags(s)
+    _label_map_flag(s)
     s = sub.add_parser("stage4", formatter_class=HelpFormatter, help="MELD: weighted F1 (the benchmark number), accuracy, macro F1, confusion",
                        description="Classify MELD's test split with a trained MELD head and report weighted F1 "
                                    "(MELD's standard metric), accuracy, macro F1, per-class and confusions.")
@@ -79,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stage3-ckpt", default="", help="only for a reference-layout MELD head (the previous tooling's "
                    "meld_slm_A/B_best.pt, which holds no SLM): the stage-3 checkpoint it was trained on")
     _baseline_flags(s)
+    _label_map_flag(s)
+    _add_matrix(sub)
     s = sub.add_parser("probe", formatter_class=HelpFormatter, help="the linear-probe baseline on stored embeddings",
                        description="Standardised logistic regression (scikit-learn) on the stored audio embedding, "
                                    "the transcript embedding, and both: fitted on train, C chosen on the validation "
@@ -115,6 +145,14 @@ def _run(args) -> int:
                           args.top, args.device, args.text_model, args.audio_model, args.audio_tokenizer)
         print(json.dumps(results, ensure_ascii=False) if args.json else format_predictions(results))
         return 0 if all("error" not in r for r in results) else 1
+    if args.command == "matrix":
+        sets = [open_shard_set(r, args.cache_dir, args.cache_limit, args.storage_options) for r in args.data_root]
+        res = matrix(args.checkpoints, sets, args.out, args.split, args.label_map, args.batch_size,
+                     stages.device_of(args.device))
+        print(markdown(res["result"]))
+        for name, path in res["paths"].items():
+            print(f"  {name}: {path}")
+        return 0
     shards = open_shard_set(args.data_root, args.cache_dir, args.cache_limit, args.storage_options)
     if args.command == "probe":
         res = stages.probe(shards, args.out, args.split, args.audio_layer, args.max_train_rows)
@@ -128,10 +166,11 @@ def _run(args) -> int:
         res = stages.stage2(args.clap_ckpt, block=args.block, template=args.template,
                             zero_shot=not args.no_zero_shot, text_model=args.text_model, **common)
     elif args.command == "stage3":
-        res = stages.stage3(args.stage3_ckpt, probe=not args.no_probe, ablate=args.ablate, **common)
+        res = stages.stage3(args.stage3_ckpt, probe=not args.no_probe, ablate=args.ablate, label_map=args.label_map,
+                            **common)
     else:
         res = stages.stage4(args.meld_ckpt, stage3_ckpt=args.stage3_ckpt, probe=not args.no_probe,
-                            ablate=args.ablate, **common)
+                            ablate=args.ablate, label_map=args.label_map, **common)
     print(f"{args.command} on {args.data_root} [{args.split}]: {res['headline']}")
     m, metric = res["metrics"], "weighted_f1" if args.command == "stage4" else "macro_f1"
     for r in m.get("baselines", [])[1:] + m.get("ablation", [])[1:]:  # beside the model's headline

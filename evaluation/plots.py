@@ -65,3 +65,30 @@ def plot_confusion(cm, class_names: list[str], path, title: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, format="png", bbox_inches="tight")
     return path
+
+
+def plot_matrix(values, row_names: list[str], col_names: list[str], path, title: str, marked=None) -> str:
+    """A heatmap of a train x test table (each cell's value printed in it, with a `*` where `marked`); returns
+    `path`."""
+    values = np.asarray(values, dtype=float)
+    fig = Figure(figsize=(max(4.0, 1.3 * len(col_names) + 2.5), max(3.0, 0.7 * len(row_names) + 1.8)), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    im = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=1.0, interpolation="nearest", aspect="auto")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    ax.set_xticks(np.arange(len(col_names)))
+    ax.set_xticklabels(col_names, rotation=30, ha="right", rotation_mode="anchor")
+    ax.set_yticks(np.arange(len(row_names)))
+    ax.set_yticklabels(row_names)
+    ax.set_xlabel("evaluated on")
+    ax.set_ylabel("trained on")
+    ax.set_title(title, fontsize=10)
+    for i in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            star = " *" if marked is not None and marked[i][j] else ""
+            ax.text(j, i, f"{values[i, j]:.3f}{star}", ha="center", va="center",
+                    color="black" if values[i, j] > 0.6 else "white")
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, format="png", bbox_inches="tight")
+    return path

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from evaluation.ablation import VARIANTS, ablation, ablation_note, train_means
+from evaluation.crosscorpus import cross_corpus_metrics, cross_corpus_note
 from evaluation.plots import plot_confusion
 from evaluation.probe import MAX_TRAIN_ROWS, SHOWN, linear_probe, probe_note, probe_rows
 from evaluation.report import write_report
@@ -42,7 +43,7 @@ ZERO_SHOT_TEMPLATE = "{}"
 ONE = World()  # evaluation runs as one process
 
 
-def _device(name: str) -> torch.device:
+def device_of(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -95,45 +96,59 @@ def _baselines(task: Task, model, loader, dev, shards: ShardSet, split: str, met
 
 def _classification_stage(stage: str, kind: str, ckpt_path: str, data_root: str, out: str, split: str,
                           batch_size: int, device: str, num_workers: int, title: str, probe: bool = True,
-                          ablate: str = "all", **files) -> dict:
-    """Classify a split with a trained stage-3/4 model (and, by default, its baselines); write the report."""
-    dev = _device(device)
+                          ablate: str = "all", label_map: str = "", **files) -> dict:
+    """Classify a split with a trained stage-3/4 model (and, by default, its baselines); write the report.
+    `label_map`: score it on a set of another taxonomy (evaluation.crosscorpus)."""
+    dev = device_of(device)
     shards = _open(data_root)
-    task, model = models.load(ckpt_path, shards, kind, **files)
+    task, model = models.load(ckpt_path, shards, kind, same_classes=not label_map, **files)
     loader = task.loader(split, batch_size, ONE, num_workers=num_workers)
     model = model.to(dev)
-    metrics = evaluate(task, model, loader, dev, ONE)
-    metrics, sections = _baselines(task, model, loader, dev, shards, split, metrics, title, probe, ablate)
-    metrics["confusion_matrix_normalized"] = normalized_confusion(np.asarray(metrics["confusion_matrix"])).round(4).tolist()
     ckpt = task.checkpoint
     extra = {"mode": ckpt["arch"]["mode"]} if "mode" in ckpt["arch"] else {}
     if reference_note(ckpt):
         extra["checkpoint_layout"] = reference_note(ckpt)
-    context = _context(ckpt_path, shards, split, loader.num_rows, trained_on=ckpt["data"]["fingerprint"],
+    if label_map:
+        metrics, info = cross_corpus_metrics(gather_outputs(task, model, loader, dev, ONE), task.taxonomy,
+                                             shards.taxonomy, label_map, trained_on_names(ckpt), shards.name)
+        sections, classes, extra["cross_corpus"] = [("Across corpora", cross_corpus_note(info))], info["targets"], info
+    else:
+        metrics = evaluate(task, model, loader, dev, ONE)
+        metrics, sections = _baselines(task, model, loader, dev, shards, split, metrics, title, probe, ablate)
+        classes = shards.taxonomy
+    metrics["confusion_matrix_normalized"] = normalized_confusion(np.asarray(metrics["confusion_matrix"])).round(4).tolist()
+    context = _context(ckpt_path, shards, split, metrics["num_rows"], trained_on=ckpt["data"]["fingerprint"],
                        epoch=ckpt["train"]["epoch"], **extra)
-    paths = _finish(out, stage, metrics, context, shards.taxonomy, f"{title} on {shards.name} {split}", sections)
+    paths = _finish(out, stage, metrics, context, classes, f"{title} on {shards.name} {split}", sections)
     return {"metrics": metrics, "paths": paths, "headline": task.headline(metrics)}
 
 
+def trained_on_names(ckpt: dict) -> list[str]:
+    """The names of the set(s) a checkpoint was trained on (a label map may key its model side by them)."""
+    return [r["name"] for r in ckpt["data"].get("sets") or []] or [ckpt["data"]["name"]]
+
+
 def stage3(stage3_ckpt: str, data_root: str, out: str, split: str = "test", batch_size: int = 1024,
-           device: str = "auto", num_workers: int = 0, probe: bool = True, ablate: str = "all") -> dict:
-    """`probe`: the linear probe beside the model; `ablate`: none, audio, text or all (both, one table)."""
+           device: str = "auto", num_workers: int = 0, probe: bool = True, ablate: str = "all",
+           label_map: str = "") -> dict:
+    """`probe`: the linear probe beside the model; `ablate`: none, audio, text or all (both, one table);
+    `label_map`: a set of another taxonomy (evaluation.crosscorpus)."""
     return _classification_stage("stage3", "slm", stage3_ckpt, data_root, out, split, batch_size, device,
-                                 num_workers, "SLM", probe, ablate)
+                                 num_workers, "SLM", probe, ablate, label_map)
 
 
 def stage4(meld_ckpt: str, data_root: str, out: str, split: str = "test", batch_size: int = 1024,
            device: str = "auto", num_workers: int = 0, stage3_ckpt: str = "", probe: bool = True,
-           ablate: str = "all") -> dict:
+           ablate: str = "all", label_map: str = "") -> dict:
     """`stage3_ckpt`: only for a reference-layout MELD head (it holds no SLM)."""
     return _classification_stage("stage4", "meld", meld_ckpt, data_root, out, split, batch_size, device,
-                                 num_workers, "MELD", probe, ablate, stage3_ckpt=stage3_ckpt)
+                                 num_workers, "MELD", probe, ablate, label_map, stage3_ckpt=stage3_ckpt)
 
 
 def stage2(clap_ckpt: str, data_root: str, out: str, split: str = "test", batch_size: int = 1024,
            device: str = "auto", block: int = 4096, template: str = ZERO_SHOT_TEMPLATE, num_workers: int = 0,
            zero_shot: bool = True, text_model: str = "") -> dict:
-    dev = _device(device)
+    dev = device_of(device)
     shards = _open(data_root)
     m = shards.manifest
     task, model = models.load(clap_ckpt, shards, "clap")

@@ -82,6 +82,36 @@ def write_labelled_set(root, manifest: Manifest, rows, rng: np.random.Generator,
     return writer.close()
 
 
+def signal_set(root, num_classes=4, rows=(240, 60, 60), seed=0, caption=False, name="sig", taxonomy=None):
+    """A set whose embeddings carry the label (class centroid + noise), written through the real writer."""
+    manifest = make_manifest(num_classes=num_classes, layers=("h0", "h1"), audio_dim=16, text_dim=12,
+                             caption=caption, name=name)
+    if taxonomy is not None:
+        manifest.taxonomy = list(taxonomy)
+    rng = np.random.default_rng(seed)
+    ca = rng.standard_normal((num_classes, 2, 16))
+    ct = rng.standard_normal((num_classes, 12))
+
+    def arrays(y, k):
+        block = {"audio": (ca[y] + 0.8 * rng.standard_normal((k, 2, 16))).astype(np.float16),
+                 "text": (ct[y] + 1.5 * rng.standard_normal((k, 12))).astype(np.float16)}
+        return {**block, "caption": block["text"].copy()} if caption else block
+
+    write_labelled_set(root, manifest, rows, rng, arrays)
+    return str(root)
+
+
+def torchrun(module: str, *args, nproc: int = 2, timeout: int = 300):
+    """`python -m torch.distributed.run --standalone --nproc_per_node N -m MODULE ARGS` from the repository root."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+                           str(nproc), "-m", module, *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ), cwd=os.path.dirname(os.path.dirname(
+                              os.path.abspath(__file__))))
+
+
 @pytest.fixture
 def small_set(tmp_path):
     root = tmp_path / "set"

@@ -162,7 +162,7 @@ def test_two_nodes_train_from_s3_like_one_node_with_two_processes(s3_bucket, tmp
     from shards.copy import copy_set
     from trainers import clap
     from trainers.checkpoint import load_checkpoint
-    from test_trainers import signal_set
+    from conftest import signal_set
 
     local = signal_set(tmp_path / "set")
     url = f"{s3_bucket}/sets/sig"

@@ -12,24 +12,7 @@ import torch
 from trainers import clap, meld, models, slm
 from trainers.checkpoint import load_checkpoint
 
-from conftest import make_manifest, write_labelled_set
-
-
-def signal_set(root, num_classes=4, rows=(240, 60, 60), seed=0, caption=False, name="sig"):
-    """A set whose embeddings carry the label (class centroid + noise), written through the real writer."""
-    manifest = make_manifest(num_classes=num_classes, layers=("h0", "h1"), audio_dim=16, text_dim=12,
-                             caption=caption, name=name)
-    rng = np.random.default_rng(seed)
-    ca = rng.standard_normal((num_classes, 2, 16))
-    ct = rng.standard_normal((num_classes, 12))
-
-    def arrays(y, k):
-        block = {"audio": (ca[y] + 0.8 * rng.standard_normal((k, 2, 16))).astype(np.float16),
-                 "text": (ct[y] + 1.5 * rng.standard_normal((k, 12))).astype(np.float16)}
-        return {**block, "caption": block["text"].copy()} if caption else block
-
-    write_labelled_set(root, manifest, rows, rng, arrays)
-    return str(root)
+from conftest import signal_set, torchrun
 
 
 @pytest.fixture(scope="module")
@@ -268,29 +251,19 @@ def test_debug_preset_loss_curve_is_pinned(trained, tmp_path, capsys):
 
 # -- real processes: two torchrun ranks killed and resumed; a preemption signal ----------------------
 
-def _torchrun(*args, timeout=300):
-    import subprocess
-    import sys
-
-    env = dict(os.environ)
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                           "-m", "trainers.slm", *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=env, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
 def test_two_ranks_killed_mid_epoch_then_resumed_equal_an_uninterrupted_two_rank_run(trained, tmp_path):
     root, proj, _ = trained
     common = ["--data-root", root, "--clap-ckpt", proj, "--epochs", "2", "--batch-size", "32", "--num-workers", "0",
               "--lr", "1e-3", "--device", "cpu", "--no-progress", "--no-test-at-end"]
     full, broken = tmp_path / "full", tmp_path / "broken"
-    proc = _torchrun(*common, "--save-dir", full)
+    proc = torchrun("trainers.slm", *common, "--save-dir", full)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     # 7 steps per epoch on each rank: saved at step 4 (mid-epoch 0), stopped at step 5 without saving
-    proc = _torchrun(*common, "--save-dir", broken, "--save-every-steps", "4", "--max-steps", "5")
+    proc = torchrun("trainers.slm", *common, "--save-dir", broken, "--save-every-steps", "4", "--max-steps", "5")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     last = load_checkpoint(str(broken / "slm_stage3_last.pt"))
     assert last["train"]["step"] == 4 and last["loader"]["world"] == 2 and len(last["rng"]) == 2
-    proc = _torchrun(*common, "--save-dir", broken, "--resume")
+    proc = torchrun("trainers.slm", *common, "--save-dir", broken, "--resume")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "resumed" in proc.stdout
     a, b = load_checkpoint(str(full / "slm_stage3_last.pt")), load_checkpoint(str(broken / "slm_stage3_last.pt"))

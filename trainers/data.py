@@ -197,11 +197,16 @@ class TrainingData:
             return self.sets[0].manifest.feature_stats
         return pooled_stats([s.manifest.feature_stats for s in self.sets], self.shares())
 
+    def asked(self) -> list[float]:
+        """Each set's share of an epoch as asked: --proportions normalised, or by kept train rows."""
+        w = self.proportions or self.kept_rows("train")
+        return [round(x / sum(w), 6) for x in w]
+
     def record(self) -> list[dict]:
-        """What a checkpoint records of every set (and `--resume` checks)."""
-        props = self.shares()
-        return [{"name": s.name, "root": s.root, "fingerprint": s.fingerprint, "proportion": round(p, 6),
-                 "label_map": m} for s, p, m in zip(self.sets, props, self.maps)]
+        """What a checkpoint records of every set (and `--resume` checks): its share as asked, and the rows an
+        epoch draws from it."""
+        return [{"name": s.name, "root": s.root, "fingerprint": s.fingerprint, "proportion": p, "rows": q,
+                 "label_map": m} for s, p, q, m in zip(self.sets, self.asked(), self.train_quotas(), self.maps)]
 
     @property
     def fingerprint(self) -> str:

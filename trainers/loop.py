@@ -108,7 +108,8 @@ class Task:
         """This stage's checkpoint dict from a loaded file: this project's format, or another layout the
         stage accepts (exports, the reference tooling's files; `files`: other checkpoints such a layout needs);
         None when the file is none of them."""
-        return validate_checkpoint(obj, path, cls.stage) if is_checkpoint(obj) else None
+        return validate_checkpoint(obj, path, cls.stage) if is_checkpoint(obj) and obj.get("stage") == cls.stage \
+            else None
 
     # -- the same for every stage ---------------------------------------------------------
     def arch(self) -> dict:
@@ -304,7 +305,8 @@ def same_data(ckpt: dict, data: TrainingData, path: str) -> None:
     diffs = [f"{n}: not in this run" for n in was if n not in now] + [f"{n}: not in the checkpoint's run" for n in now
                                                                         if n not in was]
     for n in sorted(set(was) & set(now)):
-        diffs += [f"{n}: {k} {was[n].get(k)!r} -> {now[n].get(k)!r}" for k in ("fingerprint", "proportion", "label_map")
+        diffs += [f"{n}: {k} {was[n].get(k)!r} -> {now[n].get(k)!r}" for k in ("fingerprint", "proportion", "rows",
+                                                                               "label_map")
                   if k in was[n] and was[n].get(k) != now[n].get(k)]
     raise LakeError(f"{path}: trained on other data than --data-root gives ({'; '.join(diffs) or 'the epoch rows'}); "
                     "resume on the same sets, shares and label maps")
@@ -410,8 +412,9 @@ class Run:
                       f"{self.world.world_size} rank(s) on {self.device}; "
                       f"{sum(p.numel() for p in self.params):,} trainable parameters")
         if not self.data.single:
-            shares = ", ".join(f"{n} {p:.3f}" for n, p in zip(self.data.names, self.data.shares()))
-            self.log.line(f"{len(self.data.sets)} sets, {self.data.num_classes} classes; shares of an epoch: {shares}")
+            shares = ", ".join(f"{n} {q} rows ({p:.3f})" for n, q, p in zip(self.data.names, self.data.train_quotas(),
+                                                                          self.data.asked()))
+            self.log.line(f"{len(self.data.sets)} sets, {self.data.num_classes} classes; an epoch draws {shares}")
             for line in self.data.summary():
                 self.log.line(line)
         self.model.train()
