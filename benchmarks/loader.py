@@ -15,6 +15,9 @@ back before anything is timed: see `warm`; a width's layouts together stay well 
   the physical limit, not a loader (no shuffle, no batches);
 - loader: `ShardLoader` over format v1 (blocks of 1024 rows, shards of 16384), training
   order (blocks permuted, rows shuffled in windows of blocks), num_workers=0;
+- mixed: the same rows written as two sets (the first 60 % and the last 40 %), read as one by
+  `ShardLoader([a, b], ...)` (several sets in one run: each set's stream interleaved with the
+  other's at its share, shards.partition), num_workers=0;
 - device: `DeviceLoader` on --device (cpu by default): the split read once into one tensor
   per field there (its load time is printed), then every batch gathered there (on the CPU
   numpy's take into reused buffers, on CUDA `index_select`), in the loader's order;
@@ -79,19 +82,28 @@ def bench_manifest(name: str, layers: int = 1, dim: int = DIM):
                     taxonomy=[f"c{i}" for i in range(CLASSES)], fields=["audio", "text", "label"])
 
 
-def write_set(out: str, rows: int, layers: int, dim: int = DIM, name: str = "bench") -> str:
-    """`rows` train rows at `out`, in format v1 (blocks of 1024, shards of 16,384 rows)."""
+def write_set(out: str, rows: int, layers: int, dim: int = DIM, name: str = "bench", first: int = 0) -> str:
+    """Train rows first..rows of the benchmark's rows at `out`, in format v1 (blocks of 1024, shards of 16,384)."""
     from shards.writer import SetWriter
 
     writer = SetWriter(out, bench_manifest(name, layers, dim), rows_per_shard=16384)
-    for block in make_blocks(rows, layers, dim):
-        writer.add_block("train", block)
+    for start in range(first, rows, BLOCK):
+        writer.add_block("train", make_block(start, rows, layers, dim=dim))
     writer.close()
     return out
 
 
 def write_v1(root: str, rows: int, layers: int) -> str:
     return write_set(os.path.join(root, "v1"), rows, layers)
+
+
+def write_mixed(root: str, rows: int, layers: int) -> str:
+    """The same rows as v1, as two sets: the first 60 % (whole blocks) and the rest."""
+    cut = rows * 3 // 5 // BLOCK * BLOCK
+    out = os.path.join(root, "mixed")
+    write_set(os.path.join(out, "a"), cut, layers, name="bench-a")
+    write_set(os.path.join(out, "b"), rows, layers, name="bench-b", first=cut)
+    return out
 
 
 def write_per_row(root: str, rows: int, layers: int) -> str:
@@ -221,6 +233,15 @@ def time_loader(v1: str, batch: int, passes: int):
     return best_epochs(loader, passes)
 
 
+def time_mixed(mixed: str, batch: int, passes: int):
+    from lake.catalog import open_shard_set
+    from shards.loader import ShardLoader
+
+    loader = ShardLoader([open_shard_set(os.path.join(mixed, x)) for x in ("a", "b")], "train", batch, seed=0)
+    count(loader, "row")
+    return best_epochs(loader, passes)
+
+
 def time_device(v1: str, batch: int, passes: int, device: str):
     from lake.catalog import open_shard_set
     from shards.device_loader import DeviceLoader
@@ -277,7 +298,7 @@ def time_per_row(out: str, batch: int, limit: int):
 
 def written(root: str, rows: int, layers: int, peers: bool) -> dict[str, str]:
     """{layout: directory}: written under root, or found there from an earlier run with --keep."""
-    writers = {"v1": write_v1, "perrow": write_per_row}
+    writers = {"v1": write_v1, "mixed": write_mixed, "perrow": write_per_row}
     if peers:
         writers.update(litdata=write_litdata, mds=write_mds)
     os.makedirs(root, exist_ok=True)
@@ -316,6 +337,7 @@ def run_width(root: str, rows: int, layers: int, args) -> dict:
     n, secs = best_of(args.passes, lambda i: raw_read(shard_files))
     record("raw", rows, secs)
     record("loader", *time_loader(layouts["v1"], args.batch_size, args.passes))
+    record("mixed", *time_mixed(layouts["mixed"], args.batch_size, args.passes))
     (n, secs), load_s = time_device(layouts["v1"], args.batch_size, args.passes, args.device)
     record("device", n, secs)
     results["device"]["load_s"] = load_s
@@ -327,6 +349,7 @@ def run_width(root: str, rows: int, layers: int, args) -> dict:
 
 
 LABELS = {"raw": "raw sequential read (v1 files)", "loader": "ShardLoader (this project)",
+          "mixed": "ShardLoader, the rows as two sets",
           "device": "DeviceLoader (split on {device})", "litdata": "LitData StreamingDataset",
           "mds": "MosaicML Streaming (MDS)", "webdataset_per_row": "webdataset, one member set per row"}
 
@@ -334,6 +357,7 @@ LABELS = {"raw": "raw sequential read (v1 files)", "loader": "ShardLoader (this 
 def print_table(width: dict, device: str) -> None:
     r = width["readers"]
     peers = [k for k in ("litdata", "mds", "webdataset_per_row") if k in r]
+    print(f"mixed / loader: {r['mixed']['rows_per_s'] / r['loader']['rows_per_s']:.2f}")
     best_peer = max(peers, key=lambda k: r[k]["rows_per_s"])
     print(f"\nL={width['layers']} ({width['rows']:,} rows, {width['bytes']['v1'] / width['rows'] / 1e3:.1f} KB a row)")
     print(f"{'reader':<38}{'rows/s':>13}{'MB/s':>9}{'/ raw':>8}{'/ best peer':>13}")

@@ -27,6 +27,8 @@ block sizes, the rows each may give (a label map can leave rows out), the rows a
 With one set and nothing left out, rank 0 of one process reads exactly the order of the earlier
 `epoch_order` (the same seeds), so single-set runs are unchanged.
 
+With several sets, the window of W blocks is shared between them in proportion to their rows an epoch.
+
 What a batch mixes: rows are shuffled one by one inside a window of W blocks, so a batch of b rows
 holds about b / W rows of each of the window's blocks, from as many up to W shards (W = 21 for 3 KB
 rows, 16 for 23 KB rows: ShardLoader.default_window; a batch that straddles two windows mixes both),
@@ -158,10 +160,17 @@ class Plan:
                  for b, k in zip(self.block_rows, self.kept)]
         return np.concatenate([p + o for p, o in zip(parts, self.set_offsets)])
 
+    def windows(self) -> list[int]:
+        """Each set's shuffle window, in blocks: the window shared by the sets in proportion to their quotas, so
+        a batch of several sets touches about as many blocks as a batch of one (the gather's cost is per block:
+        measured in benchmarks.loader, two full windows halved the mixed loader's rows/s)."""
+        total = max(1, sum(self.quotas))
+        return [max(1, round(self.window_blocks * q / total)) for q in self.quotas]
+
     def order(self, epoch: int) -> np.ndarray:
         """The training epoch's global order (ranks take slices of it)."""
-        streams = [set_stream(b, k, q, self.seed, epoch, i, self.window_blocks)
-                   for i, (b, k, q) in enumerate(zip(self.block_rows, self.kept, self.quotas))]
+        streams = [set_stream(b, k, q, self.seed, epoch, i, w)
+                   for i, (b, k, q, w) in enumerate(zip(self.block_rows, self.kept, self.quotas, self.windows()))]
         return interleave(streams, self.set_offsets, self.seed, epoch)
 
     def num_batches(self) -> int:
