@@ -1,0 +1,240 @@
+"""Reliability, second pass: one mechanism per class of fault, each test first failing on the code before it.
+
+  a store that stops answering  lake.storage.storage_defaults (connect/read timeouts, bounded retries) for every
+                                request, then one line naming the URL; lake.signals: a second SIGTERM/SIGINT
+                                ends the process at once
+  one bad clip                  ingest.sources.base.one_clip: every per-clip parse of a source runs in it, so
+                                any fault (a non-UTF-8 member name, JSON nested 100,000 deep, end=inf) is that
+                                clip's quarantine record and the run goes on
+  the memory of a long clip     ingest.decode: one growing float32 buffer, resampled run by run, normalised
+                                in place
+  messages                      shards.cache: one `warning:` line with sizes in units; evaluation.predict's
+                                input checks; report and plot writes through lake.storage.write_bytes_atomic
+"""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import errno
+import io
+import json
+import os
+import tarfile
+import types
+
+import numpy as np
+import pytest
+from test_decode import tone, write
+
+from lake.catalog import open_shard_set
+
+ENCODERS = ("--audio-encoder", "fbank", "--text-encoder", "hashing")
+ARGS = ("--decode-workers", "1", "--block-rows", "8", "--rows-per-shard", "16", "--val-fraction", "0.2",
+        "--test-fraction", "0.2", *ENCODERS)
+
+
+def run_ingest(capsys, *args) -> tuple[int, str, str]:
+    from ingest.run import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def quarantined(out) -> dict[str, str]:
+    return {q["key"]: q["reason"] for q in open_shard_set(str(out)).quarantine()}
+
+
+def keys(out) -> set[str]:
+    return set(open_shard_set(str(out)).index.column("key").to_pylist())
+
+
+def mp3_bytes(tmp_path, i: int) -> bytes:
+    path = write(tmp_path / f"c{i}.mp3", tone(0.6, 24000, freq=180.0 + 20 * i), 24000, "mp3", "libmp3lame")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+# -- one bad clip: quarantined with its reason, the run goes on -------------------------------------------
+
+LAION_TAR = "en_ash_intense_anger_rage_fury_hatred_and_annoyance"
+
+
+def _laion_with_bad_members(tmp_path) -> str:
+    """A LAION tar of good clips and, between them, a member name in another encoding (raw byte 0xff), JSON
+    nested 100,000 levels deep, a transcript with a lone surrogate and a NaN duration."""
+    def meta(**kw) -> bytes:
+        return json.dumps({"duration": 0.6, "flash_transcription": "hello there", **kw}).encode()
+
+    audio = [mp3_bytes(tmp_path, i) for i in range(8)]
+    members = []
+    for i in range(6):
+        members += [(f"{i:06d}.mp3", audio[i]), (f"{i:06d}.json", meta())]
+    members.insert(4, ("bad\udcffname.mp3", audio[6]))  # tarfile writes the surrogate back as the byte 0xff
+    members.insert(5, ("bad\udcffname.json", meta()))
+    members += [("000100.mp3", audio[7]), ("000100.json", b"[" * 100_000 + b"]" * 100_000),
+                ("000101.mp3", audio[7]), ("000101.json", b'{"duration": 0.6, "flash_transcription": "\\udc80"}'),
+                ("000102.mp3", audio[7]), ("000102.json", b'{"duration": NaN, "flash_transcription": "hi"}')]
+    root = tmp_path / "laion"
+    root.mkdir()
+    with tarfile.open(root / f"{LAION_TAR}.tar", "w", format=tarfile.GNU_FORMAT, encoding="utf-8",
+                      errors="surrogateescape") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return str(root)
+
+
+def test_bad_laion_members_are_quarantined_and_the_run_completes_and_reruns(capsys, tmp_path):
+    src, out = _laion_with_bad_members(tmp_path), tmp_path / "set"
+    with tarfile.open(os.path.join(src, f"{LAION_TAR}.tar"), encoding="utf-8", errors="strict") as tar:
+        with pytest.raises(UnicodeDecodeError):  # the defect is really in the tar's bytes
+            tar.getmembers()
+    code, _, err = run_ingest(capsys, "--source", "laion", "--input", src, "--out", out, *ARGS)
+    assert code == 0, err
+    assert keys(out) == {f"{LAION_TAR}/{i:06d}" for i in range(6)}
+    why = quarantined(out)
+    assert why[f"{LAION_TAR}/bad\\xffname.mp3"].startswith("bad member name: bad\\xffname.mp3 is not UTF-8")
+    assert why[f"{LAION_TAR}/bad\\xffname.json"].startswith("bad member name")
+    assert why[f"{LAION_TAR}/000100"].startswith("malformed json: RecursionError")
+    assert why[f"{LAION_TAR}/000101"].startswith("not UTF-8: the transcript holds '\\udc80'")
+    assert why[f"{LAION_TAR}/000102"] == "not a number: the extra json_duration is nan"
+    code, stdout, err = run_ingest(capsys, "--source", "laion", "--input", src, "--out", out, *ARGS)
+    assert code == 0 and "already complete" in stdout, err
+
+
+def test_bad_manifest_numbers_are_quarantined_before_any_work_and_the_run_completes(capsys, tmp_path):
+    for i in range(6):
+        write(tmp_path / f"c{i}.wav", tone(0.5, 16000, freq=200.0 + 30 * i), 16000, "wav", "pcm_s16le")
+    (tmp_path / "m.csv").write_text("path,label,start,end\n" + "".join(
+        f"c{i}.wav,{['happy', 'sad'][i % 2]},,\n" for i in range(6)) +
+        "c0.wav,happy,0,inf\n"  # line 8
+        "c1.wav,sad,nan,0.3\n"  # line 9
+        "c2.wav,sad,-1,0.3\n")  # line 10
+    out = tmp_path / "set"
+    code, _, err = run_ingest(capsys, "--source", "manifest", "--input", tmp_path / "m.csv", "--out", out, *ARGS)
+    assert code == 0, err
+    assert keys(out) == {f"c{i}" for i in range(6)}
+    why = quarantined(out)
+    assert why["m/line8"].startswith("bad segment: end 'inf' is not a finite number of seconds")
+    assert why["m/line9"].startswith("bad segment: start 'nan' is not a number (")
+    assert why["m/line10"].startswith("bad segment: start '-1' is negative")
+
+
+def test_the_guard_turns_any_fault_of_one_clip_into_its_skip():
+    from ingest.sources.base import Clip, Skip, one_clip
+    from ingest.sources.location import SourceReadError
+    from lake.errors import LakeError
+
+    def skip(why):
+        return Skip(key="k\udcfe", reason=why)
+
+    def boom():
+        raise KeyError("duration")
+
+    assert one_clip(boom, skip) == Skip(key="k\\xfe", reason="bad clip: KeyError: 'duration'")
+    clip = Clip(key="k", transcript="t", label="x", source_uri="u", declared_s=float("inf"))
+    assert one_clip(lambda: clip, skip).reason == "not a number: the duration is inf"
+    assert one_clip(lambda: dataclasses.replace(clip, declared_s=1.0), skip).declared_s == 1.0
+    for run_level in (LakeError("the store is gone"), SourceReadError("s3://b/x.tar: reading failed")):
+        with pytest.raises(type(run_level)):
+            one_clip(lambda: (_ for _ in ()).throw(run_level), skip)
+
+
+def test_split_hash_takes_any_key_and_keeps_every_utf8_key_where_it_was():
+    from lake.splits import unit_interval
+
+    assert unit_interval("en_x/000001") == 0.5138380334663006  # the hash of v1: no clip changes split
+    assert 0 <= unit_interval("tar/bad\udcffname") < 1 and 0 <= unit_interval("\ud800") < 1
+
+
+# -- messages ------------------------------------------------------------------------------------------
+
+def test_cache_warnings_are_one_line_with_sizes_in_units(capsys, tmp_path, monkeypatch):
+    from conftest import make_manifest, write_set
+
+    import shards.cache as cache_mod
+
+    root = tmp_path / "set"
+    write_set(root, {"train": [4, 4]}, make_manifest())
+    shards = dataclasses.replace(open_shard_set(str(root)), cache_dir=str(tmp_path / "cache"), cache_limit_gb=1e-6)
+    entries = shards.manifest.shards_of("train")
+    assert cache_mod.cache_for(shards, entries) is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: ") and "cache_for" not in err and "warn(" not in err
+    assert "exceed the shard cache's limit (1000 B, --cache-limit 1e-06 GB)" in err and " KiB)" in err
+    shards = dataclasses.replace(shards, cache_limit_gb=1.0)
+    monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda _: types.SimpleNamespace(free=300 << 20))
+    assert cache_mod.cache_for(shards, entries) is None
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("warning: ") and "300.0 MiB free" in err and "0.0 GB" not in err
+
+
+class _FullDisk:
+    """Every file opened for writing under `root` fails its writes with ENOSPC and no file name, as a
+    full disk does (write(2) does not say which file)."""
+
+    def __init__(self, monkeypatch, root):
+        self.root, self.real = str(root), builtins.open
+        monkeypatch.setattr(builtins, "open", self.open)
+
+    def open(self, file, mode="r", *a, **kw):
+        f = self.real(file, mode, *a, **kw)
+        if isinstance(file, (str, os.PathLike)) and os.fspath(file).startswith(self.root) and set(mode) & set("wax"):
+            return _NoSpace(f)
+        return f
+
+
+class _NoSpace:
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
+
+
+def test_report_and_plot_on_a_full_disk_name_their_file(tmp_path, monkeypatch, capsys):
+    from evaluation.plots import plot_confusion
+    from evaluation.report import write_report
+    from lake.cli import run_cli
+
+    out = tmp_path / "reports"
+    _FullDisk(monkeypatch, out)
+    code = run_cli(lambda: plot_confusion(np.eye(3), ["a", "b", "c"], out / "confusion.png", "t"))
+    err = capsys.readouterr().err
+    assert code == 2 and f"no space left on the device holding {out / 'confusion.png'}" in err, err
+    code = run_cli(lambda: write_report(out, "stage3", {"accuracy": 0.5},
+                                        {"checkpoint": "c.pt", "fingerprint": "f", "split": "test"}))
+    err = capsys.readouterr().err
+    assert code == 2 and f"no space left on the device holding {out / 'metrics.json'}" in err, err
+    assert not [n for n in os.listdir(out)]  # no half-written file left behind
+
+
+def test_predict_inputs_say_what_is_wrong_with_each_file(tmp_path):
+    from evaluation.predict import InputError, format_predictions, load_input
+
+    wav = write(tmp_path / "a.wav", tone(0.5, 16000), 16000, "wav", "pcm_s16le")
+    (tmp_path / "a.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    with pytest.raises(InputError, match=r"a.txt is not UTF-8 text \(byte 0xe9 at offset 3\).*--transcript"):
+        load_input(wav, None)
+    dec, text = load_input(wav, "given")
+    assert text == "given" and dec.samples == 8000
+    (tmp_path / "a.txt").write_text("café au lait\n", encoding="utf-8")
+    assert load_input(wav, None)[1] == "café au lait"
+    with pytest.raises(InputError, match="a directory, not an audio file"):
+        load_input(str(tmp_path), None)
+    with pytest.raises(InputError, match="no such file"):
+        load_input(str(tmp_path / "gone.wav"), None)
+    assert format_predictions([{"file": "d", "error": "a directory, not an audio file"}]) == \
+        "d: a directory, not an audio file"
