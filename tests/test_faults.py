@@ -29,6 +29,7 @@ from test_decode import tone, write
 
 from lake.catalog import open_shard_set
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENCODERS = ("--audio-encoder", "fbank", "--text-encoder", "hashing")
 ARGS = ("--decode-workers", "1", "--block-rows", "8", "--rows-per-shard", "16", "--val-fraction", "0.2",
         "--test-fraction", "0.2", *ENCODERS)
@@ -238,3 +239,63 @@ def test_predict_inputs_say_what_is_wrong_with_each_file(tmp_path):
         load_input(str(tmp_path / "gone.wav"), None)
     assert format_predictions([{"file": "d", "error": "a directory, not an audio file"}]) == \
         "d: a directory, not an audio file"
+
+
+# -- a second stop signal ends the process at once -------------------------------------------------------
+
+STUCK = """
+import sys, time
+from lake.signals import preemption_signals
+with preemption_signals() as flag:
+    print("ready", flush=True)
+    while True:  # a loop that never reaches a safe point: a read from a store that stopped answering
+        time.sleep(0.05)
+        if flag:
+            print("flagged", flush=True)
+            flag.signal = None  # still stuck: it cannot act on the request
+"""
+
+
+@pytest.mark.parametrize("second", ["SIGTERM", "SIGINT"])
+def test_a_second_stop_signal_ends_a_stuck_process_at_once(second, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", STUCK], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.stdout.readline() == "flagged\n"  # the first one asks: the process goes on
+        assert proc.poll() is None
+        t0 = time.monotonic()
+        proc.send_signal(getattr(signal, second))
+        code = proc.wait(timeout=10)
+        assert time.monotonic() - t0 < 5
+    finally:
+        proc.kill()
+    err = proc.stderr.read()
+    assert code == -getattr(signal, second), (code, err)  # ended by the signal, as a shell and a scheduler expect
+    assert "stopped: a second stop signal" in err and "Traceback" not in err
+
+
+def test_the_first_ctrl_c_still_interrupts_and_a_repeated_sigusr1_is_no_second_request(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", STUCK.replace("time.sleep(0.05)", "time.sleep(0.05)\n"
+                             "        if flag and flag.name == 'SIGUSR1': print('usr1', flush=True)")],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "ready\n"
+        for _ in range(2):
+            proc.send_signal(signal.SIGUSR1)
+            assert proc.stdout.readline() == "usr1\n" and proc.stdout.readline() == "flagged\n"
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)  # the first SIGTERM/SIGINT after a SIGUSR1 is a second request too
+        assert proc.wait(timeout=10) == -signal.SIGINT
+    finally:
+        proc.kill()
