@@ -299,3 +299,74 @@ def test_the_first_ctrl_c_still_interrupts_and_a_repeated_sigusr1_is_no_second_r
         assert proc.wait(timeout=10) == -signal.SIGINT
     finally:
         proc.kill()
+
+
+# -- a store that stops answering ------------------------------------------------------------------------
+
+class FrozenEndpoint:
+    """A TCP server that accepts every connection and never answers: an S3 endpoint that froze (a stopped
+    process still completes the handshake from the kernel's backlog). Counts the connections it was sent."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.held: list = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                self.held.append(self.sock.accept()[0])
+            except OSError:
+                return
+
+    def close(self):
+        self.sock.close()
+        for c in self.held:
+            c.close()
+
+
+def test_every_s3_request_has_timeouts_and_bounded_tries_that_a_user_can_change(monkeypatch):
+    from lake import storage
+
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS", raising=False)
+    monkeypatch.delenv("AWS_RETRY_MODE", raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setattr(storage, "_options", lambda conf={}: conf)  # a fresh fsspec configuration
+    fs, _ = storage.filesystem("s3://some-bucket/set")
+    assert fs.config_kwargs == {"connect_timeout": 5, "read_timeout": 10,
+                                "retries": {"total_max_attempts": 3, "mode": "standard"}}
+    assert fs.retries == storage.S3FS_TRIES == 2  # s3fs's own loop: 5 before, around botocore's 5 (legacy)
+    storage.set_storage_options(["s3://some-bucket/set"], '{"config_kwargs": {"read_timeout": 60}}')
+    assert storage.request_options("s3://x")["config_kwargs"] == {
+        "connect_timeout": 5, "read_timeout": 60, "retries": {"total_max_attempts": 3, "mode": "standard"}}
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "7")  # the AWS configuration's own setting wins over ours
+    assert storage.request_options("s3://x")["config_kwargs"]["retries"] == {"mode": "standard"}
+    assert "10 s without an answer, tried 3 times with backoff, twice over" in storage.LIMITS_HELP
+
+
+def test_a_frozen_store_is_one_line_naming_the_url_within_the_limits(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    frozen = FrozenEndpoint()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_ENDPOINT_URL=frozen.url, AWS_ACCESS_KEY_ID="x", AWS_SECRET_ACCESS_KEY="y",
+               AWS_DEFAULT_REGION="us-east-1", AWS_CONFIG_FILE=os.devnull, AWS_SHARED_CREDENTIALS_FILE=os.devnull)
+    try:
+        t0 = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "shards", "ls", "s3://bucket/set", "--storage-options",
+                               '{"config_kwargs": {"read_timeout": 1, "connect_timeout": 1}}'],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+        took = time.monotonic() - t0
+    finally:
+        frozen.close()
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert len(frozen.held) <= 6, len(frozen.held)  # 3 tries of botocore's, twice: not 5 x 5
+    assert took < 60, took  # 6 x 1 s, backoff and start-up
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("error: s3://bucket/set/manifest.json: cannot "
+                                                                   f"reach {frozen.url} (no answer within 1 s, 6 tries")
