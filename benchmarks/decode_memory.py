@@ -110,8 +110,9 @@ MEASURES = {"decode_tracemalloc": decode_tracemalloc, "decode_rss": decode_rss,
 
 def measure(name: str, path: str) -> int:
     """One measure in a fresh process: a peak already reached by an earlier one would hide it."""
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = subprocess.run([sys.executable, "-m", "benchmarks.decode_memory", "--one", name, path], check=True,
-                         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+                         capture_output=True, text=True, cwd=repo)
     return int(out.stdout.strip().splitlines()[-1])
 
 

@@ -175,9 +175,10 @@ def check_clip(clip: Clip) -> Clip:
 
 def one_clip(parse: Callable[[], T], skip: Callable[[str], T]) -> T:
     """The one guard every per-clip parse of a source runs in (its name, its JSON, its row's numbers):
-    a Clip that comes out is checked (`check_clip`), whatever goes wrong becomes `skip(reason)`,
-    that clip's quarantine record, and a Skip's key and path leave as `printable` text; the run goes on. Only what concerns the whole source (a
-    `LakeError`, a remote read that failed after its retries) leaves it.
+    a Clip that comes out is checked (`check_clip`), whatever goes wrong becomes `skip(reason)`, that
+    clip's quarantine record, and a Skip's key and path leave as `printable` text; the run goes on.
+    Only what concerns the whole source (a `LakeError`, a remote read that failed after its retries)
+    leaves it.
 
     Why a guard and not a try/except per field: a corpus holds defects nobody listed (a name in
     another encoding, JSON nested 100,000 deep, `end=inf`), and each used to stop the whole ingest,

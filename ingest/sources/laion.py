@@ -324,5 +324,6 @@ class LaionSource:
         if isinstance(meta.get("duration"), (int, float)) and not isinstance(meta["duration"], bool):
             declared = float(meta["duration"])
             extra["json_duration"] = declared
-        return Clip(key=key, transcript=transcript, label=label, source_uri=uri(entry["audio_name"]), audio=entry["audio"],
+        return Clip(key=key, transcript=transcript, label=label, source_uri=uri(entry["audio_name"]),
+                    audio=entry["audio"],
                     caption=caption if isinstance(caption, str) else "", extra=extra, declared_s=declared)
