@@ -22,6 +22,7 @@ from evaluation.predict import format_predictions, predict
 from lake.catalog import default_cache_limit_gb, open_shard_set
 from lake.cli import run_cli
 from lake.cliargs import HelpFormatter, at_least, bounded
+from lake.storage import LIMITS_HELP
 
 
 def _common(p: argparse.ArgumentParser, ckpt_flag: str, ckpt_help: str) -> None:
@@ -42,7 +43,7 @@ def add_reading_flags(p: argparse.ArgumentParser) -> None:
                    "$EMOLAKE_CACHE_DIR, else ~/.cache/emolake/shards)")
     p.add_argument("--cache-limit", type=bounded(float, at_least(0)), default=default_cache_limit_gb(),
                    help="a set behind a URL: GB the shard cache may hold (0: ranged reads of each block)")
-    p.add_argument("--storage-options", default="", help="JSON of fsspec options for a --data-root URL")
+    p.add_argument("--storage-options", default="", help="JSON of fsspec options for a --data-root URL. " + LIMITS_HELP)
 
 
 def _label_map_flag(p: argparse.ArgumentParser) -> None:

@@ -7,12 +7,14 @@ interactive session is left alone) and no figure lingers in pyplot's registry.
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lake.storage import write_bytes_atomic
 from trainers.metrics import normalized_confusion
 
 # Up to this many classes each cell is big enough to print its value in.
@@ -61,9 +63,13 @@ def plot_confusion(cm, class_names: list[str], path, title: str) -> str:
                 ax.text(p, t, f"{share[t, p]:.2f}", ha="center", va="center", fontsize=font - 1,
                         color="white" if share[t, p] > 0.5 else "black")
 
+    # drawn in memory, then written as the reports are: a failed write (a full disk) names the file and
+    # leaves no half PNG behind
+    png = io.BytesIO()
+    fig.savefig(png, format="png", bbox_inches="tight")
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, format="png", bbox_inches="tight")
+    write_bytes_atomic(path, png.getvalue())
     return path
 
 

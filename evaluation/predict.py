@@ -20,19 +20,45 @@ import torch
 
 from ingest.decode import DecodeError, decode_audio
 from ingest.encoders import encoders_from_manifest
-from lake.errors import LakeError
+from lake.errors import LakeError, about, describe_os_error
 from lake.tamers import refuse_rebuild
 from trainers import models
 from trainers.clap import check_same_projectors
+
+
+class InputError(Exception):
+    """One input file that cannot be used: its message says why (the other files are still answered)."""
 
 
 def _transcript(path: str, given: str | None) -> str:
     if given is not None:
         return given
     side = os.path.splitext(path)[0] + ".txt"
-    if os.path.exists(side):
-        return open(side, encoding="utf-8").read().strip()
-    return ""
+    if not os.path.isfile(side):
+        return ""
+    try:
+        with about(side), open(side, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise InputError(f"cannot read its transcript: {describe_os_error(e)}") from None
+    try:
+        return raw.decode("utf-8-sig").strip()
+    except UnicodeDecodeError as e:
+        raise InputError(f"its transcript {side} is not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}): "
+                         "save it as UTF-8, or pass the text with --transcript") from None
+
+
+def load_input(path: str, transcript: str | None):
+    """(decoded wave, transcript) of one input file; `InputError` says why a file cannot be used."""
+    if os.path.isdir(path):
+        raise InputError("a directory, not an audio file: pass the audio files in it (e.g. DIR/*.wav)")
+    if not os.path.exists(path):
+        raise InputError("no such file")
+    try:
+        dec = decode_audio(path)
+    except DecodeError as e:
+        raise InputError(f"cannot decode ({e})") from None
+    return dec, _transcript(path, transcript)
 
 
 def _top(probs: np.ndarray, names: list[str], k: int) -> list[dict]:
@@ -81,12 +107,11 @@ def predict(files: list[str], stage3_ckpt: str, clap_ckpt: str | None = None, me
     for path in files:
         item = {"file": path}
         try:
-            dec = decode_audio(path)
-        except DecodeError as e:
+            dec, text = load_input(path, transcript)
+        except InputError as e:
             item["error"] = str(e)
             results.append(item)
             continue
-        text = _transcript(path, transcript)
         audio = audio_enc.encode([dec.wave])[:, layer_idx].astype(np.float16)
         text_emb = text_enc.encode([text]).astype(np.float16)
         a, t = torch.from_numpy(audio).float(), torch.from_numpy(text_emb).float()
@@ -105,7 +130,7 @@ def format_predictions(results: list[dict]) -> str:
     lines = []
     for r in results:
         if "error" in r:
-            lines.append(f"{r['file']}: cannot decode ({r['error']})")
+            lines.append(f"{r['file']}: {r['error']}")
             continue
         said = f'  "{r["transcript"]}"' if r["transcript"] else ""
         lines.append(f"{r['file']} ({r['duration_s']:.2f} s){said}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from lake.cliargs import REQUIRED, HelpFormatter, above, add_dataclass_args, at_least, between, check_ranges, from_args
 from lake.cliargs import arg as _f
+from lake.storage import LIMITS_HELP
 from ingest.sources import SOURCES
 
 
@@ -29,7 +30,8 @@ class IngestConfig:
                           "needs room for about two shards per rank (--rows-per-shard x row size x 2); empty = a "
                           "folder under the system temp dir")
     storage_options: str = _f("", "JSON of fsspec options for --input/--out URLs (e.g. '{\"anon\": true}'); "
-                              "credentials and endpoints otherwise come from the usual AWS/Hub configuration")
+                              "credentials and endpoints otherwise come from the usual AWS/Hub configuration. "
+                              + LIMITS_HELP)
     check: bool = _f(False, "when --out is a finished set: also read and hash every shard (a full read; without "
                      "it, sizes and the index are checked) and repair what does not match")
     audio_encoder: str = _f("fbank", "audio encoder: fbank (offline log-mel statistics, 256 dims; ~0.25 ms of one "

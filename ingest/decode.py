@@ -77,6 +77,8 @@ def _open(src: bytes | str):
             raise DecodeError("empty audio: empty input (0 bytes)")
         return av.open(io.BytesIO(src), mode="r")
     path = os.fspath(src)
+    if os.path.isdir(path):
+        raise DecodeError(f"not a file: {path} is a directory")
     if not os.path.isfile(path):
         raise DecodeError(f"not found: {path}")
     if os.path.getsize(path) == 0:
@@ -147,46 +149,95 @@ def _frame_mono(frame) -> np.ndarray:
     return (x.mean(axis=0) if len(x) > 1 else x[0]) / np.float32(_FULL_SCALE.get(base, 1.0))
 
 
-class _Runs:
-    """Decoded frames -> one mono wave at `rate`.
+class _Wave:
+    """The decoded wave, written where it will stay: one float32 buffer at the target rate.
 
-    Each frame is mixed to mono at once; the mono samples of a run of same-rate frames go
-    through FFmpeg's resampler in one call, then its flush (`resample(None)`) releases the
-    filter's tail. Resampling frame by frame (an mp3 frame is 24 ms) costs several times
-    the decoding itself. A rate change mid-stream starts a new run.
+    Sized from the duration the header states (when it does) and grown in place (`ndarray.resize`:
+    a realloc, which the C library serves with mremap for a buffer this size, so the samples are not
+    copied), then cut to its length the same way. Only the first `keep` samples are stored
+    (`max_seconds`); the rest are counted (`total`) for the clip's duration.
     """
 
-    def __init__(self, rate: int):
-        self.rate, self.source_rate = rate, None
-        self.pending: list[np.ndarray] = []  # mono, at source_rate
-        self.chunks: list[np.ndarray] = []  # mono, at rate
+    def __init__(self, expected: int, keep: int | None):
+        self.keep = keep
+        self.buf = np.empty(max(1, min(expected, keep) if keep is not None else expected), np.float32)
+        self.n = 0  # samples stored
+        self.total = 0  # samples decoded
+
+    def write(self, x: np.ndarray) -> None:
+        self.total += len(x)
+        if self.keep is not None:
+            x = x[: max(0, self.keep - self.n)]
+        need = self.n + len(x)
+        if need > len(self.buf):
+            grown = max(need, len(self.buf) + len(self.buf) // 4)
+            self.buf.resize(grown if self.keep is None else min(grown, self.keep), refcheck=False)
+        self.buf[self.n:need] = x
+        self.n = need
+
+    def result(self) -> np.ndarray:
+        self.buf.resize(self.n, refcheck=False)  # frees the tail
+        return self.buf
+
+
+class _Runs:
+    """Decoded frames -> one mono wave at `rate`, written into a `_Wave`.
+
+    Each frame is mixed to mono at once and its samples gathered into a staging buffer of `STAGE`
+    samples; a full stage goes through FFmpeg's resampler in one call (resampling frame by frame, an
+    mp3 frame being 24 ms, costs several times the decoding itself) and its output straight into the
+    wave. One resampler per run of same-rate frames, fed stage by stage, carries its filter state
+    across stages and is flushed (`resample(None)`) at the run's end, so the tail is kept; a rate
+    change mid-stream starts a new run. Memory: the wave, plus a stage and its resampled frame.
+    """
+
+    STAGE = 1 << 18  # source samples resampled per call: 5.5 s at 48 kHz
+
+    def __init__(self, rate: int, wave: _Wave):
+        self.rate, self.wave, self.source_rate = rate, wave, None
+        self.stage = np.empty(self.STAGE, np.float32)  # mono, at source_rate
+        self.staged = 0
+        self.resampler = None
 
     def add(self, frame, lo: int = 0, hi: int | None = None) -> None:
         """Add the frame's samples [lo, hi) (all by default)."""
         if frame.sample_rate != self.source_rate:
-            self._flush()
+            self._end_run()
             self.source_rate = frame.sample_rate
         mono = _frame_mono(frame)
-        self.pending.append(mono[lo:hi] if lo or hi is not None else mono)
-
-    def _flush(self) -> None:
-        if not self.pending:
-            return
-        mono = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
-        self.pending = []
+        mono = mono[lo:hi] if lo or hi is not None else mono
         if self.source_rate == self.rate:
-            self.chunks.append(mono)
+            self.wave.write(mono)
             return
-        frame = av.AudioFrame.from_ndarray(mono[None, :], format="fltp", layout="mono")
-        frame.sample_rate = self.source_rate
-        resampler = av.AudioResampler(format="fltp", layout="mono", rate=self.rate)
-        self.chunks.extend(f.to_ndarray()[0] for f in resampler.resample(frame) + resampler.resample(None))
+        while len(mono):
+            k = min(len(mono), self.STAGE - self.staged)
+            self.stage[self.staged:self.staged + k] = mono[:k]
+            self.staged, mono = self.staged + k, mono[k:]
+            if self.staged == self.STAGE:
+                self._resample()
 
-    def wave(self) -> np.ndarray:
-        self._flush()
-        if not self.chunks:
-            return np.zeros(0, dtype=np.float32)
-        return np.concatenate(self.chunks) if len(self.chunks) > 1 else self.chunks[0]
+    def _resample(self, flush: bool = False) -> None:
+        if self.resampler is None:
+            self.resampler = av.AudioResampler(format="fltp", layout="mono", rate=self.rate)
+        out = []
+        if self.staged:
+            frame = av.AudioFrame.from_ndarray(self.stage[None, :self.staged], format="fltp", layout="mono")
+            frame.sample_rate = self.source_rate
+            out += self.resampler.resample(frame)
+            self.staged = 0
+        if flush:
+            out += self.resampler.resample(None)
+        for f in out:
+            self.wave.write(np.frombuffer(f.planes[0], dtype=np.float32, count=f.samples))
+
+    def _end_run(self) -> None:
+        if self.resampler is not None or self.staged:
+            self._resample(flush=True)
+        self.resampler = None
+
+    def finish(self) -> np.ndarray:
+        self._end_run()
+        return self.wave.result()
 
 
 class _Span:
@@ -213,13 +264,27 @@ class _Span:
             self.kept = True
 
 
-def _decode_mono(container, sample_rate: int, span: _Span | None = None) -> np.ndarray:
-    """All samples of the first audio stream (or of `span`), mean over channels, float32 at `sample_rate`."""
+def _expected_samples(container, stream, sample_rate: int, span: _Span | None) -> int:
+    """About how many samples the wave will have: what its buffer starts at (grown if short)."""
+    seconds = 30.0
+    if span is not None and span.end != float("inf"):
+        seconds = span.end - span.start
+    elif stream.duration and stream.time_base:
+        seconds = float(stream.duration * stream.time_base) - (span.start if span else 0.0)
+    elif container.duration:
+        seconds = container.duration / 1e6 - (span.start if span else 0.0)
+    return int(max(0.1, seconds) * sample_rate * 1.01) + 4096
+
+
+def _decode_mono(container, sample_rate: int, span: _Span | None = None,
+                 keep: int | None = None) -> tuple[np.ndarray, int]:
+    """(the first `keep` samples, the count of all of them) of the first audio stream (or of `span`),
+    mean over channels, float32 at `sample_rate`."""
     if not container.streams.audio:
         raise DecodeError("no audio stream: the container holds "
                           + (", ".join(s.type for s in container.streams) or "no streams"))
     stream = container.streams.audio[0]
-    runs = _Runs(sample_rate)
+    runs = _Runs(sample_rate, _Wave(_expected_samples(container, stream, sample_rate, span), keep))
     add = runs.add if span is None else (lambda frame: span.add(runs, frame))
     if span is not None and stream.start_time is not None and stream.time_base:
         span.origin = float(stream.start_time * stream.time_base)
@@ -263,7 +328,7 @@ def _decode_mono(container, sample_rate: int, span: _Span | None = None) -> np.n
                              short > max(_TRUNCATED_S, _TRUNCATED_SHARE * (span.end - span.start))):
             raise DecodeError(f"segment past end: the file ends at {file_end:.2f} s, the segment is "
                               f"{span.start:.2f}-{span.end:.2f} s")
-    return runs.wave()
+    return runs.finish(), runs.wave.total
 
 
 def decode_audio(src: bytes | str, sample_rate: int = SAMPLE_RATE, max_seconds: float | None = None,
@@ -282,9 +347,10 @@ def decode_audio(src: bytes | str, sample_rate: int = SAMPLE_RATE, max_seconds: 
         if not (0 <= s0 < s1):
             raise DecodeError(f"bad segment: start {s0} s, end {s1} s (needs 0 <= start < end)")
         span = _Span(s0, s1)
+    keep = max(1, int(max_seconds * sample_rate)) if max_seconds is not None else None
     try:
         with _open(src) as container:
-            wave = _decode_mono(container, sample_rate, span)
+            wave, n = _decode_mono(container, sample_rate, span, keep)
             declared = _declared_seconds(container, src) if span is None else None
     except DecodeError:
         raise
@@ -295,22 +361,20 @@ def decode_audio(src: bytes | str, sample_rate: int = SAMPLE_RATE, max_seconds: 
     except Exception as e:  # PyAV raises plain ValueError/OSError for some broken inputs
         raise DecodeError(f"decode error: {_describe(src)}: {type(e).__name__}: {e}") from None
 
-    n = len(wave)
     if n == 0:
         raise DecodeError(f"empty audio: {_describe(src)} decoded to 0 samples")
     duration_s = n / sample_rate
     if declared and declared - duration_s > max(_TRUNCATED_S, _TRUNCATED_SHARE * declared):
         raise DecodeError(f"truncated: {_describe(src)} decoded to {duration_s:.2f} s of the {declared:.2f} s "
                           "its header declares")
-    cut = max_seconds is not None and n > int(max_seconds * sample_rate)
-    if cut:
-        wave = wave[: max(1, int(max_seconds * sample_rate))]
-    if not np.isfinite(wave).all():
+    # max and min, not abs: no temporary the size of the wave (a NaN or an inf shows in one of them)
+    hi, lo = float(wave.max()), float(wave.min())
+    if not (np.isfinite(hi) and np.isfinite(lo)):
         raise DecodeError(f"decode error: {_describe(src)} decoded to non-finite samples")
-    peak = float(np.abs(wave).max())
+    peak = max(hi, -lo)
     if peak < _SILENCE_PEAK:
         wave[:] = 0.0
     else:
         wave /= np.float32(peak)
         np.clip(wave, -1.0, 1.0, out=wave)
-    return Decoded(wave=wave, duration_s=duration_s, cut=bool(cut))
+    return Decoded(wave=wave, duration_s=duration_s, cut=len(wave) < n)

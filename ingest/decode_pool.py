@@ -10,12 +10,23 @@ costs only the clip it died on.
 An audio encoder that is CPU work (openSMILE's functionals) runs here too, right after each
 clip's decode (`chunk_fn`): it then scales with the decode workers and the encoding loop only
 packs what they computed.
+
+A long clip's wave does not travel through the result pipe: pickled, it would be a copy in the
+worker's message and two in the parent (the bytes received and the array made from them), so a
+one-hour clip (230 MB of wave) would cost the parent twice that for a while. The worker writes it
+to a file in /dev/shm (memory, not disk) and the parent maps that file as the wave's own memory
+(`_SharedWave`): one copy in all once it has arrived.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import glob
+import mmap
+import os
 import queue
+import tempfile
 import threading
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -42,6 +53,70 @@ class Featured(Decoded):
         return self.encoded_samples
 
 
+SHARED_MIN_BYTES = 8 << 20  # waves from ~2 minutes up travel through /dev/shm
+SHM_DIR = "/dev/shm"
+_PREFIX = "emolake-wave-"
+
+
+class _SharedWave:
+    """A decoded clip whose wave waits in a /dev/shm file; unpickled in the parent as the usual
+    `(clip, Decoded, None)`, the wave mapped from that file (`_received`)."""
+
+    def __init__(self, clip, decoded: Decoded, path: str, samples: int):
+        self.clip, self.decoded, self.path, self.samples = clip, decoded, path, samples
+
+    def __reduce__(self):
+        return _received, (self.clip, self.decoded, self.path, self.samples)
+
+
+def _shared(clip, decoded: Decoded):
+    """In the worker: the wave written to a /dev/shm file, or None where there is none or no room for it."""
+    if not os.path.isdir(SHM_DIR):
+        return None
+    try:
+        fd, path = tempfile.mkstemp(prefix=f"{_PREFIX}{os.getppid()}-", dir=SHM_DIR)
+    except OSError:
+        return None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.posix_fallocate(f.fileno(), 0, decoded.wave.nbytes)  # no room: an error now, not SIGBUS later
+            decoded.wave.tofile(f)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        return None
+    return _SharedWave(clip, replace(decoded, wave=np.empty(0, np.float32)), path, len(decoded.wave))
+
+
+def _received(clip, decoded: Decoded, path: str, samples: int) -> tuple:
+    """In the parent, while the result is unpickled: the wave is the file's memory (its name is removed at
+    once: the mapping keeps it until the wave is dropped)."""
+    try:
+        with open(path, "r+b") as f:
+            memory = mmap.mmap(f.fileno(), samples * 4)
+        os.remove(path)
+    except (OSError, ValueError) as e:
+        return clip, None, f"decode error: the decoded wave was lost on its way from the decode worker ({e})"
+    return clip, replace(decoded, wave=np.frombuffer(memory, np.float32, count=samples)), None
+
+
+def _remove_orphans(pid: int | None = None) -> None:
+    """Wave files nobody will map: those of `pid` (results never received), or of every process that is gone
+    (a parent killed with results in flight)."""
+    for path in glob.glob(os.path.join(SHM_DIR, f"{_PREFIX}{pid if pid is not None else ''}*")):
+        owner = os.path.basename(path)[len(_PREFIX):].split("-", 1)[0]
+        if pid is None:
+            try:
+                os.kill(int(owner), 0)
+                continue  # alive: its results are still on their way
+            except ProcessLookupError:
+                pass
+            except (PermissionError, ValueError):
+                continue
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
 def _decode_one(clip, max_seconds: float, features: Callable | None = None):
     from ingest.decode import DecodeError, decode_audio
 
@@ -53,10 +128,13 @@ def _decode_one(clip, max_seconds: float, features: Callable | None = None):
         decoded, reason = None, str(e)
     except Exception as e:  # noqa: BLE001 - a clip must never stop the run
         decoded, reason = None, f"decode error: {type(e).__name__}: {e}"
+    clip = replace(clip, audio=None)
     if decoded is not None and features is not None:
         feats, failure = features(decoded.wave)
         decoded = Featured(np.empty(0, np.float32), decoded.duration_s, decoded.cut, feats, failure, len(decoded.wave))
-    return replace(clip, audio=None), decoded, reason
+    if decoded is not None and decoded.wave.nbytes >= SHARED_MIN_BYTES:
+        return _shared(clip, decoded) or (clip, decoded, reason)
+    return clip, decoded, reason
 
 
 def decode_chunk(items: list, features: Callable | None = None) -> list:
@@ -90,17 +168,20 @@ class OrderedDecoder:
     def __init__(self, new_pool: Callable, fn: Callable[[list], list], chunk: int = 4, max_pending: int = 1024,
                  on_crash: Callable = crashed):
         self.new_pool, self.fn, self.chunk, self.on_crash = new_pool, fn, chunk, on_crash
+        _remove_orphans()  # of an ingest killed with long waves in flight
         self.pool = new_pool()
         self._lock = threading.Lock()
         self._slots = threading.Semaphore(max(1, max_pending // chunk))
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
+        _remove_orphans(os.getpid())
 
     def terminate(self) -> None:
         for proc in list(getattr(self.pool, "_processes", {}).values()):
             proc.terminate()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        _remove_orphans(os.getpid())
 
     def _replace(self, broken) -> None:
         with self._lock:

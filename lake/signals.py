@@ -2,18 +2,26 @@
 
 `preemption_signals()` turns those signals into a flag that the long loops (training steps,
 ingest clips) poll at safe points: they finish the step or clip in hand, save what resumes
-them, and raise `lake.errors.Preempted`. A second signal while stopping is ignored (the
-first one already asked); SIGKILL cannot be caught, which is what the journals and
-checkpoints are for.
+them, and raise `lake.errors.Preempted`. The first Ctrl-C (SIGINT) interrupts as Python's
+always does (KeyboardInterrupt).
+
+A second SIGTERM or SIGINT, after any first stop signal, ends the process at once: the first
+one is being obeyed, or cannot be (a read from a store that stopped answering), and whoever
+sends a second one means it. Nothing is torn by that: checkpoints and shards are written
+to a temporary name and renamed, so what the first one's save finished is kept, and the
+journals and `--resume` take it from there, as after SIGKILL. A repeated SIGUSR1 (a
+scheduler's notice, sometimes sent again) is not a second request.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from contextlib import contextmanager
 
 SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGUSR1", None)) if s is not None)
+STOP_NOW = tuple(s for s in (getattr(signal, "SIGTERM", None), signal.SIGINT) if s is not None)
 
 
 class PreemptionFlag:
@@ -40,19 +48,38 @@ class PreemptionFlag:
         return bool(t.item())
 
 
+def stop_now(signum: int) -> None:
+    """End the process at once, killed by `signum` as if nothing had caught it (exit 128 + signum to a shell),
+    after one line saying so. No cleanup runs: it is what a second signal asks for."""
+    name = signal.Signals(signum).name
+    os.write(2, f"\nstopped: a second stop signal ({name}); ending now: what was saved is kept, re-run the same "
+                "command to continue from it\n".encode())
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    os._exit(128 + signum)  # a signal whose default is not to end the process
+
+
 @contextmanager
 def preemption_signals():
-    """Within the block, SIGTERM/SIGUSR1 set the yielded flag instead of killing the process."""
+    """Within the block, SIGTERM/SIGUSR1 set the yielded flag instead of killing the process, and a second
+    SIGTERM or SIGINT after any first one ends it at once (`stop_now`)."""
     flag = PreemptionFlag()
     if threading.current_thread() is not threading.main_thread():  # signals can only be caught there
         yield flag
         return
+    first: list[int] = []
 
     def handler(signum, _frame):
+        if first and signum in STOP_NOW:
+            stop_now(signum)
+        if not first:
+            first.append(signum)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt  # the first Ctrl-C, as Python's own handler does
         if flag.signal is None:
             flag.signal = signum
 
-    previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    previous = {s: signal.signal(s, handler) for s in dict.fromkeys(SIGNALS + STOP_NOW)}
     try:
         yield flag
     finally:

@@ -19,8 +19,12 @@ VALIDATION_SPLITS = ("val", "dev")
 
 
 def unit_interval(key: str) -> float:
-    """A uniform number in [0, 1) from the key (first 8 bytes of blake2b)."""
-    digest = hashlib.blake2b(_SALT + key.encode("utf-8"), digest_size=8).digest()
+    """A uniform number in [0, 1) from the key (first 8 bytes of blake2b).
+
+    Any str hashes, a key that is not valid UTF-8 too (a tar member name of another encoding
+    arrives with lone surrogates): `surrogatepass` leaves valid text's bytes as UTF-8's, so no
+    split moves, and gives the others bytes of their own instead of an exception."""
+    digest = hashlib.blake2b(_SALT + key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2.0**64
 
 

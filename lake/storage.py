@@ -16,11 +16,20 @@ Credentials and endpoints come from the ecosystem's own configuration (for S3:
 botocore reads; for the Hub: `hf auth login`, `HF_ENDPOINT`); anything else goes
 to the filesystem as fsspec storage options (`set_storage_options`, or fsspec's
 own `FSSPEC_S3='{"key": ...}'` environment variables).
+
+No request waits forever: every filesystem is made here (`filesystem`), with
+`REQUEST_LIMITS` under whatever options the user gave (theirs win, key by key).
+An S3 store that stops answering (a frozen endpoint accepts the connection and
+never replies) costs each request at most the read timeout per try, over a few
+tries, then one line naming the URL; without these limits s3fs's own retries
+around botocore's made that seven minutes per request.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import json
 import os
 import re
@@ -131,7 +140,14 @@ def _translate(url: str, exc: BaseException) -> LakeError | None:
                          "the permissions on the bucket or repository")
     if names & _CONNECTION or isinstance(exc, (ConnectionError, TimeoutError)):
         where = "HF_ENDPOINT, HF_HUB_OFFLINE" if proto == "hf" else "AWS_ENDPOINT_URL"
-        return LakeError(f"{url}: cannot reach {_endpoint(url)} ({_reason(exc)}); check the network and the "
+        reason = _reason(exc)
+        if reason == "timed out" and proto in REQUEST_LIMITS:
+            limits = request_options(url)["config_kwargs"]
+            tries = limits.get("retries", {}).get("total_max_attempts")
+            reason = (f"no answer within {limits.get('read_timeout')} s" + (f", {tries * S3FS_TRIES} tries" if tries
+                                                                            else "") +
+                      "; a slow store needs a longer config_kwargs read_timeout in --storage-options")
+        return LakeError(f"{url}: cannot reach {_endpoint(url)} ({reason}); check the network and the "
                          f"endpoint ({where}), then re-run: finished work is kept")
     if is_url(url) and (names & _SERVICE_ERRORS or isinstance(exc, OSError)):
         return LakeError(f"{url}: the object store failed the request ({_short(exc)}); re-run to retry")
@@ -154,17 +170,73 @@ def errors(url: str):
 
 # -- filesystems and their options ---------------------------------------------------------------------------
 
+S3_LIMITS = {"connect_timeout": 5, "read_timeout": 10, "retries": {"total_max_attempts": 3, "mode": "standard"}}
+"""botocore's limits for every S3 request (its `Config`, s3fs's `config_kwargs`): seconds to connect, seconds
+without an answer, and tries in all, with botocore's exponential backoff (jittered, 1 s then 2 s...)."""
+REQUEST_LIMITS = {"s3": {"config_kwargs": S3_LIMITS}, "s3a": {"config_kwargs": S3_LIMITS}}
+S3FS_TRIES = 2
+"""s3fs's own loop around botocore's tries (5 in s3fs): one more go, which is what retries a body read that
+breaks mid-transfer (botocore's tries end when the headers arrive). Not a storage option: s3fs takes none."""
+
+LIMITS_HELP = ("An s3:// request gives up after {connect_timeout} s without a connection or {read_timeout} s without "
+               "an answer, tried {total_max_attempts} times with backoff, twice over (s3fs repeats botocore's tries "
+               "once); change that with e.g. "
+               "'{{\"config_kwargs\": {{\"read_timeout\": 60, \"retries\": {{\"total_max_attempts\": 5}}}}}}'"
+               ).format(**S3_LIMITS, **S3_LIMITS["retries"])
+"""A sentence for the --help of every command's --storage-options."""
+
+
 def _options() -> dict:
     import fsspec.config
 
     return fsspec.config.conf
 
 
+def _merge(base: dict, over: dict) -> dict:
+    """`base` with `over` laid on top, key by key into nested dicts (a user's read_timeout keeps our retries)."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def _aws_sets(variable: str, env: str) -> bool:
+    """Whether the AWS configuration (the environment variable, or the profile in ~/.aws/config) sets this
+    botocore variable: then it, not REQUEST_LIMITS, decides."""
+    return bool(os.environ.get(env)) or variable in _aws_profile(os.environ.get("AWS_PROFILE"),
+                                                                  os.environ.get("AWS_CONFIG_FILE"))
+
+
+@functools.lru_cache(maxsize=8)
+def _aws_profile(profile: str | None, config_file: str | None) -> frozenset:
+    """The variables the AWS config file sets for this profile (read once per profile and file)."""
+    try:
+        import botocore.session
+
+        return frozenset(botocore.session.Session().get_scoped_config())
+    except Exception:  # noqa: BLE001 - no botocore, or a profile that does not exist: botocore says so on use
+        return frozenset()
+
+
+def request_options(url: str) -> dict:
+    """The storage options a filesystem for `url` is made with: REQUEST_LIMITS, then the AWS configuration's
+    retry settings, then the user's (`--storage-options`, FSSPEC_* variables) on top."""
+    proto = scheme(url)
+    limits = copy.deepcopy(REQUEST_LIMITS.get(proto, {}))
+    retries = limits.get("config_kwargs", {}).get("retries", {})
+    for key, variable, env in (("total_max_attempts", "max_attempts", "AWS_MAX_ATTEMPTS"),
+                               ("mode", "retry_mode", "AWS_RETRY_MODE")):
+        if key in retries and _aws_sets(variable, env):
+            del retries[key]
+    return _merge(limits, _options().get(proto, {}))
+
+
 def set_storage_options(urls, options: str | dict | None) -> None:
     """Pass fsspec storage options (`--storage-options JSON`) to the filesystems of these URLs.
 
     Written into fsspec's own configuration, which every later filesystem of that
-    protocol reads (DataLoader workers forked afterwards inherit it).
+    protocol reads (DataLoader workers forked afterwards inherit it); nested dicts
+    are merged key by key, so `{"config_kwargs": {"read_timeout": 60}}` keeps the other limits.
     """
     if not options:
         return
@@ -177,14 +249,17 @@ def set_storage_options(urls, options: str | dict | None) -> None:
         raise LakeError("--storage-options: expected a JSON object, e.g. '{\"anon\": true}'")
     for url in urls:
         if is_url(url):
-            _options().setdefault(scheme(url), {}).update(options)
+            conf = _options()
+            conf[scheme(url)] = _merge(conf.get(scheme(url), {}), options)
 
 
 def _fs(url: str):
     import fsspec
 
     with errors(url):
-        fs, path = fsspec.core.url_to_fs(url)
+        fs, path = fsspec.core.url_to_fs(url, **request_options(url))
+    if scheme(url) in REQUEST_LIMITS and hasattr(fs, "retries"):
+        fs.retries = S3FS_TRIES
     _quiet_orphaned_failures(getattr(fs, "loop", None))
     return fs, path
 

@@ -28,11 +28,12 @@ import fcntl
 import glob
 import os
 import shutil
+import sys
 import threading
-import warnings
 
 from lake.catalog import ShardSet
 from lake.errors import LakeError
+from lake.progress import human_bytes
 from lake.schema import ShardEntry
 from shards.copy import transfer
 from shards.format import TMP_SUFFIX
@@ -87,8 +88,9 @@ class ShardCache:
                 os.remove(stale)  # we hold its lock: whoever wrote it died
             free = shutil.disk_usage(self.directory).free
             if entry.bytes > free - DISK_RESERVE:
-                raise LakeError(f"{self.directory}: {free / 1e9:.1f} GB free, too little to cache {url} "
-                                f"({entry.bytes / 1e9:.1f} GB); free space, or pass --cache-dir elsewhere")
+                raise LakeError(f"{self.directory}: {human_bytes(free)} free, too little to cache {url} "
+                                f"({human_bytes(entry.bytes)} and {human_bytes(DISK_RESERVE)} to spare); free "
+                                "space, or pass --cache-dir elsewhere")
             transfer(url, final, entry, progress)  # verified, then renamed into place
         self.evict(keep={entry.sha256})
         return final
@@ -129,6 +131,12 @@ class ShardCache:
                 total -= size
 
 
+def _warn(message: str) -> None:
+    """One `warning:` line on stderr. Not `warnings.warn`: that prints the Python source line that warned
+    after the message, which tells a user nothing."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def cache_for(shards: ShardSet, entries: list[ShardEntry]) -> ShardCache | None:
     """The cache a reader of these shards uses; None for a local set, a disabled cache, or too little room."""
     if shards.cache_dir is None or shards.cache_limit_gb <= 0:
@@ -137,16 +145,17 @@ def cache_for(shards: ShardSet, entries: list[ShardEntry]) -> ShardCache | None:
     unique = list({e.sha256: e for e in entries}.values())
     need = sum(e.bytes for e in unique)
     if need > limit:
-        warnings.warn(f"{shards.root}: these {need / 1e9:.2f} GB of shards exceed the shard cache's "
-                      f"{shards.cache_limit_gb:g} GB; reading the recorded block ranges instead, every epoch "
-                      "(raise --cache-limit to cache them)", stacklevel=3)
+        _warn(f"{shards.root}: these shards ({human_bytes(need)}) exceed the shard cache's limit "
+              f"({human_bytes(limit)}, --cache-limit {shards.cache_limit_gb:g} GB); reading the recorded block "
+              "ranges instead, every epoch (raise --cache-limit to cache them)")
         return None
     cache = ShardCache(shards.cache_dir, limit)
     missing = sum(e.bytes for e in unique if cache.lookup(e, touch=False) is None)
     free = shutil.disk_usage(cache.directory).free
     if missing > free - DISK_RESERVE:
-        warnings.warn(f"{cache.directory}: {free / 1e9:.1f} GB free, {missing / 1e9:.1f} GB of shards to cache; "
-                      "reading the recorded block ranges instead (free space or pass --cache-dir)", stacklevel=3)
+        _warn(f"{cache.directory}: {human_bytes(free)} free, {human_bytes(missing)} of shards to cache and "
+              f"{human_bytes(DISK_RESERVE)} to spare; reading the recorded block ranges instead (free space or "
+              "pass --cache-dir)")
         return None
     return cache
 

@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--storage-options", metavar="JSON",
                         help="fsspec options for the URL's filesystem, as a JSON object, e.g. "
                              "'{\"endpoint_url\": \"http://127.0.0.1:9000\"}' (default: none; credentials and "
-                             "endpoints are read from the AWS environment and config files)")
+                             "endpoints are read from the AWS environment and config files). "
+                             + storage.LIMITS_HELP)
 
     s = sub.add_parser("ls", parents=[common], help="list shards with split, rows and bytes",
                        description="List the shards of a set with their split, rows, blocks and size.")

@@ -210,18 +210,19 @@ def test_hf_parquet_dataset(capsys, hf_parquet, tmp_path):
 
 
 def test_hf_read_failing_mid_data_file_resumes(capsys, hf_parquet, tmp_path, monkeypatch):
-    from ingest.sources.hf import HfSource
+    import datasets
 
     ds, _, reference = hf_parquet
-    real, failed = HfSource._item, []
+    real, failed = datasets.IterableDataset.__iter__, []
 
-    def dropped_connection(self, row, default_key, split):
-        if row["id"] == "train-1-2" and not failed:  # the second data file of train, mid-way
-            failed.append(1)
-            raise OSError("connection reset")
-        return real(self, row, default_key, split)
+    def dropped_connection(self):  # the data file's stream breaks (a row's own faults are that row's: one_clip)
+        for row in real(self):
+            if row.get("id") == "train-1-2" and not failed:  # the second data file of train, mid-way
+                failed.append(1)
+                raise OSError("connection reset")
+            yield row
 
-    monkeypatch.setattr(HfSource, "_item", dropped_connection)
+    monkeypatch.setattr(datasets.IterableDataset, "__iter__", dropped_connection)
     out = tmp_path / "set"
     args = ("--source", "hf", "--input", ds, "--out", out, *HF_ARGS, "--checkpoint-mb", "0.001")
     code, _, err = run_ingest(capsys, *args)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from lake.catalog import default_cache_limit_gb
 from lake.cliargs import REQUIRED, above, arg, at_least, check_ranges
 from lake.errors import LakeError
+from lake.storage import LIMITS_HELP
 
 @dataclass(kw_only=True)
 class TrainConfig:
@@ -37,7 +38,7 @@ class TrainConfig:
                              "recently used shards evicted; 0 or too small for the split: ranged reads of each block)",
                              range=at_least(0))
     storage_options: str = arg("", "JSON of fsspec options for a --data-root URL; credentials and endpoints "
-                               "otherwise come from the usual AWS/Hub configuration")
+                               "otherwise come from the usual AWS/Hub configuration. " + LIMITS_HELP)
     save_dir: str = arg("checkpoints", "where checkpoints (epoch, best, last) and TensorBoard logs go")
     epochs: int = arg(10, "total epochs; resuming with a larger value continues the run", range=at_least(1))
     batch_size: int = arg(512, "GLOBAL batch size, split evenly across ranks", range=at_least(1))

@@ -9,11 +9,15 @@ MELD and manifest audio is read from its path, a Hugging Face dataset's from its
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Protocol
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterator, Protocol, TypeVar
 
 from lake.errors import LakeError
 from lake.splits import assign_split, check_fractions, unit_interval
+from ingest.sources.location import SourceReadError
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -123,3 +127,73 @@ class Source(Protocol):
         """What else about the source decides which rows a set holds (e.g. LAION's languages):
         recorded in the ingest plan, so a resume with other values is refused."""
         ...
+
+
+# -- one clip's faults: quarantined, never the run's ----------------------------------------------
+
+class BadClip(ValueError):
+    """Raised by a source's per-clip parse when it knows what is wrong: the message is the whole
+    quarantine reason, "category: detail"."""
+
+
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: bytes that are not (a tar member name of another encoding arrives with
+    them as lone surrogates) shown as `\\xNN`, the same on every run."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte (a JSON "\\ud800")
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _check_text(what: str, value) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise BadClip(f"not UTF-8: the {what} holds {value[e.start:e.end]!a}, which is no text "
+                          "(bytes of another encoding, or a lone \\u escape)") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _check_text(what, k)
+            _check_text(f"{what} {printable(str(k))}", v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            _check_text(what, v)
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise BadClip(f"not a number: the {what} is {value}")
+
+
+def check_clip(clip: Clip) -> Clip:
+    """A clip whose every text is UTF-8 and every number finite: what the shards, the index and the
+    encoders can take (a lone surrogate fails the parquet index; a NaN duration passes every check)."""
+    for f in fields(clip):
+        if f.name != "audio":
+            _check_text({"declared_s": "duration", "source_uri": "source path"}.get(f.name, f.name),
+                        getattr(clip, f.name))
+    return clip
+
+
+def one_clip(parse: Callable[[], T], skip: Callable[[str], T]) -> T:
+    """The one guard every per-clip parse of a source runs in (its name, its JSON, its row's numbers):
+    a Clip that comes out is checked (`check_clip`), whatever goes wrong becomes `skip(reason)`, that
+    clip's quarantine record, and a Skip's key and path leave as `printable` text; the run goes on.
+    Only what concerns the whole source (a `LakeError`, a remote read that failed after its retries)
+    leaves it.
+
+    Why a guard and not a try/except per field: a corpus holds defects nobody listed (a name in
+    another encoding, JSON nested 100,000 deep, `end=inf`), and each used to stop the whole ingest,
+    on every re-run."""
+    try:
+        item = parse()
+        if isinstance(item, Clip):
+            check_clip(item)
+    except (LakeError, SourceReadError):
+        raise
+    except BadClip as e:
+        item = skip(str(e))
+    except Exception as e:  # noqa: BLE001 - any fault of one clip is that clip's, with its reason
+        detail = " ".join(str(e).split())
+        item = skip(f"bad clip: {type(e).__name__}" + (f": {detail[:160]}" if detail else ""))
+    if isinstance(item, Skip):  # its key and path go to the quarantine file and the split hash as they are
+        item.key, item.source_uri = printable(item.key), printable(item.source_uri)
+    return item

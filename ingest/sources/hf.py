@@ -25,7 +25,7 @@ from typing import Iterator
 
 from lake import storage
 from lake.errors import LakeError
-from ingest.sources.base import Clip, Skip, SplitPolicy, Unit, speaker_splits
+from ingest.sources.base import Clip, Skip, SplitPolicy, Unit, one_clip, speaker_splits
 from ingest.sources.labels import Labels, load_label_map
 from ingest.sources.location import hub_message
 
@@ -237,7 +237,9 @@ class HfSource:
         done = 0  # rows of this data file read
         try:
             for row in part:
-                yield self._item(row, f"{split}/{shard}/{done:06d}", lake_split)
+                key = f"{split}/{shard}/{done:06d}"
+                yield one_clip(lambda: self._item(row, key, lake_split),
+                               lambda why: Skip(key=key, reason=why, source_uri=f"{self.path}#{key}", split=lake_split))
                 done += 1
         except Exception as e:  # noqa: BLE001 - a dropped connection or a damaged data file
             raise LakeError(f"{self.path}: reading split {split} data file {int(shard)} failed after {done} rows "
@@ -246,6 +248,7 @@ class HfSource:
                             ) from None
 
     def _item(self, row: dict, default_key: str, split: str | None) -> Clip | Skip:
+        """One row's clip, or why it cannot be used. Runs in `one_clip`: a row that breaks it is that row's fault."""
         cfg = self.cfg
         key = str(row.get(cfg.key_column) or "").strip() if cfg.key_column else ""
         key = key or default_key

@@ -31,7 +31,7 @@ from typing import Iterator
 from lake import storage
 from lake.errors import LakeError
 from lake.taxonomy import EMONET_CATEGORIES, canonical_category, map_prompt, ordered_classes
-from ingest.sources.base import Clip, Skip, SplitPolicy, Unit
+from ingest.sources.base import BadClip, Clip, Skip, SplitPolicy, Unit, one_clip, printable
 from ingest.sources.labels import load_label_map
 from ingest.sources.location import RemoteStream, SourceReadError, list_files, pin_hub_url
 
@@ -104,6 +104,14 @@ def transcript_from_annotation(annotation: str) -> str:
     """The text of the `<transcription_start>` block (its closing tag varies; parse defensively)."""
     m = _TRANSCRIPT.search(annotation or "")
     return " ".join(m.group(1).split()) if m else ""
+
+
+def _member_kind(name: str) -> str | None:
+    """"audio", "json", or None for a member that is no half of a clip (other files, macOS `._` junk)."""
+    if posixpath.basename(name).startswith("._"):
+        return None
+    ext = posixpath.splitext(name)[1].lower()
+    return "json" if ext == ".json" else "audio" if ext in AUDIO_EXTENSIONS else None
 
 
 # -- the source --------------------------------------------------------------------------------
@@ -228,29 +236,21 @@ class LaionSource:
         try:
             with self._open(unit.id) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
                 for info in tar:
-                    if not info.isreg():
-                        continue
                     name = info.name[2:] if info.name.startswith("./") else info.name
-                    base = posixpath.basename(name)
-                    if base.startswith("._"):  # macOS AppleDouble junk
+                    kind = _member_kind(name) if info.isreg() else None
+                    if kind is None:
                         continue
-                    stem, ext = posixpath.splitext(name)
-                    ext = ext.lower()
-                    if ext != ".json" and ext not in AUDIO_EXTENSIONS:
-                        continue
-                    kind = "json" if ext == ".json" else "audio"
-                    entry = pending.setdefault(stem, {})
-                    if kind in entry:  # keyed by the member's own name: no clip's key, nor another skip's
-                        yield Skip(key=self._unique(f"{prefix}/{name}", used),
-                                   reason=f"duplicate member: {name} (a {kind} member for {entry[kind + '_name']} "
-                                          "came first and is used)", source_uri=uri(name))
-                        continue
-                    entry[kind], entry[kind + "_name"] = tar.extractfile(info).read(), name
-                    if "json" in entry and "audio" in entry:
-                        key = self._key(prefix, parsed.stem, stem, used)
-                        entry = pending.pop(stem)
+                    data = tar.extractfile(info).read()  # a tar torn here is the tar's fault (below)
+                    item = one_clip(lambda: self._member(name, kind, data, pending, prefix, parsed, used, uri),
+                                    lambda why: Skip(key=self._unique(f"{prefix}/{printable(name)}", used),
+                                                     reason=why, source_uri=uri(printable(name))))
+                    if isinstance(item, Skip):
+                        yield item
+                    elif item is not None:  # a complete pair: its clip
+                        key, entry = item
                         yield (Skip(key=key, reason=unusable, source_uri=uri(entry["audio_name"])) if unusable
-                               else self._clip(parsed, key, entry, label, uri))
+                               else one_clip(lambda: self._clip(parsed, key, entry, label, uri),
+                                             lambda why: Skip(key=key, reason=why, source_uri=uri(entry["json_name"]))))
         except SourceReadError as e:
             raise LakeError(f"{e}; the units finished so far are kept: re-run the same command to resume") from None
         except FileNotFoundError as e:
@@ -263,6 +263,23 @@ class LaionSource:
             missing = "json" if "audio" in entry else "audio"
             yield Skip(key=self._key(prefix, parsed.stem, stem, used),
                        reason=f"unpaired: {posixpath.basename(member)} has no {missing} member", source_uri=uri(member))
+
+    def _member(self, name: str, kind: str, data: bytes, pending: dict, prefix: str, parsed, used: set[str],
+                uri) -> Skip | tuple[str, dict] | None:
+        """Take one member: a Skip (a second member of the same name), (key, entry) once both halves of a
+        clip are in, else None (its pair is still to come). Runs in `one_clip`."""
+        if name != printable(name):
+            raise BadClip(f"bad member name: {printable(name)} is not UTF-8 (a name in another encoding)")
+        stem = posixpath.splitext(name)[0]
+        entry = pending.setdefault(stem, {})
+        if kind in entry:  # keyed by the member's own name: no clip's key, nor another skip's
+            return Skip(key=self._unique(f"{prefix}/{name}", used),
+                        reason=f"duplicate member: {name} (a {kind} member for {entry[kind + '_name']} came first "
+                               "and is used)", source_uri=uri(name))
+        entry[kind], entry[kind + "_name"] = data, name
+        if "json" in entry and "audio" in entry:
+            return self._key(prefix, parsed.stem, stem, used), pending.pop(stem)
+        return None
 
     @classmethod
     def _key(cls, prefix: str, tar_stem: str, member_stem: str, used: set[str]) -> str:
@@ -283,14 +300,15 @@ class LaionSource:
         used.add(out)
         return out
 
-    def _clip(self, parsed, key: str, entry: dict, label: str, uri) -> Clip | Skip:
-        source_uri = uri(entry["audio_name"])
+    def _clip(self, parsed, key: str, entry: dict, label: str, uri) -> Clip:
+        """The clip of a complete pair. Runs in `one_clip`: JSON that does not parse (or nests too deep to)
+        is that clip's quarantine reason."""
         try:
             meta = json.loads(entry["json"].decode("utf-8"))
-            if not isinstance(meta, dict):
-                raise ValueError("top level is not an object")
-        except (ValueError, UnicodeDecodeError) as e:
-            return Skip(key=key, reason=f"malformed json: {str(e)[:120]}", source_uri=uri(entry["json_name"]))
+        except (ValueError, RecursionError) as e:
+            raise BadClip(f"malformed json: {type(e).__name__}: {str(e)[:120]}") from None
+        if not isinstance(meta, dict):
+            raise BadClip("malformed json: the top level is not an object")
         annotation = meta.get("annotation") or ""
         annotation = annotation if isinstance(annotation, str) else ""
         transcript = meta.get("flash_transcription")
@@ -306,5 +324,6 @@ class LaionSource:
         if isinstance(meta.get("duration"), (int, float)) and not isinstance(meta["duration"], bool):
             declared = float(meta["duration"])
             extra["json_duration"] = declared
-        return Clip(key=key, transcript=transcript, label=label, source_uri=source_uri, audio=entry["audio"],
+        return Clip(key=key, transcript=transcript, label=label, source_uri=uri(entry["audio_name"]),
+                    audio=entry["audio"],
                     caption=caption if isinstance(caption, str) else "", extra=extra, declared_s=declared)

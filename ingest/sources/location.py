@@ -75,10 +75,8 @@ def list_files(root: str, suffixes: tuple[str, ...]) -> list[tuple[str, int]]:
         root = storage.local_path(root)
         found = [os.path.join(d, f) for d, _, files in os.walk(root) for f in files if f.endswith(suffixes)]
         return sorted((os.path.relpath(p, root), os.path.getsize(p)) for p in found)
-    import fsspec
-
     try:
-        fs, path = fsspec.core.url_to_fs(root)
+        fs, path = storage.filesystem(root)  # with the request limits (timeouts, tries) of lake.storage
         if not fs.isdir(path):
             raise LakeError(f"{root}: no such folder")
         found = fs.find(path, detail=True)
@@ -104,9 +102,7 @@ class RemoteStream:
         self.url, self.pos, self._f = url, 0, None
 
     def _open(self):
-        import fsspec
-
-        fs, path = fsspec.core.url_to_fs(self.url)
+        fs, path = storage.filesystem(self.url)
         f = fs.open(path, "rb", block_size=STREAM_BLOCK, cache_type="readahead")
         if self.pos:
             f.seek(self.pos)

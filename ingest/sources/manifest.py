@@ -18,6 +18,7 @@ quarantined with its file and line while the others are ingested.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import posixpath
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ from typing import Iterator
 from lake import storage
 from lake.errors import LakeError
 from ingest.sources import emobox
-from ingest.sources.base import Clip, Skip, SplitPolicy, Unit, speaker_splits
+from ingest.sources.base import Clip, Skip, SplitPolicy, Unit, one_clip, speaker_splits
 from ingest.sources.labels import Labels, load_label_map
 from ingest.sources.location import SourceReadError, read_remote
 from ingest.sources.table import Row, read_table
@@ -64,7 +65,11 @@ def _seconds(value, name: str) -> float | None:
         x = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} {value!r} is not a number of seconds") from None
-    if not x >= 0:  # also NaN
+    if math.isnan(x):
+        raise ValueError(f"{name} {value!r} is not a number")
+    if math.isinf(x):
+        raise ValueError(f"{name} {value!r} is not a finite number of seconds")
+    if x < 0:
         raise ValueError(f"{name} {value!r} is negative")
     return x
 
@@ -83,27 +88,46 @@ class ManifestSource:
     def __init__(self, cfg):
         source = storage.local_path(cfg.input)
         self.layout = "emobox" if emobox.is_emobox(source) else "table"
+        parts, self.audio_root, self.label_map = self._tables(cfg, source)
+        self.fold = cfg.fold
+        rows = self._read_rows(parts)
+        self.split_policy = self._split_policy(cfg, source, rows)
+        self.entries = [self._guarded_entry(path, r, split) for path, r, split in rows]
+        good = [e for e in self.entries if e.reason is None]
+        self.labels = Labels.fixed(cfg.taxonomy, self.label_map, present=[e.label for e in good])
+        self._check_keys_and_labels(good)
+        self._assign_splits(cfg)
+        self.missing = [e for e in self.entries if e.reason is None and not storage.is_url(e.path)
+                        and not os.path.exists(e.path)]
+        self._units = [Unit(id=f"rows:{i // UNIT_ROWS:04d}", size=sum(e.size for e in self.entries[i:i + UNIT_ROWS]))
+                       for i in range(0, len(self.entries), UNIT_ROWS)]
+        if not self._units:
+            raise LakeError(f"{source}: the table has no rows")
+
+    def _tables(self, cfg, source: str) -> tuple[list[tuple[str, str | None]], str, dict | None]:
+        """(the tables to read with the split of each, the folder relative audio paths start from, the label map)."""
         if self.layout == "emobox":
-            parts = emobox.tables(source, cfg.fold)
-            audio_root = cfg.audio_root or emobox.default_audio_root(source)
-            label_map = load_label_map(cfg.label_map or emobox.label_map_path(source) or "")
-        else:
-            if cfg.fold:
-                raise LakeError(f"--fold {cfg.fold}: {source} is not an EmoBox data/<dataset> folder")
-            if not storage.is_url(source) and not os.path.isfile(source):
-                raise LakeError(f"{source}: no such manifest (a .csv or .jsonl table, or an EmoBox data/<dataset> "
-                                "folder)")
-            parts = [(source, None)]
-            audio_root = cfg.audio_root or posixpath.dirname(source) or "."
-            label_map = load_label_map(cfg.label_map)
-        self.audio_root, self.fold = audio_root, cfg.fold
+            return (emobox.tables(source, cfg.fold), cfg.audio_root or emobox.default_audio_root(source),
+                    load_label_map(cfg.label_map or emobox.label_map_path(source) or ""))
+        if cfg.fold:
+            raise LakeError(f"--fold {cfg.fold}: {source} is not an EmoBox data/<dataset> folder")
+        if not storage.is_url(source) and not os.path.isfile(source):
+            raise LakeError(f"{source}: no such manifest (a .csv or .jsonl table, or an EmoBox data/<dataset> folder)")
+        return [(source, None)], cfg.audio_root or posixpath.dirname(source) or ".", load_label_map(cfg.label_map)
+
+    def _read_rows(self, parts) -> list[tuple[str, Row, str | None]]:
+        """Every row as (table, row, split of its table part); the tables' hash goes to the plan (`sha256`)."""
         digest = hashlib.sha256()
-        rows: list[tuple[str, Row, str | None]] = []  # (table, row, split of its table part)
+        rows: list[tuple[str, Row, str | None]] = []
         for path, split in parts:
             table = read_table(path, required=REQUIRED if self.layout == "table" else ("key", "wav", "emo"))
             digest.update(storage.read_bytes(path))
             rows += [(path, r, split) for r in table]
         self.sha256 = digest.hexdigest()
+        return rows
+
+    def _split_policy(self, cfg, source: str, rows) -> SplitPolicy:
+        """The table's own split column, EmoBox's fold parts, or hash splits of the key or the speaker."""
         has = {k for _, r, _ in rows for k in r.values}
         has_split = self.layout == "table" and "split" in has
         if cfg.split_by == "speaker":
@@ -113,18 +137,14 @@ class ManifestSource:
             if has_split:
                 raise LakeError(f"--split-by speaker: {source} has its own split column; drop one of the two")
         fold_split = self.layout == "emobox" and cfg.fold
-        official_val = fold_split and any(s == "val" for _, _, s in rows)
-        if has_split or official_val:
-            self.split_policy = SplitPolicy("official")
-        elif fold_split:  # val carved out of the fold's train part
-            self.split_policy = SplitPolicy("hash", cfg.val_fraction, 0.0, by=cfg.split_by)
-        else:
-            self.split_policy = SplitPolicy("hash", cfg.val_fraction, cfg.test_fraction, by=cfg.split_by)
+        if has_split or (fold_split and any(s == "val" for _, _, s in rows)):
+            return SplitPolicy("official")
+        if fold_split:  # val carved out of the fold's train part
+            return SplitPolicy("hash", cfg.val_fraction, 0.0, by=cfg.split_by)
+        return SplitPolicy("hash", cfg.val_fraction, cfg.test_fraction, by=cfg.split_by)
 
-        self.entries = [self._entry(path, r, split) for path, r, split in rows]
-        good = [e for e in self.entries if e.reason is None]
-        self.labels = Labels.fixed(cfg.taxonomy, label_map, present=[e.label for e in good])
-        self.label_map = label_map
+    def _check_keys_and_labels(self, good: list[Entry]) -> None:
+        """A key seen before, or a label the taxonomy lacks, quarantines its row."""
         seen: dict[str, str] = {}
         for e in good:
             if e.key in seen:  # quarantined under its line: the key is the first row's
@@ -135,13 +155,14 @@ class ManifestSource:
             e.label, why = self.labels.resolve(e.label)
             if why:
                 e.reason = f"{why} ({e.where})"
-        self._assign_splits(cfg)
-        self.missing = [e for e in self.entries if e.reason is None and not storage.is_url(e.path)
-                        and not os.path.exists(e.path)]
-        self._units = [Unit(id=f"rows:{i // UNIT_ROWS:04d}", size=sum(e.size for e in self.entries[i:i + UNIT_ROWS]))
-                       for i in range(0, len(self.entries), UNIT_ROWS)]
-        if not self._units:
-            raise LakeError(f"{source}: the table has no rows")
+
+    def _guarded_entry(self, table: str, row: Row, split: str | None) -> Entry:
+        """`_entry` in the sources' one guard: whatever a row holds, it is quarantined under its line, not the run
+        stopped (this runs before any work)."""
+        where = f"{table} line {row.line}"
+        line_key = f"{posixpath.splitext(posixpath.basename(table))[0]}/line{row.line}"
+        return one_clip(lambda: self._entry(table, row, split),
+                        lambda why: Entry(key=line_key, where=where, line_key=line_key, reason=f"{why} ({where})"))
 
     def _entry(self, table: str, row: Row, split: str | None) -> Entry:
         where = f"{table} line {row.line}"
@@ -224,27 +245,28 @@ class ManifestSource:
     def read(self, unit: Unit) -> Iterator[Clip | Skip]:
         i = int(unit.id.split(":")[1]) * UNIT_ROWS
         for e in self.entries[i:i + UNIT_ROWS]:
-            if e.reason:
-                yield Skip(key=e.key, reason=e.reason, source_uri=e.path, split=e.split)
-                continue
-            clip = Clip(key=e.key, transcript=e.transcript, label=e.label, source_uri=e.path, split=e.split,
-                        start=e.start, end=e.end, declared_s=e.declared_s, extra=dict(e.extra))
-            if storage.is_url(e.path):
-                try:
-                    clip.audio = read_remote(e.path)
-                except FileNotFoundError:
-                    yield Skip(key=e.key, reason=f"missing file: {e.path} ({e.where})", source_uri=e.path, split=e.split)
-                    continue
-                except SourceReadError as err:
-                    raise LakeError(f"{err}; the units finished so far are kept: re-run the same command to "
-                                    "resume") from None
-            elif not os.path.isfile(e.path):
-                yield Skip(key=e.key, reason=f"missing file: {e.path} ({e.where})", source_uri=e.path, split=e.split)
-                continue
-            elif not os.access(e.path, os.R_OK):
-                yield Skip(key=e.key, reason=f"unreadable file: {e.path} (permission denied; {e.where})",
-                           source_uri=e.path, split=e.split)
-                continue
-            else:
-                clip.path = e.path
-            yield clip
+            yield one_clip(lambda: self._item(e),
+                           lambda why: Skip(key=e.key, reason=f"{why} ({e.where})", source_uri=e.path, split=e.split))
+
+    def _item(self, e: Entry) -> Clip | Skip:
+        """The clip of one row, or why it cannot be used. Runs in `one_clip`."""
+        if e.reason:
+            return Skip(key=e.key, reason=e.reason, source_uri=e.path, split=e.split)
+        clip = Clip(key=e.key, transcript=e.transcript, label=e.label, source_uri=e.path, split=e.split,
+                    start=e.start, end=e.end, declared_s=e.declared_s, extra=dict(e.extra))
+        if storage.is_url(e.path):
+            try:
+                clip.audio = read_remote(e.path)
+            except FileNotFoundError:
+                return Skip(key=e.key, reason=f"missing file: {e.path} ({e.where})", source_uri=e.path, split=e.split)
+            except SourceReadError as err:
+                raise LakeError(f"{err}; the units finished so far are kept: re-run the same command to "
+                                "resume") from None
+        elif not os.path.isfile(e.path):
+            return Skip(key=e.key, reason=f"missing file: {e.path} ({e.where})", source_uri=e.path, split=e.split)
+        elif not os.access(e.path, os.R_OK):
+            return Skip(key=e.key, reason=f"unreadable file: {e.path} (permission denied; {e.where})",
+                        source_uri=e.path, split=e.split)
+        else:
+            clip.path = e.path
+        return clip
