@@ -9,7 +9,8 @@ import torch
 from sklearn import metrics as skm
 
 from trainers.metrics import (classification_metrics, confusion_matrix, largest_confusions, normalized_confusion,
-                              retrieval_both_directions, retrieval_metrics, retrieval_ranks, topk_accuracy)
+                              retrieval_both_directions, retrieval_metrics, retrieval_ranks, topk_accuracy,
+                              unweighted_accuracy)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,6 +87,36 @@ def test_classification_metrics_match_sklearn(seed, num_classes):
     assert np.allclose([x["recall"] for x in m["per_class"]], r)
     assert np.allclose([x["f1"] for x in m["per_class"]], f)
     assert [x["support"] for x in m["per_class"]] == s.tolist()
+
+
+def test_ua_and_wa_by_hand():
+    # HAND: classes 0 and 1 occur in y_true (recall 0 and 2/3); class 2 is only predicted, so UA leaves it out
+    # (macro recall, over all 3 classes of the taxonomy, is 2/9)
+    m = classification_metrics(HAND_TRUE, HAND_PRED, 3)
+    assert m["ua"] == pytest.approx(1 / 3) and m["macro_recall"] == pytest.approx(2 / 9)
+    assert m["wa"] == m["accuracy"] == pytest.approx(1 / 3)
+    assert unweighted_accuracy(m["confusion_matrix"]) == m["ua"]
+    with pytest.raises(ValueError, match="empty"):
+        unweighted_accuracy(np.zeros((3, 3)))
+
+
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("num_classes", [2, 7, 36])
+def test_ua_and_wa_are_emobox_balanced_accuracy_and_accuracy(seed, num_classes):
+    """EmoBox (EmoBox/EmoEval.py) scores UA with sklearn's balanced_accuracy_score and WA with accuracy_score."""
+    rng = np.random.default_rng(seed)
+    n = 200
+    y_true = rng.integers(0, num_classes, n)
+    y_pred = np.where(rng.random(n) < 0.5, y_true, rng.integers(0, num_classes, n))
+    if seed % 3 == 1:  # a class predicted but absent from y_true, another absent from both
+        y_true = np.minimum(y_true, num_classes - 2)
+        y_pred = np.where(y_pred == 0, num_classes - 1, y_pred)
+    elif seed % 3 == 2:  # a class never predicted
+        y_pred = np.maximum(y_pred, 1)
+    m = classification_metrics(y_true, y_pred, num_classes)
+    assert m["ua"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
+    assert m["wa"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
 
 
 def test_confusion_matrix_layout_and_errors():
