@@ -60,6 +60,7 @@ def test_hand_worked_case_matches_sklearn():
         assert (m[f"{avg}_precision"], m[f"{avg}_recall"], m[f"{avg}_f1"]) == pytest.approx((p, r, f))
 
 
+@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")  # sklearn's, on the odd seeds
 @pytest.mark.parametrize("seed", range(5))
 @pytest.mark.parametrize("num_classes", [2, 7, 36])
 def test_classification_metrics_match_sklearn(seed, num_classes):
@@ -74,6 +75,10 @@ def test_classification_metrics_match_sklearn(seed, num_classes):
     labels = list(range(num_classes))
     m = classification_metrics(y_true, y_pred, num_classes)
     assert m["accuracy"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
+    # the field's UA and WA as EmoBox (EmoBox/EmoEval.py) scores them: on the odd seeds the last class is predicted
+    # but absent from y_true, so UA leaves it out
+    assert m["ua"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
+    assert m["wa"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
     assert np.array_equal(m["confusion_matrix"], skm.confusion_matrix(y_true, y_pred, labels=labels))
     for avg in ("macro", "weighted"):
         p, r, f, _ = skm.precision_recall_fscore_support(y_true, y_pred, labels=labels, average=avg, zero_division=0)
@@ -98,25 +103,6 @@ def test_ua_and_wa_by_hand():
     assert unweighted_accuracy(m["confusion_matrix"]) == m["ua"]
     with pytest.raises(ValueError, match="empty"):
         unweighted_accuracy(np.zeros((3, 3)))
-
-
-@pytest.mark.filterwarnings("ignore:y_pred contains classes not in y_true")
-@pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("num_classes", [2, 7, 36])
-def test_ua_and_wa_are_emobox_balanced_accuracy_and_accuracy(seed, num_classes):
-    """EmoBox (EmoBox/EmoEval.py) scores UA with sklearn's balanced_accuracy_score and WA with accuracy_score."""
-    rng = np.random.default_rng(seed)
-    n = 200
-    y_true = rng.integers(0, num_classes, n)
-    y_pred = np.where(rng.random(n) < 0.5, y_true, rng.integers(0, num_classes, n))
-    if seed % 3 == 1:  # a class predicted but absent from y_true, another absent from both
-        y_true = np.minimum(y_true, num_classes - 2)
-        y_pred = np.where(y_pred == 0, num_classes - 1, y_pred)
-    elif seed % 3 == 2:  # a class never predicted
-        y_pred = np.maximum(y_pred, 1)
-    m = classification_metrics(y_true, y_pred, num_classes)
-    assert m["ua"] == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
-    assert m["wa"] == pytest.approx(skm.accuracy_score(y_true, y_pred))
 
 
 def test_confusion_matrix_layout_and_errors():

@@ -51,7 +51,8 @@ def test_sweep_killed_midway_resumes_skipping_finished_runs(projectors, capsys):
     root, proj, tmp = projectors
     out, missing = str(tmp / "out"), str(tmp / "fold2")  # fold2 does not exist: its runs fail
     argv = ["--stage", "slm", "--seeds", "0", "1", "--data-root", root, missing, "--out", out, "--",
-            "--clap-ckpt", proj, "--preset", "debug", "--epochs", "3", "--batch-size", "16", "--lr", "3e-3", "--no-progress"]
+            "--clap-ckpt", proj, "--preset", "debug", "--epochs", "3", "--batch-size", "16", "--lr", "3e-3",
+            "--no-progress"]
     first, second = os.path.join(out, "fold1", "seed0"), os.path.join(out, "fold1", "seed1")
     with open(tmp / "first.log", "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "trainers.sweep", *argv], cwd=REPO, stdout=log,
@@ -94,8 +95,9 @@ def test_sweep_killed_midway_resumes_skipping_finished_runs(projectors, capsys):
     assert os.path.exists(os.path.join(out, "table.md"))
 
 
-def test_sweep_refuses_what_it_sets_itself(projectors):
-    root, proj, tmp = projectors
+def test_sweep_plan_and_commands(tmp_path):
+    """What the sweep checks before any run, and the command lines of a run (nothing is read: no set needed)."""
+    root, proj, tmp = str(tmp_path / "sets" / "fold1"), str(tmp_path / "clap_projectors.pt"), tmp_path
     with pytest.raises(LakeError, match="--seed after --: the sweep sets"):
         sweep.plan("slm", [0], [], str(tmp / "x"), ["--data-root", root, "--clap-ckpt", proj, "--seed", "3"])
     with pytest.raises(LakeError, match="names 2 sets"):
@@ -112,3 +114,8 @@ def test_sweep_refuses_what_it_sets_itself(projectors):
     cmd = sweep.train_command(s, root, 1, run_dir)
     assert cmd[-2:] == ["--resume", os.path.join(run_dir, "slm_stage3_last.pt")]
     assert cmd[cmd.index("--seed") + 1] == "1" and cmd[cmd.index("--save-dir") + 1] == run_dir
+    # the sweep's sets replace the flags' one
+    s = sweep.plan("slm", [0], [root], str(tmp / "x"), ["--data-root", "elsewhere", "--clap-ckpt", proj, "--epochs=1"])
+    assert s.flags == ["--clap-ckpt", proj, "--epochs=1"] and s.cfg.epochs == 1
+    cmd = sweep.train_command(s, root, 0, s.run_dir(root, 0))
+    assert cmd.count("--data-root") == 1 and cmd[cmd.index("--data-root") + 1] == root

@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass
 
 from lake.cli import run_cli
-from lake.cliargs import HelpFormatter
+from lake.cliargs import HelpFormatter, at_least, bounded
 from lake.errors import PREEMPTED_EXIT, LakeError, Preempted
 from lake.signals import preemption_signals
 from lake.storage import is_url
@@ -84,7 +84,7 @@ class Sweep:
     seeds: list[int]
     roots: list[str]
     out: str
-    flags: list[str]  # the stage's flags, without --seed/--save-dir (and --data-root, when the sweep gives sets)
+    flags: list[str]  # the stage's flags; each run adds its --data-root, --seed and --save-dir
     cfg: TrainConfig  # the flags parsed: the evaluation reads the same sets the same way
 
     def run_dir(self, root: str, seed: int) -> str:
@@ -97,7 +97,8 @@ def plan(stage: str, seeds: list[int], roots: list[str], out: str, flags: list[s
     if given:
         raise LakeError(f"{', '.join(given)} after --: the sweep sets --seed, --save-dir and --resume per run (give "
                         "the seeds with --seeds; each run's folder is under --out)")
-    cfg = STAGES[stage].parse(flags + (["--data-root", roots[0]] if roots else []))
+    cfg = STAGES[stage].parse(without_data_root(flags) + ["--data-root", roots[0]] if roots else flags)
+    flags = without_data_root(flags)  # each run names its one set
     if not roots:
         if len(cfg.data_root) != 1:
             raise LakeError(f"--data-root after -- names {len(cfg.data_root)} sets: give them to the sweep's own "
@@ -110,6 +111,16 @@ def plan(stage: str, seeds: list[int], roots: list[str], out: str, flags: list[s
     if len(set(seeds)) < len(seeds):
         raise LakeError(f"--seeds {' '.join(map(str, seeds))}: a seed given twice")
     return Sweep(stage, seeds, roots, os.path.abspath(out), flags, cfg)
+
+
+def without_data_root(flags: list[str]) -> list[str]:
+    """The flags less --data-root and its values (the sweep gives each run its set)."""
+    out, values = [], False
+    for f in flags:
+        values = f == "--data-root" or (values and not f.startswith("-"))
+        if not values and not f.startswith("--data-root="):
+            out.append(f)
+    return out
 
 
 def _tail(path: str, lines: int = 20) -> str:
@@ -258,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "[SET ...]] --out DIR -- STAGE FLAGS...")
     p.add_argument("--stage", required=True, choices=sorted(EVALUATIONS), help="the stage to train (its flags "
                    "after --; meld's include --stage3-ckpt)")
-    p.add_argument("--seeds", required=True, type=int, nargs="+", metavar="K", help="one run per seed (and set)")
+    p.add_argument("--seeds", required=True, type=bounded(int, at_least(0)), nargs="+", metavar="K", help="one run per seed (and set)")
     p.add_argument("--data-root", nargs="+", default=[], metavar="SET", help="one run per set (and seed), each on "
                    "that set alone, e.g. EmoBox's folds; default: the one set of the flags' --data-root")
     p.add_argument("--out", required=True, help="the sweep's folder: DIR/<set>/seed<k>/ per run, DIR/table.json "
