@@ -6,6 +6,7 @@
     python -m evaluation probe --data-root SET [--split test] [--out reports/probe]
     python -m evaluation matrix --checkpoints CKPT... --data-root SET... [--label-map FILE] --out reports/matrix
     python -m evaluation predict --stage3-ckpt S --clap-ckpt P [--meld-ckpt M] FILE...
+    python -m evaluation table REPORT_DIR... [--out DIR]
 
 Each stage writes metrics.json, report.md and confusion.png to --out. Stages 3 and 4 show the
 model beside a linear probe of its own inputs and without its audio / without its text.
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from evaluation import stages
+from evaluation import stages, table
 from evaluation.matrix import markdown, matrix
 from evaluation.predict import format_predictions, predict
 from lake.catalog import default_cache_limit_gb, open_shard_set
@@ -137,7 +138,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--audio-model", default="", help="local copy of the audio model (auristream)")
     s.add_argument("--audio-tokenizer", default="", help="local copy of the audio tokenizer (auristream)")
     s.add_argument("--json", action="store_true", help="print one JSON list instead of text")
+    _table_parser(sub)
     return p
+
+
+def _table_parser(sub) -> None:
+    s = sub.add_parser("table", formatter_class=HelpFormatter, help="mean and std of UA, WA and the F1s over reports "
+                       "(seeds, folds, encoders)", description=table.__doc__.split("\n\n", 1)[1])
+    s.add_argument("reports", nargs="+", metavar="[LABEL=]REPORT_DIR", help="report folders (holding metrics.json), "
+                   "or folders searched for them; LABEL= labels every report under it (an encoder, a recipe)")
+    s.add_argument("--metrics", nargs="+", default=list(table.FIELD_METRICS), metavar="NAME",
+                   help="the metrics to aggregate (dotted for a group's, e.g. audio_to_text.R@1)")
+    s.add_argument("--out", default="", help="write table.json and table.md here (the Markdown is printed either way)")
+
+
+def _table(args) -> int:
+    res = table.table(args.reports, args.out, tuple(args.metrics))
+    print(res["markdown"], end="")
+    for name, path in res["paths"].items():
+        print(f"  {name}: {path}")
+    return 0
+
+
+def _matrix(args) -> int:
+    sets = [open_shard_set(r, args.cache_dir, args.cache_limit, args.storage_options) for r in args.data_root]
+    res = matrix(args.checkpoints, sets, args.out, args.split, args.label_map, args.batch_size,
+                 stages.device_of(args.device))
+    print(markdown(res["result"]))
+    for name, path in res["paths"].items():
+        print(f"  {name}: {path}")
+    return 0
 
 
 def _run(args) -> int:
@@ -146,14 +176,10 @@ def _run(args) -> int:
                           args.top, args.device, args.text_model, args.audio_model, args.audio_tokenizer)
         print(json.dumps(results, ensure_ascii=False) if args.json else format_predictions(results))
         return 0 if all("error" not in r for r in results) else 1
+    if args.command == "table":
+        return _table(args)
     if args.command == "matrix":
-        sets = [open_shard_set(r, args.cache_dir, args.cache_limit, args.storage_options) for r in args.data_root]
-        res = matrix(args.checkpoints, sets, args.out, args.split, args.label_map, args.batch_size,
-                     stages.device_of(args.device))
-        print(markdown(res["result"]))
-        for name, path in res["paths"].items():
-            print(f"  {name}: {path}")
-        return 0
+        return _matrix(args)
     shards = open_shard_set(args.data_root, args.cache_dir, args.cache_limit, args.storage_options)
     if args.command == "probe":
         res = stages.probe(shards, args.out, args.split, args.audio_layer, args.max_train_rows)

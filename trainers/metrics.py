@@ -7,6 +7,12 @@ in the data, so a macro average is comparable across splits and runs (a split
 that lacks a class does not get an easier macro-F1). Returned dicts hold plain
 Python numbers, ready for JSON and TensorBoard.
 
+`ua` and `wa` are the names the speech-emotion field reports under (EmoBox, SUPERB's ER task):
+WA = accuracy; UA = the mean recall over the classes present in y_true, exactly EmoBox's
+`sklearn.metrics.balanced_accuracy_score(y_true, y_pred)` (a class only predicted, never true, does
+not count). UA is therefore not `macro_recall`, which counts every class of the taxonomy (the two
+agree when the split holds every class). `FIELD_METRICS` is the set a table of runs shows.
+
 Retrieval ranks use torch (CPU or GPU) because 24k x 24k scores are one matmul
 per block of queries; only `block` rows of the score matrix exist at a time.
 """
@@ -15,6 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+
+FIELD_METRICS = ("ua", "wa", "macro_f1", "weighted_f1")
+"""The field's headline classification numbers: what a table over seeds, folds and encoders shows."""
 
 
 def _labels(y, num_classes: int, name: str) -> np.ndarray:
@@ -44,6 +53,16 @@ def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
 
 
+def unweighted_accuracy(cm) -> float:
+    """UA of a confusion matrix [C, C] (rows: true): the mean recall of the classes with rows (support > 0)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    support = cm.sum(axis=1)
+    if not support.any():
+        raise ValueError("no rows to score: the confusion matrix is empty")
+    present = support > 0
+    return float(np.mean(np.diag(cm)[present] / support[present]))
+
+
 def classification_metrics(y_true, y_pred, num_classes: int, class_names: list[str] | None = None) -> dict:
     """Accuracy, macro/weighted P/R/F1, per-class P/R/F1/support, confusion matrix.
 
@@ -52,7 +71,9 @@ def classification_metrics(y_true, y_pred, num_classes: int, class_names: list[s
       recall 0 and support 0; F1 = 2 TP / (2 TP + FP + FN), 0 when that is 0/0;
     - macro averages are over ALL `num_classes` classes, including ones absent
       from y_true (they pull the macro average down with recall 0, F1 0);
-    - weighted averages weight each class by its support (absent classes weigh 0).
+    - weighted averages weight each class by its support (absent classes weigh 0);
+    - `ua` (the field's unweighted accuracy) averages recall over the classes present in y_true
+      only, `wa` is the accuracy again under the field's name (see the module docstring).
     """
     if class_names is not None and len(class_names) != num_classes:
         raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
@@ -72,6 +93,8 @@ def classification_metrics(y_true, y_pred, num_classes: int, class_names: list[s
         "num_rows": n,
         "num_classes": num_classes,
         "accuracy": float(tp.sum() / n),
+        "ua": unweighted_accuracy(cm),
+        "wa": float(tp.sum() / n),
         "macro_precision": float(precision.mean()),
         "macro_recall": float(recall.mean()),
         "macro_f1": float(f1.mean()),
