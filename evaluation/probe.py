@@ -34,7 +34,7 @@ C_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
 MAX_TRAIN_ROWS = 20000
 MAX_ITER = 1000
 INPUTS = ("audio", "text", "both")
-SHOWN = ("macro_f1", "weighted_f1", "accuracy", "top3_accuracy")
+SHOWN = ("macro_f1", "weighted_f1", "ua", "accuracy", "top3_accuracy")
 
 
 def selection_metric(shards: ShardSet) -> str:

@@ -27,7 +27,7 @@ REQUIRED_CONTEXT = ("checkpoint", "fingerprint", "split")
 CONTEXT_LABELS = {"checkpoint": "Checkpoint", "data_root": "Shard set", "fingerprint": "Fingerprint",
                   "split": "Split", "num_rows": "Rows", "created_at": "Created"}
 # The headline table lists these first when present (weighted F1 is MELD's headline), then the rest.
-HEADLINE_FIRST = ("weighted_f1", "accuracy", "macro_f1", "weighted_precision", "weighted_recall",
+HEADLINE_FIRST = ("weighted_f1", "accuracy", "macro_f1", "ua", "wa", "weighted_precision", "weighted_recall",
                   "macro_precision", "macro_recall", "mean_R@1")
 # Counts already in the context table; kept in metrics.json, left out of the headline.
 NOT_HEADLINE = ("num_rows", "num_classes")

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from lake.cliargs import REQUIRED, HelpFormatter, above, add_dataclass_args, at_least, between, check_ranges, from_args
 from lake.cliargs import arg as _f
+from lake.errors import LakeError
 from lake.storage import LIMITS_HELP
 from ingest.sources import SOURCES
 
@@ -77,7 +78,10 @@ class IngestConfig:
     split_by: str = _f("key", "hash splits by clip key, or by speaker so that no speaker is in two splits "
                        "(manifest, hf: needs a speaker column)", choices=["key", "speaker"])
     max_seconds: float = _f(0.0, "cut clips longer than this (seconds; the full duration is kept in meta); "
-                            "0 = no cut (long clips run as several encoder windows)", range=at_least(0))
+                            "0 = no cut (long clips run as several encoder windows). Memory: a clip's wave takes 64 kB "
+                            "per second of audio (230 MB per hour) in the ingest process until it is encoded, and "
+                            "about 1.2x that in its decode worker while decoding, plus what the audio encoder needs "
+                            "for its window; --max-seconds caps all three", range=at_least(0))
     taxonomy: str = _f("", "file with the class names in order (JSON list or one per line); default: the classes "
                        "present in the selected source, in canonical order")
     label_map: str = _f("", "JSON file mapping source labels to class names: LAION emotion prompts the built-in "
@@ -120,8 +124,6 @@ class IngestConfig:
         check_ranges(self)
 
     def validate(self) -> None:
-        from lake.errors import LakeError
-
         if self.val_fraction + self.test_fraction >= 1:
             raise LakeError(f"--val-fraction {self.val_fraction} and --test-fraction {self.test_fraction} leave no "
                             "train split: together they must be below 1")

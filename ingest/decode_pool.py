@@ -34,7 +34,7 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ingest.decode import Decoded
+from ingest.decode import Decoded, DecodeError, decode_audio
 
 _DONE = object()
 
@@ -118,8 +118,6 @@ def _remove_orphans(pid: int | None = None) -> None:
 
 
 def _decode_one(clip, max_seconds: float, features: Callable | None = None):
-    from ingest.decode import DecodeError, decode_audio
-
     try:
         decoded = decode_audio(clip.audio if clip.audio is not None else clip.path, max_seconds=max_seconds or None,
                                start=clip.start, end=clip.end)

@@ -138,26 +138,45 @@ class RankWorker:
         for start in range(0, len(window), bs):
             batch = window[start:start + bs]
             audio = self._encode_audio(batch)
-            clips = [c for c, _ in batch]
-            text = self._encode_text([c.transcript for c in clips])
-            caption = self._encode_text([c.caption or "" for c in clips]) if self.source.has_captions else None
-            for i, (clip, dec) in enumerate(batch):
-                if audio[i] is None:
-                    continue
+            alive = [(clip, dec, a) for (clip, dec), a in zip(batch, audio) if a is not None]
+            clips = [c for c, _, _ in alive]
+            text = self._encode_texts([c.transcript for c in clips], clips, "transcript")
+            caption = self._encode_texts([c.caption or "" for c in clips], clips, "caption") \
+                if self.source.has_captions else [None] * len(clips)
+            for (clip, dec, a), t, c in zip(alive, text, caption):
+                if t is None or (self.source.has_captions and c is None):
+                    continue  # quarantined by the text encoder
                 meta = row_meta(clip.key, dec.duration_s, clip.transcript, clip.source_uri,
                                 encoded_s=dec.samples / SAMPLE_RATE,
                                 caption=(clip.caption or "") if self.source.has_captions else None, extra=clip.extra)
-                packer.add(self.split_of(clip), audio[i], text[i], None if caption is None else caption[i],
-                           self.label_id[clip.label], meta)
+                packer.add(self.split_of(clip), a, t, c, self.label_id[clip.label], meta)
                 self.ledger.packed()
 
-    def _encoder_failed(self, last: str, where: str = "") -> None:
-        """One more clip the audio encoder failed on; an encoder that fails on every clip (a lost GPU, a
-        broken model) stops the run instead of quarantining the whole source."""
+    def _encoder_failed(self, last: str, where: str = "", which: str = "audio") -> None:
+        """One more clip an encoder failed on; an encoder that fails on every clip (a lost GPU, a broken model)
+        stops the run instead of quarantining the whole source."""
         self._failures_in_a_row += 1
         if self._failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
-            raise LakeError(f"the audio encoder failed on {self._failures_in_a_row} clips in a row{where} (last: "
+            raise LakeError(f"the {which} encoder failed on {self._failures_in_a_row} clips in a row{where} (last: "
                             f"{last}); stopping. Finished shards are kept: fix the cause and re-run the same command")
+
+    def _one_by_one(self, encode, items: list, clips: list, what: str, which: str) -> list:
+        """`encode(items)` as one batch; if it fails, item by item, a failing item's clip quarantined (None)."""
+        try:
+            out = list(encode(items))
+            self._failures_in_a_row = 0
+            return out
+        except Exception:  # noqa: BLE001 - retried one by one below, so that only the bad clip is lost
+            out = []
+        for clip, item in zip(clips, items):
+            try:
+                out.append(encode([item])[0])
+                self._failures_in_a_row = 0
+            except Exception as e:  # noqa: BLE001
+                self._encoder_failed(f"{type(e).__name__}: {e}", which=which)
+                self._quarantine(clip, "encode", f"encode error: {what}: {type(e).__name__}: {e}")
+                out.append(None)
+        return out
 
     def _worker_features(self, batch: list) -> list:
         """Features the decode workers computed (`Featured`); their failures are quarantined here."""
@@ -174,27 +193,16 @@ class RankWorker:
         """Per clip: float32 [L, D], or None (quarantined). A failing batch is retried clip by clip."""
         if isinstance(batch[0][1], Featured):
             return self._worker_features(batch)
-        waves = [d.wave for _, d in batch]
-        try:
-            out = list(self.audio_enc.encode(waves))
-            self._failures_in_a_row = 0
-        except Exception:  # noqa: BLE001
-            out = []
-            for clip, d in batch:
-                try:
-                    out.append(self.audio_enc.encode([d.wave])[0])
-                    self._failures_in_a_row = 0
-                except Exception as e:  # noqa: BLE001
-                    self._encoder_failed(f"{type(e).__name__}: {e}")
-                    self._quarantine(clip, "encode", f"encode error: {type(e).__name__}: {e}")
-                    out.append(None)
+        out = self._one_by_one(self.audio_enc.encode, [d.wave for _, d in batch], [c for c, _ in batch], "audio",
+                               "audio")
         for i, ((clip, _), emb) in enumerate(zip(batch, out)):
             if emb is not None and not np.isfinite(emb).all():
                 self._quarantine(clip, "encode", "encode error: non-finite audio embedding")
                 out[i] = None
         return out
 
-    def _encode_text(self, texts: list[str]) -> np.ndarray:
+    def _encode_texts(self, texts: list[str], clips: list, what: str) -> list:
+        """Per clip: float32 [Dt], or None (that clip quarantined: the text encoder failed on it)."""
         bs = self.cfg.text_batch_size
-        parts = [self.text_enc.encode(texts[i:i + bs]) for i in range(0, len(texts), bs)]
-        return np.concatenate(parts) if parts else np.zeros((0, self.text_enc.dim), np.float32)
+        return [v for i in range(0, len(texts), bs)
+                for v in self._one_by_one(self.text_enc.encode, texts[i:i + bs], clips[i:i + bs], what, "text")]

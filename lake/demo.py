@@ -23,6 +23,7 @@ from ingest.run import main as ingest
 from ingest.synthetic import generate
 from lake.cli import run_cli
 from lake.cliargs import HelpFormatter, at_least, bounded
+from shards.card import write_card
 from trainers.models import STAGES
 
 
@@ -38,57 +39,83 @@ def _run(main, argv: list[str], what: str) -> None:
 
 def run_demo(out: str, clips: int, meld_clips: int, seed: int, text_encoder: str, workers: int,
              audio_encoder: str = "egemaps") -> dict:
-    clap, slm, meld = (STAGES[s].main for s in ("clap", "slm", "meld"))
     t0 = time.time()
-    out = os.path.abspath(out)
-    corpus, sets, ckpts, reports = (os.path.join(out, d) for d in ("corpus", "sets", "checkpoints", "reports"))
-    laion, meld_set = os.path.join(sets, "laion"), os.path.join(sets, "meld")
+    paths = DemoPaths(os.path.abspath(out))
+    _corpus(paths, clips, meld_clips, seed, workers, t0)
+    _ingest(paths, audio_encoder, text_encoder, workers, t0)
+    stage3 = _train(paths, t0)
+    _evaluate(paths, stage3, t0)
+    return _summary(paths, time.time() - t0)
 
-    _step(f"1/6 synthetic corpus: {clips} LAION-layout + {meld_clips} MELD-layout clips -> {corpus}", t0)
-    if os.path.isdir(os.path.join(corpus, "laion")):
+
+class DemoPaths:
+    """Where everything of a demo goes, under --out."""
+
+    def __init__(self, out: str):
+        self.out = out
+        self.corpus, self.sets, self.ckpts, self.reports = (os.path.join(out, d) for d in
+                                                           ("corpus", "sets", "checkpoints", "reports"))
+        self.laion, self.meld = os.path.join(self.sets, "laion"), os.path.join(self.sets, "meld")
+        self.projectors = os.path.join(self.ckpts, "clap_projectors.pt")
+
+
+def _corpus(p: DemoPaths, clips: int, meld_clips: int, seed: int, workers: int, t0: float) -> None:
+    _step(f"1/6 synthetic corpus: {clips} LAION-layout + {meld_clips} MELD-layout clips -> {p.corpus}", t0)
+    if os.path.isdir(os.path.join(p.corpus, "laion")):
         print("already there; reusing it")
     else:
-        generate(corpus, clips=clips, meld_clips=meld_clips, seed=seed, workers=workers)
+        generate(p.corpus, clips=clips, meld_clips=meld_clips, seed=seed, workers=workers)
 
+
+def _ingest(p: DemoPaths, audio_encoder: str, text_encoder: str, workers: int, t0: float) -> None:
     common = ["--audio-encoder", audio_encoder, "--text-encoder", text_encoder, "--decode-workers", str(workers),
               "--block-rows", "256", "--rows-per-shard", "1024"]
     _step(f"2/6 ingest (FFmpeg decode + {audio_encoder} + {text_encoder})", t0)
-    _run(ingest, ["--source", "laion", "--input", os.path.join(corpus, "laion"), "--out", laion,
+    _run(ingest, ["--source", "laion", "--input", os.path.join(p.corpus, "laion"), "--out", p.laion,
                   "--languages", "en,de", "--val-fraction", "0.15", "--test-fraction", "0.15", *common], "LAION ingest")
-    _run(ingest, ["--source", "meld", "--input", os.path.join(corpus, "meld"), "--out", meld_set, *common], "MELD ingest")
+    _run(ingest, ["--source", "meld", "--input", os.path.join(p.corpus, "meld"), "--out", p.meld, *common],
+         "MELD ingest")
+    for root in (p.laion, p.meld):  # what a shared set says about itself (README.md + preview/ beside the shards)
+        write_card(root)
 
+
+def _train(p: DemoPaths, t0: float) -> str:
+    """CLAP and its projectors, the SLM, the MELD head; returns the SLM's best checkpoint."""
+    clap, slm, meld = (STAGES[s].main for s in ("clap", "slm", "meld"))
     train_common = ["--num-workers", "0", "--eval-batch-size", "1024", "--keep-epochs", "1"]
     _step("3/6 CLAP (stage 2)", t0)
-    clap_dir = os.path.join(ckpts, "clap")
-    _run(clap, ["--data-root", laion, "--save-dir", clap_dir, "--epochs", "30", "--batch-size", "256",
+    clap_dir = os.path.join(p.ckpts, "clap")
+    _run(clap, ["--data-root", p.laion, "--save-dir", clap_dir, "--epochs", "30", "--batch-size", "256",
                 "--lr", "2e-3", "--warmup-steps", "20", *train_common], "CLAP training")
-    projectors = os.path.join(ckpts, "clap_projectors.pt")
-    _run(clap, ["export", "--checkpoint", os.path.join(clap_dir, "clap_best.pt"), "--out", projectors], "CLAP export")
-
+    _run(clap, ["export", "--checkpoint", os.path.join(clap_dir, "clap_best.pt"), "--out", p.projectors], "CLAP export")
     _step("4/6 SLM (stage 3)", t0)
-    slm_dir = os.path.join(ckpts, "slm")
-    _run(slm, ["--data-root", laion, "--clap-ckpt", projectors, "--save-dir", slm_dir, "--preset", "small",
+    slm_dir = os.path.join(p.ckpts, "slm")
+    _run(slm, ["--data-root", p.laion, "--clap-ckpt", p.projectors, "--save-dir", slm_dir, "--preset", "small",
                *train_common], "SLM training")
-
     _step("5/6 MELD head, mode A (stage 4)", t0)
-    meld_dir = os.path.join(ckpts, "meld")
     stage3 = os.path.join(slm_dir, "slm_stage3_best.pt")
-    _run(meld, ["--data-root", meld_set, "--stage3-ckpt", stage3, "--clap-ckpt", projectors, "--mode", "A",
-                "--save-dir", meld_dir, "--epochs", "40", "--batch-size", "64", "--lr", "1e-3", "--seed", "17",
-                *train_common], "MELD training")
+    _run(meld, ["--data-root", p.meld, "--stage3-ckpt", stage3, "--clap-ckpt", p.projectors, "--mode", "A",
+                "--save-dir", os.path.join(p.ckpts, "meld"), "--epochs", "40", "--batch-size", "64", "--lr", "1e-3",
+                "--seed", "17", *train_common], "MELD training")
+    return stage3
 
+
+def _evaluate(p: DemoPaths, stage3: str, t0: float) -> None:
     _step("6/6 evaluation on the test splits", t0)
-    ev = ["--num-workers", "0"]
-    _run(evaluate, ["stage2", "--clap-ckpt", projectors, "--data-root", laion, "--out", os.path.join(reports, "stage2"), *ev],
-         "stage 2 evaluation")
-    _run(evaluate, ["stage3", "--stage3-ckpt", stage3, "--data-root", laion, "--out", os.path.join(reports, "stage3"), *ev],
+    ev, r = ["--num-workers", "0"], p.reports
+    _run(evaluate, ["stage2", "--clap-ckpt", p.projectors, "--data-root", p.laion, "--out", os.path.join(r, "stage2"),
+                    *ev], "stage 2 evaluation")
+    _run(evaluate, ["stage3", "--stage3-ckpt", stage3, "--data-root", p.laion, "--out", os.path.join(r, "stage3"), *ev],
          "stage 3 evaluation")
-    _run(evaluate, ["stage4", "--meld-ckpt", os.path.join(meld_dir, "meld_slm_A_best.pt"), "--data-root", meld_set,
-                    "--out", os.path.join(reports, "stage4"), *ev], "stage 4 evaluation")
+    _run(evaluate, ["stage4", "--meld-ckpt", os.path.join(p.ckpts, "meld", "meld_slm_A_best.pt"), "--data-root",
+                    p.meld, "--out", os.path.join(r, "stage4"), *ev], "stage 4 evaluation")
 
-    runs = {s: json.load(open(os.path.join(reports, s, "metrics.json"))) for s in ("stage2", "stage3", "stage4")}
+
+def _summary(p: DemoPaths, elapsed: float) -> dict:
+    """The table of headline numbers (beside chance, the probes and the ablation), printed and in demo_summary.json."""
+    runs = {s: json.load(open(os.path.join(p.reports, s, "metrics.json"))) for s in ("stage2", "stage3", "stage4")}
     m = {s: r["metrics"] for s, r in runs.items()}
-    n3 = len(m["stage3"]["per_class"])
+    n3, meld_chance = len(m["stage3"]["per_class"]), f"{_majority_weighted_f1(m['stage4']):.3f}"
     rows = [
         ("stage 2 CLAP", "audio->text R@1 / text->audio R@1", f"{m['stage2']['audio_to_text']['R@1']:.3f} / "
          f"{m['stage2']['text_to_audio']['R@1']:.3f}", f"{1 / runs['stage2']['context']['num_rows']:.4f}"),
@@ -97,24 +124,26 @@ def run_demo(out: str, clips: int, meld_clips: int, seed: int, text_encoder: str
          f"{1 / n3:.3f}"),
         *_beside("stage 3", m["stage3"], "macro_f1", f"{1 / n3:.3f}"),
         ("stage 4 MELD", "weighted F1 / accuracy", f"{m['stage4']['weighted_f1']:.3f} / {m['stage4']['accuracy']:.3f}",
-         f"{_majority_weighted_f1(m['stage4']):.3f}"),
-        *_beside("stage 4", m["stage4"], "weighted_f1", f"{_majority_weighted_f1(m['stage4']):.3f}"),
+         meld_chance),
+        *_beside("stage 4", m["stage4"], "weighted_f1", meld_chance),
     ]
-    elapsed = time.time() - t0
     print(f"\n== done in {elapsed:.0f} s: headline numbers on the test splits\n")
-    w = [max(len(r[i]) for r in rows + [("stage", "metric", "value", "chance")]) for i in range(4)]
-    for r in [("stage", "metric", "value", "chance")] + rows:
+    header = ("stage", "metric", "value", "chance")
+    w = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
+    for r in [header] + rows:
         print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
     print("\nreports:")
     for s in ("stage2", "stage3", "stage4"):
-        print(f"  {os.path.join(reports, s, 'report.md')}  (+ metrics.json, confusion.png)")
-    print(f"checkpoints: {ckpts}\nshard sets: {laion}, {meld_set}  (python -m shards stats DIR)")
-    summary = {"seconds": round(elapsed, 1), "metrics": {k: {"macro_f1": v.get("macro_f1"), "weighted_f1": v.get("weighted_f1"),
-                                                             "accuracy": v.get("accuracy")} for k, v in m.items()},
+        print(f"  {os.path.join(p.reports, s, 'report.md')}  (+ metrics.json, confusion.png)")
+    print(f"checkpoints: {p.ckpts}\nshard sets: {p.laion}, {p.meld}  (python -m shards stats DIR; each with its "
+          "dataset card README.md)")
+    summary = {"seconds": round(elapsed, 1), "metrics": {k: {"macro_f1": v.get("macro_f1"), "weighted_f1": v.get(
+        "weighted_f1"), "accuracy": v.get("accuracy")} for k, v in m.items()},
                "baselines": {k: {"probe": m[k].get("baselines", [])[1:], "ablation": m[k].get("ablation", [])}
                              for k in ("stage3", "stage4")},
-               "reports": reports}
-    json.dump(summary, open(os.path.join(out, "demo_summary.json"), "w"), indent=1)
+               "reports": p.reports}
+    with open(os.path.join(p.out, "demo_summary.json"), "w") as f:
+        json.dump(summary, f, indent=1)
     return summary
 
 

@@ -23,6 +23,11 @@ from lake.catalog import default_cache_dir, open_shard_set
 from lake.cliargs import at_least, bounded
 from lake.errors import LakeError, describe_os_error
 from lake.progress import human_bytes
+from lake.schema import MANIFEST_NAME
+from shards.card import settings_for, write_card
+from shards.copy import copy_set
+from shards.describe import head_rows, list_shards, set_stats, show_clip
+from shards.verify import repair_hint, verify_set
 
 
 def _table(rows: list[list], header: list[str]) -> str:
@@ -34,8 +39,6 @@ def _table(rows: list[list], header: list[str]) -> str:
 
 
 def cmd_ls(args) -> int:
-    from shards.describe import list_shards
-
     shards = open_shard_set(args.set)
     rows = list_shards(shards)
     if args.split:
@@ -47,8 +50,6 @@ def cmd_ls(args) -> int:
 
 
 def cmd_stats(args) -> int:
-    from shards.describe import set_stats
-
     stats = set_stats(open_shard_set(args.set))
     if args.json:
         print(json.dumps(stats, ensure_ascii=False))
@@ -68,11 +69,6 @@ def cmd_stats(args) -> int:
 
 
 def cmd_verify(args) -> int:
-    from shards.verify import verify_set
-
-    from lake.schema import MANIFEST_NAME
-    from shards.verify import repair_hint
-
     try:
         open_shard_set(args.set)
     except LakeError as e:
@@ -94,8 +90,6 @@ def cmd_verify(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from shards.describe import show_clip
-
     clip = show_clip(open_shard_set(args.set), args.key)
     if args.json:
         print(json.dumps(clip, ensure_ascii=False))
@@ -111,8 +105,6 @@ def cmd_show(args) -> int:
 
 
 def cmd_head(args) -> int:
-    from shards.describe import head_rows
-
     rows = head_rows(open_shard_set(args.set), args.n)
     def cut(s, n=60):
         return s if len(s) <= n else s[: n - 1] + "…"
@@ -122,8 +114,6 @@ def cmd_head(args) -> int:
 
 
 def cmd_cp(args) -> int:
-    from shards.copy import copy_set
-
     bar = None
     if args.progress:
         from tqdm import tqdm
@@ -145,8 +135,6 @@ def cmd_cp(args) -> int:
 
 
 def cmd_card(args) -> int:
-    from shards.card import settings_for, write_card
-
     shards = open_shard_set(args.set, cache_limit_gb=0)
     dest = (args.out or shards.root).rstrip("/")
     settings = settings_for(shards, dest, license=args.license, preview_rows=args.preview_rows,
@@ -181,54 +169,51 @@ def _add_card(sub, common, set_help: str) -> None:
     s.set_defaults(func=cmd_card)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m shards", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    set_help = "the shard set: a directory holding manifest.json, or an fsspec URL of one"
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--storage-options", metavar="JSON",
-                        help="fsspec options for the URL's filesystem, as a JSON object, e.g. "
-                             "'{\"endpoint_url\": \"http://127.0.0.1:9000\"}' (default: none; credentials and "
-                             "endpoints are read from the AWS environment and config files). "
-                             + storage.LIMITS_HELP)
+SET_HELP = "the shard set: a directory holding manifest.json, or an fsspec URL of one"
 
+
+def _add_looking(sub, common) -> None:
+    """ls, stats, show, head: read a set, print what it holds."""
     s = sub.add_parser("ls", parents=[common], help="list shards with split, rows and bytes",
                        description="List the shards of a set with their split, rows, blocks and size.")
-    s.add_argument("set", metavar="SET", help=set_help)
+    s.add_argument("set", metavar="SET", help=SET_HELP)
     s.add_argument("--split", help="only this split (train, val, dev, test)")
     s.set_defaults(func=cmd_ls)
 
     s = sub.add_parser("stats", parents=[common], help="rows per split, label histogram, dims, hours",
                        description="Rows and hours of audio per split, the label histogram with class names, "
                                    "encoder dims and stored audio layers. Reads the manifest and index.parquet only.")
-    s.add_argument("set", metavar="SET", help=set_help)
+    s.add_argument("set", metavar="SET", help=SET_HELP)
     s.add_argument("--json", action="store_true", help="print one JSON object instead of tables (includes num_classes)")
     s.set_defaults(func=cmd_stats)
-
-    s = sub.add_parser("verify", parents=[common], help="check every shard and the index against the manifest",
-                       description="Read every shard in full: sha256, size and row count against the manifest; "
-                                   "each block's members, shapes and dtypes against the manifest's dims; "
-                                   "index.parquet against the shards (no key missing or duplicated). Prints every "
-                                   "problem; exit status 0 only when all hold, 1 otherwise. Cost: one full read of the set.")
-    s.add_argument("set", metavar="SET", help=set_help)
-    s.add_argument("--workers", type=bounded(int, at_least(1)), default=4, help="shards checked in parallel (threads; default: 4)")
-    s.set_defaults(func=cmd_verify)
 
     s = sub.add_parser("show", parents=[common], help="one clip: metadata, label, embedding norms",
                        description="Print one clip's index row, its block metadata (transcript, caption, soft "
                                    "labels), its label and the norms of its stored embeddings.")
-    s.add_argument("set", metavar="SET", help=set_help)
+    s.add_argument("set", metavar="SET", help=SET_HELP)
     s.add_argument("key", metavar="KEY", help="the clip key, as in index.parquet (see `head`)")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_show)
 
     s = sub.add_parser("head", parents=[common], help="the first rows of the index as a table",
                        description="The first rows of index.parquet: key, split, label, duration, transcript.")
-    s.add_argument("set", metavar="SET", help=set_help)
+    s.add_argument("set", metavar="SET", help=SET_HELP)
     s.add_argument("-n", type=bounded(int, at_least(1)), default=10, help="number of rows")
     s.set_defaults(func=cmd_head)
 
+
+def _add_verify(sub, common) -> None:
+    s = sub.add_parser("verify", parents=[common], help="check every shard and the index against the manifest",
+                       description="Read every shard in full: sha256, size and row count against the manifest; "
+                                   "each block's members, shapes and dtypes against the manifest's dims; "
+                                   "index.parquet against the shards (no key missing or duplicated). Prints every "
+                                   "problem; exit status 0 only when all hold, 1 otherwise. Cost: one full read of the set.")
+    s.add_argument("set", metavar="SET", help=SET_HELP)
+    s.add_argument("--workers", type=bounded(int, at_least(1)), default=4, help="shards checked in parallel (threads; default: 4)")
+    s.set_defaults(func=cmd_verify)
+
+
+def _add_cp(sub, common) -> None:
     s = sub.add_parser("cp", parents=[common], help="copy a set between a directory, s3:// and hf://, resumably",
                        description="Copy the shard set SRC to DST (each a directory, an s3:// prefix or "
                                    "hf://datasets/OWNER/NAME). A shard already at DST with the manifest's size and "
@@ -239,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "for DST: always for hf://, elsewhere when SRC has one (with its settings); a "
                                    "pull from hf:// leaves it behind. Cost: one read of SRC, one write of what DST "
                                    "lacks, and one read of the shards already at DST (to check them).")
-    s.add_argument("src", metavar="SRC", help="the set to copy (" + set_help + ")")
+    s.add_argument("src", metavar="SRC", help="the set to copy (" + SET_HELP + ")")
     s.add_argument("dst", metavar="DST", help="where to put it: a directory, an s3:// prefix or hf://datasets/OWNER/NAME")
     s.add_argument("--overwrite", action="store_true",
                    help="replace another set at DST (its manifest is removed first, then its shards the new set lacks)")
@@ -252,7 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a progress bar of bytes on stderr (default: when stderr is a terminal)")
     s.set_defaults(func=cmd_cp)
 
-    _add_card(sub, common, set_help)
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m shards", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--storage-options", metavar="JSON",
+                        help="fsspec options for the URL's filesystem, as a JSON object, e.g. "
+                             "'{\"endpoint_url\": \"http://127.0.0.1:9000\"}' (default: none; credentials and "
+                             "endpoints are read from the AWS environment and config files). "
+                             + storage.LIMITS_HELP)
+    _add_looking(sub, common)
+    _add_verify(sub, common)
+    _add_cp(sub, common)
+    _add_card(sub, common, SET_HELP)
     return p
 
 

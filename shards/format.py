@@ -33,6 +33,7 @@ from lake.blocks import (ARRAY_MEMBERS, MEMBER_SUFFIX, META_LISTS, META_MEMBER, 
                          split_member_file)
 from lake.errors import LakeError, about
 from lake.schema import BlockEntry, ShardEntry
+from shards.mapped import npy_view  # numpy's own .npy header parser is not thread-safe on Python 3.11
 
 Block = dict[str, Any]
 
@@ -77,8 +78,6 @@ def decode_member(suffix: str, data: bytes) -> tuple[str, Any]:
     name = member_of(suffix)
     if suffix == MEMBER_SUFFIX[META_MEMBER]:
         return name, json.loads(data.decode("utf-8"))
-    from shards.mapped import npy_view  # numpy's own header parser is not thread-safe on Python 3.11
-
     return name, npy_view(data, 0, len(data), where=suffix)
 
 

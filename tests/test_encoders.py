@@ -433,3 +433,16 @@ def test_embeddinggemma_gated_says_accept_the_licence(monkeypatch):
         build_text_encoder("embeddinggemma")
     msg = str(err.value)
     assert "hf auth login" in msg and "Gemma licence" in msg and "hf download google/embeddinggemma-300m" in msg
+
+
+def test_fbank_of_a_long_clip_in_chunks_equals_the_whole_clip_transform():
+    """Long clips are transformed a chunk of frames at a time (memory: a spectrogram of an hour would be several
+    times the wave); the statistics are those of the whole-clip transform."""
+    from ingest.encoders.fbank import FbankEncoder
+
+    rng = np.random.default_rng(0)
+    t = np.arange(16000 * 7)
+    wave = (rng.standard_normal(len(t)) * np.sin(t / 3000)).astype(np.float32)
+    whole = FbankEncoder().encode([wave])
+    for chunk_s in (1.0, 0.33, 2.5):  # chunk edges at every phase of the hop
+        assert np.allclose(FbankEncoder(chunk_s=chunk_s).encode([wave]), whole, rtol=0, atol=1e-5)

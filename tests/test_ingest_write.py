@@ -94,3 +94,25 @@ def test_the_outcome_rank_0_broadcasts_pickles_whole():
     assert (back.root, back.remote, back.staging) == (out.root, True, "/tmp/staging-x")
     error = pickle.loads(pickle.dumps(LakeError("/x: a finished set made with other settings")))
     assert isinstance(error, LakeError) and str(error) == "/x: a finished set made with other settings"
+
+
+class PickyText:
+    """A text encoder that fails on one transcript (a tokenizer choking on it) and works on the others."""
+
+    dim = 3
+
+    def encode(self, texts):
+        if "bad" in texts:
+            raise ValueError("cannot tokenize")
+        return np.ones((len(texts), self.dim), np.float32)
+
+
+def test_a_transcript_the_text_encoder_fails_on_quarantines_that_clip_only(tmp_path):
+    worker = _worker(tmp_path)
+    worker.text_enc = PickyText()
+    clips = _clips(5)
+    clips[2].transcript = "bad"
+    out = worker._encode_texts([c.transcript for c in clips], clips, "transcript")
+    assert [x is None for x in out] == [False, False, True, False, False]
+    [record] = worker.ledger.take_quarantine()
+    assert record["key"] == "k2" and record["reason"] == "encode error: transcript: ValueError: cannot tokenize"

@@ -246,13 +246,16 @@ def evaluate(task: Task, model: torch.nn.Module, loader: ShardLoader, device, wo
 
 @torch.no_grad()
 def gather_outputs(task: Task, model: torch.nn.Module, loader: ShardLoader, device, world: World,
-                   desc: str = "eval", progress: bool = False) -> dict[str, np.ndarray]:
-    """`task.outputs` of every row of the loader's split (fp32, in row order), from all ranks."""
+                   desc: str = "eval", progress: bool = False, stop=None) -> dict[str, np.ndarray]:
+    """`task.outputs` of every row of the loader's split (fp32, in row order), from all ranks. `stop()`: called
+    before each batch, may raise to end the pass (a stop signal)."""
     was_training = model.training
     model.eval()
     outs: dict[str, list] = defaultdict(list)
     bar = Progress(desc, total=len(loader), unit="batch", enabled=progress and world.is_main)
     for batch in loader:
+        if stop is not None:
+            stop()
         batch = to_device(batch, device)
         for k, v in task.outputs(model, batch).items():
             outs[k].append(v.float().cpu() if v.is_floating_point() else v.cpu())
@@ -389,15 +392,21 @@ class Run:
             self.train_loader.set_epoch(0)
         self.state.epoch = self.train_loader.epoch
 
-    def validate(self, loaders: dict, desc: str) -> dict:
+    def validate(self, loaders: dict, desc: str, stop=None) -> dict:
         """The metrics of the model on each set's loader; with several sets, the pooled metrics (of every row of
-        them together) with each set's under "sets"."""
+        them together) with each set's under "sets". `stop`: see gather_outputs."""
         outs = {name: gather_outputs(self.task, self.raw, lo, self.device, self.world, f"{desc} {name}",
-                                     self.cfg.progress) for name, lo in loaders.items()}
+                                     self.cfg.progress, stop) for name, lo in loaders.items()}
         if len(outs) == 1:
             return self.task.metrics(next(iter(outs.values())))
         pooled = self.task.metrics(concat_outputs(list(outs.values())))
         return {**pooled, "sets": {name: self.task.metrics(o) for name, o in outs.items()}}
+
+    def _stop_testing(self) -> None:
+        """The test pass at the end gives way to a stop signal: training is over and saved."""
+        if self.preempted:
+            raise Preempted(f"{self.preempted.name} received during the test pass: training is finished and saved "
+                            f"({self.ckpt.path('best')}); evaluate it with `python -m evaluation`")
 
     def selected(self, metrics: dict) -> dict:
         """The metrics selection looks at: the pooled ones, or --select-on's set's."""
@@ -501,7 +510,7 @@ class Run:
             barrier()  # rank 0 has written the best checkpoint
             best = self.ckpt.path("best")
             self.ckpt.restore(resumable(best, self.task.stage), best, self.task.arch(), None, only=("model",))
-            summary["test"] = self.validate(tests, "test")
+            summary["test"] = self.validate(tests, "test", self._stop_testing)
             self.log.line(f"test (best checkpoint, epoch {state.best_epoch:03d}): {self.task.headline(summary['test'])}"
                           + "".join(f"  {n} {m[self.task.selection]:.4f}" for n, m in summary["test"].get("sets", {}).items()))
         for lo in tests.values():

@@ -27,7 +27,7 @@ from lake import storage
 from lake.errors import LakeError
 from ingest.sources.base import Clip, Skip, SplitPolicy, Unit, one_clip, speaker_splits
 from ingest.sources.labels import Labels, load_label_map
-from ingest.sources.location import hub_message
+from ingest.sources.location import hub_message, read_remote
 
 SPLIT_NAMES = {"validation": "val", "valid": "val"}
 
@@ -277,8 +277,6 @@ class HfSource:
         if data:
             clip.audio = bytes(data)
         elif storage.is_url(path):
-            from ingest.sources.location import read_remote
-
             try:
                 clip.audio = read_remote(path)
             except FileNotFoundError:

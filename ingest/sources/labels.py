@@ -12,6 +12,7 @@ import json
 
 from lake import storage
 from lake.errors import LakeError
+from lake.taxonomy import load_taxonomy_file
 
 
 def load_label_map(path: str) -> dict[str, str] | None:
@@ -35,8 +36,6 @@ class Labels:
     @classmethod
     def fixed(cls, taxonomy_file: str, label_map: dict[str, str] | None, present=None) -> "Labels":
         """The taxonomy of `--taxonomy`, else of the label map's names, else of the labels `present`."""
-        from lake.taxonomy import load_taxonomy_file
-
         if taxonomy_file:
             names = load_taxonomy_file(taxonomy_file)
         elif label_map:

@@ -29,8 +29,9 @@ from dataclasses import dataclass
 from typing import Iterator
 
 from lake import storage
+from lake.blocks import SOFT_LABELS
 from lake.errors import LakeError
-from lake.taxonomy import EMONET_CATEGORIES, canonical_category, map_prompt, ordered_classes
+from lake.taxonomy import EMONET_CATEGORIES, canonical_category, load_taxonomy_file, map_prompt, ordered_classes
 from ingest.sources.base import BadClip, Clip, Skip, SplitPolicy, Unit, one_clip, printable
 from ingest.sources.labels import load_label_map
 from ingest.sources.location import RemoteStream, SourceReadError, list_files, pin_hub_url
@@ -180,8 +181,6 @@ class LaionSource:
     @classmethod
     def at(cls, root: str, cfg) -> "LaionSource":
         """The tars under `root`, with the languages, taxonomy, label map and split fractions of `cfg`."""
-        from lake.taxonomy import load_taxonomy_file
-
         if cfg.split_by != "key":
             raise LakeError(f"--split-by {cfg.split_by}: LAION's clips have no speaker ids; its splits are hash "
                             "splits of the clip key")
@@ -319,7 +318,7 @@ class LaionSource:
         extra = {"language": parsed.language, "voice": parsed.voice}
         scores = parse_annotation_scores(annotation)
         if scores:
-            extra["soft_labels"] = scores
+            extra[SOFT_LABELS] = scores
         declared = None
         if isinstance(meta.get("duration"), (int, float)) and not isinstance(meta["duration"], bool):
             declared = float(meta["duration"])

@@ -19,7 +19,7 @@ from typing import Iterator
 
 from lake.errors import LakeError
 from lake.taxonomy import MELD_CLASSES
-from ingest.sources.base import Clip, Skip, SplitPolicy, Unit
+from ingest.sources.base import Clip, Skip, SplitPolicy, Unit, one_clip
 from ingest.sources.table import Row, read_csv as read_table_csv
 
 SPLITS = {
@@ -159,32 +159,31 @@ class MeldSource:
                            source_uri=path, split=split)
             return
         start = int(part) * self.unit_rows
-        first = self._first_row[split]
         for n, r in enumerate(self._rows[split][start:start + self.unit_rows], start):
-            if r.error:
-                yield Skip(key=f"meld/{split}/line{r.line}", reason=f"bad csv row: {r.error}", split=split)
-                continue
-            row, du = r.values, self._du(r)
-            if du is None:
-                yield Skip(key=f"meld/{split}/line{r.line}",
-                           reason=f"bad csv row: {SPLITS[split][0]} line {r.line}: no dialogue/utterance id", split=split)
-                continue
-            key = f"meld/{split}/dia{du[0]}_utt{du[1]}"
-            emotion = (row.get("Emotion") or "").strip().lower()
-            if first[du] != n:  # a (dialogue, utterance) listed twice, possibly in another unit
-                yield Skip(key=key, reason="duplicate csv row", split=split)
-                continue
-            path = self._files[split].get(du)
-            if path is None:
-                yield Skip(key=key, reason=f"missing clip: no dia{du[0]}_utt{du[1]}.mp4 in {SPLITS[split][1]}/",
-                           split=split)
-                continue
-            if emotion not in MELD_CLASSES:
-                yield Skip(key=key, reason=f"unknown emotion: {emotion!r}", source_uri=path, split=split)
-                continue
-            extra = {"speaker": fix_text(row.get("Speaker", "")), "sentiment": row.get("Sentiment", "").strip(),
-                     "season": row.get("Season", "").strip(), "episode": row.get("Episode", "").strip(),
-                     "start": row.get("StartTime", "").strip(), "end": row.get("EndTime", "").strip(),
-                     "sr_no": row.get("Sr No.", "").strip()}
-            yield Clip(key=key, transcript=fix_text(row.get("Utterance", "")), label=emotion, source_uri=path,
-                       path=path, split=split, extra=extra)
+            yield one_clip(lambda: self._row(split, n, r),
+                           lambda why: Skip(key=f"meld/{split}/line{r.line}", reason=why, split=split))
+
+    def _row(self, split: str, n: int, r) -> Clip | Skip:
+        """One CSV row: its clip, or the reason it cannot be used (run inside `one_clip`: any fault is the row's)."""
+        if r.error:
+            return Skip(key=f"meld/{split}/line{r.line}", reason=f"bad csv row: {r.error}", split=split)
+        row, du = r.values, self._du(r)
+        if du is None:
+            return Skip(key=f"meld/{split}/line{r.line}",
+                        reason=f"bad csv row: {SPLITS[split][0]} line {r.line}: no dialogue/utterance id", split=split)
+        key = f"meld/{split}/dia{du[0]}_utt{du[1]}"
+        emotion = (row.get("Emotion") or "").strip().lower()
+        if self._first_row[split][du] != n:  # a (dialogue, utterance) listed twice, possibly in another unit
+            return Skip(key=key, reason="duplicate csv row", split=split)
+        path = self._files[split].get(du)
+        if path is None:
+            return Skip(key=key, reason=f"missing clip: no dia{du[0]}_utt{du[1]}.mp4 in {SPLITS[split][1]}/",
+                        split=split)
+        if emotion not in MELD_CLASSES:
+            return Skip(key=key, reason=f"unknown emotion: {emotion!r}", source_uri=path, split=split)
+        extra = {"speaker": fix_text(row.get("Speaker", "")), "sentiment": row.get("Sentiment", "").strip(),
+                 "season": row.get("Season", "").strip(), "episode": row.get("Episode", "").strip(),
+                 "start": row.get("StartTime", "").strip(), "end": row.get("EndTime", "").strip(),
+                 "sr_no": row.get("Sr No.", "").strip()}
+        return Clip(key=key, transcript=fix_text(row.get("Utterance", "")), label=emotion, source_uri=path,
+                    path=path, split=split, extra=extra)

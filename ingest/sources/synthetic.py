@@ -8,6 +8,7 @@ import sys
 
 from lake.distributed import World, barrier
 from ingest.sources.laion import LaionSource
+from ingest.synthetic import generate
 
 
 class SyntheticSource(LaionSource):
@@ -17,8 +18,6 @@ class SyntheticSource(LaionSource):
     def from_config(cls, cfg, world: World | None = None) -> "SyntheticSource":
         laion = os.path.join(cfg.input, "laion")
         if (world is None or world.is_main) and not os.path.isdir(laion):
-            from ingest.synthetic import generate
-
             print(f"generating a synthetic corpus in {cfg.input} ({cfg.synthetic_clips} clips, seed {cfg.seed})",
                   file=sys.stderr)
             generate(cfg.input, clips=cfg.synthetic_clips, seed=cfg.seed)

@@ -35,8 +35,8 @@ import numpy as np
 from lake import storage
 from lake.errors import LakeError
 from lake.tamers import LAYERS, reference_encoders
-from lake.taxonomy import MELD_CLASSES
-from ingest.sources.base import Skip, SplitPolicy, Unit
+from lake.taxonomy import MELD_CLASSES, load_taxonomy_file
+from ingest.sources.base import Skip, SplitPolicy, Unit, one_clip, printable
 from ingest.sources.location import list_files
 
 COLUMNS = ("path", "transcript", "label_id", "audio_embedding", "text_embedding")
@@ -278,8 +278,6 @@ class TamersParquetSource:
     # -- the Source interface ------------------------------------------------------
     @classmethod
     def from_config(cls, cfg, world=None) -> "TamersParquetSource":
-        from lake.taxonomy import load_taxonomy_file
-
         taxonomy = load_taxonomy_file(cfg.taxonomy) if cfg.taxonomy else None
         return cls(cfg.input, taxonomy=taxonomy, kind=cfg.tamers_kind,
                    split_policy=SplitPolicy("hash", cfg.val_fraction, cfg.test_fraction))
@@ -324,6 +322,12 @@ class TamersParquetSource:
                 yield self._rows(f, batch, row)
                 row += batch.num_rows
 
+    def _name(self, path: str | None, f: _File, row: int) -> tuple[str, str | None]:
+        """A row's key and (MELD features) split, from its path (run inside `one_clip`: a path it cannot parse
+        is the row's fault)."""
+        key = tamers_key(path, self.kind) if path else f"{f.unit.id}#row{row}"
+        return key, meld_split(key) if self.kind == "meld" else None
+
     def _rows(self, f: _File, batch, first_row: int) -> RowBatch:
         import pyarrow.compute as pc
 
@@ -340,9 +344,13 @@ class TamersParquetSource:
             row = first_row + i
             if row in f.duplicates:
                 continue
-            key = tamers_key(paths[i], self.kind) if paths[i] else f"{f.unit.id}#row{row}"
-            split = meld_split(key) if self.kind == "meld" else None
             uri = paths[i] or f"{f.uri}#row{row}"
+            named = one_clip(lambda: self._name(paths[i], f, row),
+                             lambda why: Skip(key=f"{f.unit.id}#row{row}", reason=why, source_uri=printable(uri)))
+            if isinstance(named, Skip):
+                out.skips.append(named)
+                continue
+            key, split = named
             reason = None
             if not paths[i]:
                 reason = "malformed row: no path"
