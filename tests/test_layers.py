@@ -16,6 +16,8 @@ import torch
 
 from evaluation.cli import main as evaluation
 from evaluation.layer_probe import layer_probe
+from evaluation.predict import predict
+from evaluation.stages import stage2, stage3, stage4
 from lake.catalog import open_shard_set
 from test_hf_encoders import hf_set, models, offline  # noqa: F401  (fixtures: a set ingested with hf:, hub off)
 from test_sources import rows_and_embeddings
@@ -27,6 +29,7 @@ from trainers.features import LayerMix, layer_weights
 from conftest import make_manifest, write_labelled_set
 
 LAYERS, CARRIER, CLASSES, A_DIM, T_DIM = ("h0", "h1", "h2", "h3", "h4"), 3, 4, 16, 12
+FAST = ["--batch-size", "32", "--num-workers", "0", "--no-progress", "--no-test-at-end", "--seed", "0"]
 
 
 def one_layer_set(root, rows=(320, 96, 96), seed=0) -> str:
@@ -49,25 +52,23 @@ def weighted(tmp_path_factory):
     """The set; CLAP trained on `weighted`, exported; an SLM on it with its own prosody mix."""
     tmp = tmp_path_factory.mktemp("layers")
     root = one_layer_set(tmp / "set")
-    fast = ["--batch-size", "32", "--num-workers", "0", "--no-progress", "--no-test-at-end", "--seed", "0"]
     assert clap.main(["--data-root", root, "--save-dir", str(tmp / "clap"), "--audio-layer", "weighted",
-                      "--epochs", "12", "--lr", "3e-2", "--warmup-steps", "5", "--schedule", "constant", *fast]) == 0
+                      "--epochs", "12", "--lr", "3e-2", "--warmup-steps", "5", "--schedule", "constant", *FAST]) == 0
     proj = str(tmp / "proj.pt")
     assert clap.main(["export", "--checkpoint", str(tmp / "clap" / "clap_best.pt"), "--out", proj]) == 0
     assert slm.main(["--data-root", root, "--clap-ckpt", proj, "--save-dir", str(tmp / "slm"), "--audio-layer",
-                     "weighted", "--epochs", "2", "--lr", "1e-2", "--hidden-dim", "64", *fast]) == 0
+                     "weighted", "--epochs", "2", "--lr", "1e-2", "--hidden-dim", "64", *FAST]) == 0
     return root, proj, str(tmp / "slm" / "slm_stage3_best.pt"), tmp
 
 
 def test_slm_weighted_puts_most_weight_on_the_carrier(weighted):
     """CLAP on a noise layer, so that only the prosody branch's mix can reach the layer that carries the label."""
     root, _, _, tmp = weighted
-    fast = ["--batch-size", "32", "--num-workers", "0", "--no-progress", "--no-test-at-end", "--seed", "0"]
     assert clap.main(["--data-root", root, "--save-dir", str(tmp / "clap0"), "--audio-layer", "h0", "--epochs", "1",
-                      *fast]) == 0
+                      *FAST]) == 0
     assert slm.main(["--data-root", root, "--clap-ckpt", str(tmp / "clap0" / "clap_best.pt"), "--save-dir",
-                     str(tmp / "slm0"), "--audio-layer", "weighted", "--epochs", "10", "--lr", "2e-2",
-                     "--hidden-dim", "64", *fast]) == 0
+                     str(tmp / "slm0"), "--audio-layer", "weighted", "--epochs", "8", "--lr", "5e-2",
+                     "--hidden-dim", "64", *FAST]) == 0
     task, model = stages.load(str(tmp / "slm0" / "slm_stage3_best.pt"), stage="slm")
     assert task.layers == list(LAYERS) and task.arch()["clap_index"] == 0 and model.clap_audio.mix is None
     w = _weights(model.prosody_mix)
@@ -160,8 +161,6 @@ def test_slm_weighted_keeps_the_clap_mix_frozen_and_learns_its_own(weighted):
 
 
 def test_stage_reports_show_the_weights_and_stage3_the_layer_probe(weighted):
-    from evaluation.stages import stage2, stage3, stage4
-
     root, proj, best, tmp = weighted
     r2 = stage2(proj, root, str(tmp / "r2"), device="cpu", zero_shot=False)
     rows = r2["metrics"]["layer_weights"]
@@ -219,8 +218,6 @@ def test_projectors_whose_mix_does_not_match_its_names_are_refused(weighted, tmp
 # -- predict on a weighted model of a set ingested with a real (tiny) transformers speech model ---------------
 
 def test_predict_with_weighted_clap_and_slm_on_an_hf_set(hf_set, tmp_path):
-    from evaluation.predict import predict
-
     tmp, out, _ = hf_set
     ck = tmp_path / "ck"
     fast = ["--preset", "debug", "--batch-size", "4", "--device", "cpu", "--no-progress", "--audio-layer", "weighted"]
