@@ -27,7 +27,7 @@ from lake.errors import LakeError
 from lake.layers import resolve_layers
 from lake.splits import validation_split
 from lake.taxonomy import MELD_CLASSES
-from shards.stats import split_arrays
+from shards.stats import iter_split
 from trainers.metrics import classification_metrics_from
 
 C_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)
@@ -84,6 +84,65 @@ def train_rows(n: int, max_rows: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, max_rows, replace=False))
 
 
+PROBE_FIELDS = ("audio", "text", "label")
+
+
+def read_splits(shards: ShardSet, split: str, layers: list[str], max_train_rows: int, seed: int
+                ) -> tuple[dict[str, dict[str, np.ndarray]], int]:
+    """{train, val split, `split`: {audio [N, L, Da] of `layers`, text, label}} and the train rows available.
+
+    The train rows are kept as they stream by (`train_rows`' fixed-seed subsample): a large set's train split,
+    with every stored layer, is never held whole."""
+    val = validation_split(shards.manifest.splits)
+    if split in ("train", val):
+        raise LakeError(f"--split {split}: the probe is fitted on train and selected on {val}; score it on another "
+                        "split (test)")
+    available = shards.manifest.rows_of("train")
+    keep = train_rows(available, max_train_rows, seed)
+    data = {"train": _rows(shards, "train", layers, keep)}
+    data.update({s: _rows(shards, s, layers) for s in (val, split)})
+    return data, available
+
+
+def _rows(shards: ShardSet, split: str, layers: list[str], keep: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """A split's probe fields, in index order; only the rows at the sorted positions `keep` when given."""
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in PROBE_FIELDS}
+    seen = 0
+    for batch in iter_split(shards, split, PROBE_FIELDS, layers):
+        n = len(batch["label"])
+        sel = slice(None) if keep is None else keep[(keep >= seen) & (keep < seen + n)] - seen
+        seen += n
+        for k in PROBE_FIELDS:
+            parts[k].append(batch[k][sel])
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def fit_selected(xs: dict[str, np.ndarray], ys: dict[str, np.ndarray], val: str, split: str, taxonomy: list[str],
+                 selection: str, grid: tuple[float, ...] = C_GRID, seed: int = 0) -> dict:
+    """Fit on xs["train"] for every C of `grid`, keep the best by `selection` on `val` (ties: the smaller C, the
+    stronger regularisation), score it on `split`: {"C", "val_score", "n_iter", "metrics"}."""
+    best = None
+    for c in grid:
+        model = fit_probe(xs["train"], ys["train"], c, seed)
+        out = {"logits": _log_proba(model, xs[val], len(taxonomy)), "label": ys[val]}
+        score = classification_metrics_from(out, taxonomy)[selection]
+        if best is None or score > best[1]:
+            best = (c, score, model)
+    c, score, model = best
+    out = {"logits": _log_proba(model, xs[split], len(taxonomy)), "label": ys[split]}
+    return {"C": c, "val_score": score, "n_iter": int(model[-1].n_iter_.max()),
+            "metrics": classification_metrics_from(out, taxonomy)}
+
+
+def probe_settings(grid, selection: str, val: str, kept: int, available: int, seed: int, layers: list[str],
+                   split: str, t0: float) -> dict:
+    return {"model": "StandardScaler -> LogisticRegression (lbfgs, multinomial)", "C_grid": list(grid),
+            "metric": selection, "selection": f"{selection} on {val}", "refit": "no: the model fitted on train is scored",
+            "train_rows": int(kept), "train_rows_available": int(available), "subsampled": bool(kept < available),
+            "seed": seed, "audio_layers": layers, "text_field": "transcript", "split": split,
+            "seconds": round(time.time() - t0, 2)}
+
+
 def linear_probe(shards: ShardSet, split: str = "test", layers: list[str] | None = None,
                  inputs: tuple[str, ...] = INPUTS, grid: tuple[float, ...] = C_GRID,
                  max_train_rows: int = MAX_TRAIN_ROWS, seed: int = 0, selection: str | None = None) -> dict:
@@ -93,33 +152,11 @@ def linear_probe(shards: ShardSet, split: str = "test", layers: list[str] | None
     layers = list(layers or resolve_layers("last", m.audio_layers))
     selection = selection or selection_metric(shards)
     val = validation_split(m.splits)
-    if split in ("train", val):
-        raise LakeError(f"--split {split}: the probe is fitted on train and selected on {val}; score it on another "
-                        "split (test)")
-    fields = ("audio", "text", "label")
-    data = {s: split_arrays(shards, s, fields, layers) for s in ("train", val, split)}
-    keep = train_rows(len(data["train"]["label"]), max_train_rows, seed)
-    train = {k: v[keep] for k, v in data["train"].items()}
-    results = {}
-    for what in inputs:
-        x, y, x_val = _inputs(train, what), train["label"], _inputs(data[val], what)
-        best = None
-        for c in grid:
-            model = fit_probe(x, y, c, seed)
-            out = {"logits": _log_proba(model, x_val, m.num_classes), "label": data[val]["label"]}
-            score = classification_metrics_from(out, m.taxonomy)[selection]
-            if best is None or score > best[1]:  # ties: the smaller C (the stronger regularisation)
-                best = (c, score, model)
-        c, score, model = best
-        out = {"logits": _log_proba(model, _inputs(data[split], what), m.num_classes), "label": data[split]["label"]}
-        results[what] = {"C": c, "val_score": score, "n_iter": int(model[-1].n_iter_.max()),
-                         "metrics": classification_metrics_from(out, m.taxonomy)}
-    settings = {"model": "StandardScaler -> LogisticRegression (lbfgs, multinomial)", "C_grid": list(grid),
-                "metric": selection, "selection": f"{selection} on {val}", "refit": "no: the model fitted on train is scored",
-                "train_rows": int(len(keep)), "train_rows_available": int(len(data["train"]["label"])),
-                "subsampled": bool(len(keep) < len(data["train"]["label"])), "seed": seed,
-                "audio_layers": layers, "text_field": "transcript", "split": split,
-                "seconds": round(time.time() - t0, 2)}
+    data, available = read_splits(shards, split, layers, max_train_rows, seed)
+    ys = {s: d["label"] for s, d in data.items()}
+    results = {what: fit_selected({s: _inputs(d, what) for s, d in data.items()}, ys, val, split, m.taxonomy,
+                                  selection, grid, seed) for what in inputs}
+    settings = probe_settings(grid, selection, val, len(ys["train"]), available, seed, layers, split, t0)
     return {"settings": settings, "results": results}
 
 

@@ -25,7 +25,8 @@ import torch
 
 from evaluation.ablation import VARIANTS, ablation, ablation_note, train_means
 from evaluation.crosscorpus import cross_corpus_metrics, cross_corpus_note
-from evaluation.plots import plot_confusion
+from evaluation.layer_probe import layer_note, layer_probe, layer_rows, reference_rows
+from evaluation.plots import plot_confusion, plot_layer_metric, plot_layer_weights
 from evaluation.probe import MAX_TRAIN_ROWS, SHOWN, linear_probe, probe_note, probe_rows
 from evaluation.report import write_report
 from ingest.encoders import text_encoder_from_manifest
@@ -35,6 +36,7 @@ from lake.errors import LakeError
 from lake.layers import resolve_layers
 from lake.splits import validation_split
 from trainers import models
+from trainers.features import layer_weights
 from trainers.loop import Task, evaluate, gather_outputs
 from trainers.metrics import classification_metrics, normalized_confusion, retrieval_both_directions
 from trainers.reference import reference_note
@@ -116,11 +118,14 @@ def _classification_stage(stage: str, kind: str, ckpt_path: str, data_root: str,
         metrics = evaluate(task, model, loader, dev, ONE)
         metrics, sections = _baselines(task, model, loader, dev, shards, split, metrics, title, probe, ablate)
         classes = shards.taxonomy
+    figures = _mix_report(model, metrics, sections, out, title)
+    if probe and stage == "stage3" and not label_map:
+        figures.update(_layer_probe_report(shards, split, task.selection, metrics, sections, out))
     metrics["confusion_matrix_normalized"] = normalized_confusion(np.asarray(metrics["confusion_matrix"])).round(4).tolist()
     context = _context(ckpt_path, shards, split, metrics["num_rows"], trained_on=ckpt["data"]["fingerprint"],
                        epoch=ckpt["train"]["epoch"], **extra)
     paths = _finish(out, stage, metrics, context, classes, f"{title} on {shards.name} {split}", sections)
-    return {"metrics": metrics, "paths": paths, "headline": task.headline(metrics)}
+    return {"metrics": metrics, "paths": {**paths, **figures}, "headline": task.headline(metrics)}
 
 
 def trained_on_names(ckpt: dict) -> list[str]:
@@ -176,16 +181,20 @@ def stage2(clap_ckpt: str, data_root: str, out: str, split: str = "test", batch_
                          f"head, is closest to its projected audio. Chance: {1 / m.num_classes:.3f}. "
                          "The confusion matrix and per-class table below are for this classification."))
     arch = task.arch()
+    figures = _mix_report(model, metrics, sections, out, "CLAP")
     context = _context(clap_ckpt, shards, split, len(outputs["label"]), audio_layer=arch["audio_layer"],
                        text_field=arch["text_field"])
     paths = _finish(out, "stage2", metrics, context, shards.taxonomy, f"CLAP zero-shot on {split}", sections)
-    return {"metrics": metrics, "paths": paths, "headline": task.headline(metrics)}
+    return {"metrics": metrics, "paths": {**paths, **figures}, "headline": task.headline(metrics)}
 
 
 def probe(data_root: str, out: str = "", split: str = "test", audio_layer: str = "last",
-          max_train_rows: int | None = None) -> dict:
-    """The linear probe alone (evaluation.probe), written as a report when `out` is given."""
+          max_train_rows: int | None = None, layers: str = "") -> dict:
+    """The linear probe alone (evaluation.probe), written as a report when `out` is given; with `layers` (a spec:
+    'all', names, indices), the probe per layer instead (evaluation.layer_probe)."""
     shards = _open(data_root)
+    if layers:
+        return _probe_per_layer(shards, out, split, layers, max_train_rows)
     layers = resolve_layers(audio_layer, shards.manifest.audio_layers, what="--audio-layer (of the layers this set "
                                                                             "stores)")
     p = linear_probe(shards, split, layers, max_train_rows=max_train_rows or MAX_TRAIN_ROWS)
@@ -199,3 +208,63 @@ def probe(data_root: str, out: str = "", split: str = "test", audio_layer: str =
                    "num_rows": p["results"]["both"]["metrics"]["num_rows"]}
         paths = _finish(out, "probe", metrics, context, shards.taxonomy, "", [("How it was fitted", probe_note(p))])
     return {"metrics": p, "paths": paths, "headline": headline}
+
+
+# -- layers: the per-layer probe, the learned layer weights --------------------------------------------------
+
+def _probe_per_layer(shards: ShardSet, out: str, split: str, spec: str, max_train_rows: int | None) -> dict:
+    """`probe --layers SPEC`: the audio probe on each layer, the text-only and fused ones as reference lines."""
+    names = resolve_layers(spec, shards.manifest.audio_layers, what="--layers (of the layers this set stores)")
+    lp = layer_probe(shards, split, names, max_train_rows=max_train_rows or MAX_TRAIN_ROWS)
+    sel, best = lp["settings"]["metric"], lp["best_layer"]
+    refs = "  ".join(f"{r['probe']} {r[sel]:.4f}" for r in reference_rows(lp))
+    headline = f"best layer {best} ({sel} {lp['layers'][best]['metrics'][sel]:.4f}) of {len(names)};  {refs}"
+    paths = {}
+    if out:
+        metrics, sections = {}, []
+        figures = _write_layer_probe(lp, shards, split, metrics, sections, out)
+        context = {"checkpoint": "none (linear probes fitted here)", "data_root": shards.root,
+                   "fingerprint": shards.fingerprint, "split": split,
+                   "num_rows": lp["reference"]["text"]["metrics"]["num_rows"]}
+        paths = {**_finish(out, "probe per layer", metrics, context, shards.taxonomy, "", sections), **figures}
+    return {"metrics": lp, "paths": paths, "headline": headline}
+
+
+def _layer_probe_report(shards: ShardSet, split: str, selection: str, metrics: dict, sections: list, out: str
+                        ) -> dict:
+    """Stage 3's per-layer probe, when the set stores several layers and `split` is one the probe scores (a probe
+    per layer: the plain probe's cost times the layers)."""
+    if len(shards.manifest.audio_layers) < 2 or split in ("train", validation_split(shards.manifest.splits)):
+        return {}
+    lp = layer_probe(shards, split, selection=selection)
+    return _write_layer_probe(lp, shards, split, metrics, sections, out)
+
+
+def _write_layer_probe(lp: dict, shards: ShardSet, split: str, metrics: dict, sections: list, out: str) -> dict:
+    """The per-layer probe's table, reference lines and settings into `metrics`, its note into `sections`,
+    layers.png into `out`; returns {"layers": path}."""
+    sel = lp["settings"]["metric"]
+    metrics["layer_probe"], metrics["layer_probe_reference"] = layer_rows(lp), reference_rows(lp)
+    metrics["layer_probe_settings"] = {**lp["settings"], "best_layer": lp["best_layer"]}
+    sections.append(("Which layer carries the emotion", layer_note(lp) + " Figure: `layers.png`."))
+    series = {sel: [r["metrics"][sel] for r in lp["layers"].values()]}
+    if sel != "accuracy":
+        series["accuracy"] = [r["metrics"]["accuracy"] for r in lp["layers"].values()]
+    refs = {r["probe"]: r[sel] for r in metrics["layer_probe_reference"]}
+    return {"layers": plot_layer_metric(list(lp["layers"]), series, refs, sel, os.path.join(out, "layers.png"),
+                                        f"Linear probe per layer on {shards.name} {split}", lp["best_layer"])}
+
+
+def _mix_report(model: torch.nn.Module, metrics: dict, sections: list, out: str, title: str) -> dict:
+    """A model with learned layer mixes (--audio-layer weighted): their weights per layer into `metrics` (one record
+    per layer), a note into `sections`, layer_weights.png into `out`; returns {"layer_weights": path} or {}."""
+    mixes = layer_weights(model)
+    if not mixes:
+        return {}
+    layers = list(dict.fromkeys(name for w in mixes.values() for name in w))
+    metrics["layer_weights"] = [{"layer": name, **{what: w.get(name) for what, w in mixes.items()}} for name in layers]
+    sections.append(("Learned layer weights", "The softmax weights of the model's layer mixes (`--audio-layer "
+                     "weighted`: each stored layer standardised where the set records statistics, L2-normalised, "
+                     "then summed with these weights; they started equal). Figure: `layer_weights.png`."))
+    return {"layer_weights": plot_layer_weights(mixes, os.path.join(out, "layer_weights.png"),
+                                                f"{title}: learned layer weights")}

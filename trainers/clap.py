@@ -4,7 +4,9 @@
     python -m trainers.clap export --checkpoint CKPT --out clap_projectors.pt
 
 Per modality Linear(d, P) -> Dropout 0.1 -> L2-normalise on unit-norm inputs (standardised
-per feature first for encoders on mixed scales: trainers.features); a
+per feature first for encoders on mixed scales: trainers.features); the audio one reads a stored
+layer or, with `--audio-layer weighted`, a learned mix of all of them (trainers.features.LayerMix,
+part of the audio head: exported with it, and frozen with it in the SLM); a
 learnable logit scale clamped to at most 5 (scale <= e^5); the loss is the mean of
 the audio->text and text->audio cross-entropies over the GLOBAL batch, gathered
 across ranks with the differentiable all_gather of torch.distributed.nn (a plain
@@ -33,7 +35,7 @@ from lake.errors import LakeError
 from trainers.checkpoint import is_checkpoint, load_checkpoint, save_atomic, stage_checkpoint
 from trainers.cli import parse_stage_args, stage_parser
 from trainers.config import TrainConfig
-from trainers.features import LAYER_HELP, Standardize, field_stats, l2, resolve_layer
+from trainers.features import LAYER_HELP, WEIGHTED, LayerMix, Standardize, audio_layers, field_stats, l2, resolve_layer
 from trainers.loop import Task, check_layers
 from trainers.metrics import retrieval_both_directions
 from trainers.reference import is_projectors, linear_state
@@ -61,35 +63,41 @@ DEFAULTS = dict(epochs=20, batch_size=1024, lr=5e-4, warmup_steps=100, schedule=
 
 
 class ProjHead(nn.Module):
-    """[Standardise ->] L2-normalise -> Linear -> Dropout -> L2-normalise. Parameter names (fc.weight,
-    fc.bias) match the reference's; `standardize`: per-feature statistics first (trainers.features),
-    for encoders on mixed scales, held as `standardize.mean` / `standardize.std` buffers."""
+    """[Standardise ->] [mix layers ->] L2-normalise -> Linear -> Dropout -> L2-normalise. Parameter names
+    (fc.weight, fc.bias) match the reference's; `standardize`: per-feature statistics first
+    (trainers.features), for encoders on mixed scales, held as `standardize.mean` / `standardize.std`
+    buffers; `mix`: the names of the layers it mixes (`mix.logits`), its input then [B, L, D], else [B, D]."""
 
-    def __init__(self, d_in: int, d_out: int, dropout: float = 0.1, standardize: bool = False):
+    def __init__(self, d_in: int, d_out: int, dropout: float = 0.1, standardize: bool = False,
+                 mix: list[str] | None = None):
         super().__init__()
-        self.standardize = Standardize(d_in) if standardize else None
+        self.standardize = Standardize((len(mix), d_in) if mix else d_in) if standardize else None
+        self.mix = LayerMix(mix, "CLAP audio head") if mix else None
         self.fc = nn.Linear(d_in, d_out)
         self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.standardize is not None:
             x = self.standardize(x)
+        if self.mix is not None:
+            x = self.mix(x)
         return F.normalize(self.drop(self.fc(l2(x))), dim=-1)
 
 
 class Clap(nn.Module):
     def __init__(self, audio_dim: int, text_dim: int, proj_dim: int, dropout: float = 0.1,
                  logit_scale_init: float = CLIP_SCALE_INIT, max_logit_scale: float = 5.0,
-                 standardize: dict | None = None):
+                 standardize: dict | None = None, mix: list[str] | None = None):
         super().__init__()
         std = standardize or {}
-        self.audio_proj = ProjHead(audio_dim, proj_dim, dropout, bool(std.get("audio")))
+        self.audio_proj = ProjHead(audio_dim, proj_dim, dropout, bool(std.get("audio")), mix)
         self.text_proj = ProjHead(text_dim, proj_dim, dropout, bool(std.get("text")))
         self.logit_scale = nn.Parameter(torch.tensor(float(logit_scale_init)))
         self.max_logit_scale = max_logit_scale
 
     def forward(self, audio: torch.Tensor, text: torch.Tensor):
-        """Unit-norm projections [B, P] of both, and the (clamped) scale."""
+        """Unit-norm projections [B, P] of both (audio [B, D], or [B, L, D] with a layer mix), and the (clamped)
+        scale."""
         return self.audio_proj(audio), self.text_proj(text), self.logit_scale.clamp(max=self.max_logit_scale).exp()
 
 
@@ -119,13 +127,15 @@ class ClapTask(Task):
 
     @classmethod
     def new(cls, cfg: ClapConfig, data) -> "ClapTask":
-        layer = resolve_layer(cfg.audio_layer, data.audio_layers)
+        layers = audio_layers(cfg.audio_layer, data.audio_layers)
         text_key = text_member(cfg.text_field)
         # per-feature statistics of the train split, for encoders on mixed scales (a trained model has its own)
-        stats = {k: v for k, v in (("audio", field_stats(data.feature_stats, "audio", [layer])),
+        stats = {k: v for k, v in (("audio", field_stats(data.feature_stats, "audio", layers)),
                                    ("text", field_stats(data.feature_stats, text_key))) if v}
         arch = {"dims": {"audio": data.audio_dim, "text": data.text_dim, "proj": cfg.proj_dim or data.text_dim},
-                "audio_layer": layer, "text_field": cfg.text_field}
+                "audio_layer": WEIGHTED if cfg.audio_layer == WEIGHTED else layers[0], "text_field": cfg.text_field}
+        if cfg.audio_layer == WEIGHTED:  # absent for one layer: those checkpoints stay as they were
+            arch["mix"] = layers
         if stats:  # absent for sets without statistics: their checkpoints stay as they were
             arch["standardize"] = {k: True for k in stats}
         return cls(cfg, data, arch, init={"stats": stats})
@@ -134,7 +144,8 @@ class ClapTask(Task):
         a = self._arch
         self.text_field, self.layer, self.dims = a["text_field"], a["audio_layer"], dict(a["dims"])
         self.text_key = text_member(self.text_field)
-        self.layers = [self.layer]
+        self.mix = list(a.get("mix") or [])  # the layers the audio head mixes (none: it reads `layer`)
+        self.layers = self.mix or [self.layer]
         self.fields = ("audio", self.text_key, "label")
         d = self.data
         if d is None:
@@ -150,19 +161,23 @@ class ClapTask(Task):
     def make_model(self) -> nn.Module:
         c, d = self.cfg, self.dims
         return Clap(d["audio"], d["text"], d["proj"], c.dropout, c.logit_scale_init, c.max_logit_scale,
-                    self._arch.get("standardize"))
+                    self._arch.get("standardize"), self.mix or None)
 
     def initialise(self, model: nn.Module) -> None:
         for k, head in (("audio", model.audio_proj), ("text", model.text_proj)):
             if k in self.init["stats"]:
                 head.standardize.set(*self.init["stats"][k])
 
+    def audio(self, batch) -> torch.Tensor:
+        """The audio head's input: every loaded layer [B, L, D] for a mix, the one layer [B, D] otherwise."""
+        return batch["audio"] if self.mix else batch["audio"][:, 0]
+
     def loss(self, model, batch):
-        a, t, scale = model(batch["audio"][:, 0], batch[self.text_key])
+        a, t, scale = model(self.audio(batch), batch[self.text_key])
         return contrastive_loss(a, t, scale), {"logit_scale": scale.detach()}
 
     def outputs(self, model, batch):
-        a, t, _ = model(batch["audio"][:, 0], batch[self.text_key])
+        a, t, _ = model(self.audio(batch), batch[self.text_key])
         return {"audio": a, "text": t, "label": batch["label"]}
 
     def metrics(self, out):
@@ -215,6 +230,7 @@ def export_projectors(checkpoint: str, out: str) -> dict:
         "logit_scale": sd["logit_scale"].clone(),
         "dims": ckpt["arch"]["dims"],
         "audio_layer": ckpt["arch"]["audio_layer"],
+        **({"mix": ckpt["arch"]["mix"]} if ckpt["arch"].get("mix") else {}),  # the layers audio_proj's mix.logits weigh
         "text_field": ckpt["arch"]["text_field"],
         "data": {k: ckpt["data"][k] for k in ("name", "fingerprint", "encoders", "audio_layers")},
         "checkpoint": {"path": checkpoint, "epoch": ckpt["train"]["epoch"], "best": ckpt["train"]["best"]},
@@ -224,11 +240,16 @@ def export_projectors(checkpoint: str, out: str) -> dict:
 
 
 def projector_checkpoint(obj: dict, path: str, data) -> dict:
-    """Projectors (ours: {audio_proj, text_proj, logit_scale, dims, audio_layer, data}; the reference's:
+    """Projectors (ours: {audio_proj, text_proj, logit_scale, dims, audio_layer, [mix,] data}; the reference's:
     {audio_proj: {fc.weight, fc.bias} or bare {weight, bias}, text_proj: ...}) as a CLAP checkpoint dict."""
     heads = {k: linear_state(obj[k]) for k in ("audio_proj", "text_proj")}
-    for k, head in heads.items():  # ours may carry the input statistics they were trained with
-        head.update({n: v for n, v in obj[k].items() if isinstance(n, str) and n.startswith("standardize.")})
+    for k, head in heads.items():  # ours may carry the input statistics they were trained with, and a layer mix
+        head.update({n: v for n, v in obj[k].items() if isinstance(n, str) and n.startswith(("standardize.", "mix."))})
+    mix = list(obj.get("mix") or [])
+    logits = heads["audio_proj"].get("mix.logits")
+    if len(mix) != (0 if logits is None else logits.numel()):
+        raise LakeError(f"{path}: projectors whose audio head mixes {0 if logits is None else logits.numel()} layers, "
+                        f"but name {len(mix)} (mix); export them again with `python -m trainers.clap export`")
     a, t = heads["audio_proj"]["fc.weight"], heads["text_proj"]["fc.weight"]
     if a.shape[0] != t.shape[0]:
         raise LakeError(f"{path}: audio and text projections have different widths ({a.shape[0]} vs {t.shape[0]})")
@@ -237,6 +258,8 @@ def projector_checkpoint(obj: dict, path: str, data) -> dict:
         layer = resolve_layer("last", data.audio_layers)
     arch = {"dims": obj.get("dims") or {"audio": int(a.shape[1]), "text": int(t.shape[1]), "proj": int(a.shape[0])},
             "audio_layer": layer, "text_field": obj.get("text_field") or "transcript"}
+    if mix:
+        arch["mix"] = mix
     standardize = {k: True for k in ("audio", "text") if "standardize.mean" in heads[f"{k}_proj"]}
     if standardize:
         arch["standardize"] = standardize
@@ -249,10 +272,12 @@ def projector_checkpoint(obj: dict, path: str, data) -> dict:
 
 
 def check_same_projectors(clap_ckpt: str, clap_audio: nn.Module, trained: str) -> None:
-    """`clap_ckpt` must hold the CLAP audio head that the model of `trained` carries (`clap_audio`, frozen)."""
+    """`clap_ckpt` must hold the CLAP audio head that the model of `trained` carries (`clap_audio`, frozen): the same
+    weights, statistics and layer mix."""
     _, clap = ClapTask.load(clap_ckpt)
-    ours, inside = clap.audio_proj.fc.weight, clap_audio.fc.weight
-    if ours.shape != inside.shape or not torch.equal(ours, inside):
+    ours, inside = clap.audio_proj.state_dict(), clap_audio.state_dict()
+    if set(ours) != set(inside) or any(ours[k].shape != inside[k].shape or not torch.equal(ours[k], inside[k])
+                                       for k in ours):
         raise LakeError(f"{clap_ckpt}: not the CLAP projectors {trained} was trained with")
 
 
@@ -273,8 +298,12 @@ def export_main(argv) -> int:
 
     def work() -> int:
         proj = export_projectors(args.checkpoint, args.out)
+        mix = ""
+        if proj.get("mix"):
+            weights = torch.softmax(proj["audio_proj"]["mix.logits"].float(), 0).tolist()
+            mix = " (" + ", ".join(f"{n} {w:.2f}" for n, w in zip(proj["mix"], weights)) + ")"
         print(f"wrote {args.out}: audio {proj['dims']['audio']} -> {proj['dims']['proj']}, text "
-              f"{proj['dims']['text']} -> {proj['dims']['proj']}, audio layer {proj['audio_layer']}, "
+              f"{proj['dims']['text']} -> {proj['dims']['proj']}, audio layer {proj['audio_layer']}{mix}, "
               f"scale {math.exp(float(proj['logit_scale'])):.2f}")
         return 0
 

@@ -1,5 +1,5 @@
 """Input conventions shared by the stage models: unit-norm inputs, per-feature standardisation
-before them where the encoder asks for it, and the audio layer they read.
+before them where the encoder asks for it, and the audio layer(s) they read.
 
 Both reference trainers only ever saw L2-normalised audio and text vectors; the
 models here normalise their inputs themselves, so a checkpoint works on any set
@@ -8,6 +8,17 @@ set's manifest records the train split's statistics: shards.stats), each feature
 first standardised with those statistics, held as buffers in the model: the checkpoint
 carries them, so evaluation and prediction apply what training applied, whatever set
 they read. Sets without statistics keep exactly the reference's numerics.
+
+An audio input reads one stored layer, or (`--audio-layer weighted`) a learned mix of all of
+them: `LayerMix`, SUPERB's featurizer (s3prl's `Featurizer`: softmax over one learned logit per
+layer, logits initialised to zero = equal weights, the weighted sum of the layers). s3prl can
+layer-normalise each layer before the sum, so that a layer's share is decided by its weight and
+not by the scale of its activations (late transformer layers are often many times larger).
+Here each layer is first standardised per feature where the set records statistics (as a single
+layer is), then L2-normalised: the inputs every model of this project already reads, and the
+same equalisation of scales (without layer norm's centring over features, which would mix the
+per-feature standardisation back up). The mix of unit vectors is not unit-norm; the model
+normalises it again as it does any input.
 """
 
 from __future__ import annotations
@@ -19,8 +30,11 @@ import torch.nn.functional as F
 from lake.errors import LakeError
 from lake.layers import resolve_layers
 
+WEIGHTED = "weighted"
 LAYER_HELP = ("audio layer: a stored layer name or index, 'last' (the last raw hidden layer, as the reference "
-              "run), or 'weighted' (learned softmax weights over all stored layers; SLM prosody branch only)")
+              "run), or 'weighted' (a learned softmax weighting of all stored layers, SUPERB's featurizer: weights "
+              "start equal, are saved in the checkpoint and shown in the stage reports; the loader then reads every "
+              "stored layer)")
 
 
 def l2(x: torch.Tensor) -> torch.Tensor:
@@ -33,6 +47,38 @@ def resolve_layer(spec: str, stored: list[str]) -> str:
     if len(chosen) != 1:
         raise LakeError(f"--audio-layer {spec}: names {len(chosen)} layers; give one (a name, an index or 'last')")
     return chosen[0]
+
+
+def audio_layers(spec: str, stored: list[str]) -> list[str]:
+    """The stored layers an --audio-layer reads: all of them for 'weighted', else the one it names."""
+    return list(stored) if spec == WEIGHTED else [resolve_layer(spec, stored)]
+
+
+class LayerMix(nn.Module):
+    """[B, L, D] -> [B, D]: sum_l softmax(logits)_l * L2(x_l), the logits learned (zeros at first: equal weights).
+
+    `names`: the stored layers, in the order of the input's L axis (kept for reports, not in the state dict);
+    `what`: which input of the model it feeds, as reports name it."""
+
+    def __init__(self, names: list[str], what: str):
+        super().__init__()
+        self.names, self.what = list(names), what
+        self.logits = nn.Parameter(torch.zeros(len(self.names)))
+
+    def weights(self) -> torch.Tensor:
+        return torch.softmax(self.logits.detach().float(), 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 3 or x.shape[1] != len(self.names):
+            raise ValueError(f"a mix of {len(self.names)} layers got input of shape {tuple(x.shape)}")
+        w = torch.softmax(self.logits.float(), 0)
+        return (w[None, :, None] * l2(x)).sum(1)
+
+
+def layer_weights(model: nn.Module) -> dict[str, dict[str, float]]:
+    """{what: {layer: weight}} of every layer mix in `model` (a frozen one, from the previous stage, marked so)."""
+    return {f"{m.what}{'' if m.logits.requires_grad else ' (frozen)'}": dict(zip(m.names, m.weights().tolist()))
+            for m in model.modules() if isinstance(m, LayerMix)}
 
 
 class Standardize(nn.Module):

@@ -9,6 +9,13 @@ the SLM checkpoint). Last layers Xavier-uniform with zero bias. The loss is
 cross-entropy with label smoothing 0.1 and class weights w_c = sqrt(n_max / n_c)
 counted on this set's train split (the same weights in the dev loss). It reads
 precomputed MELD shards: no audio model, little GPU memory.
+
+The audio layers are the SLM's: the loader reads those it reads, and its layer mixes (the CLAP
+head's and the prosody branch's, where they were trained with `--audio-layer weighted`) stay
+frozen with the rest of it. So MELD has no `--audio-layer` of its own: re-learning the weights
+under the frozen CLAP head and prosody projection would feed them mixtures they were never fitted
+to, and a mix of its own inside the new head would make mode A another model than the reference's.
+The stage-4 report shows the frozen weights.
 """
 
 from __future__ import annotations

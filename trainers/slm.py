@@ -3,11 +3,16 @@
     python -m trainers.slm --data-root SET --clap-ckpt clap_projectors.pt --num-emotions N \
         --batch-size 512 --epochs 50 [--checkpoint C --resume]
 
-    s_a = L2(audio_proj(x_a)), s_t = L2(text_proj(x_t))     frozen CLAP heads
-    p   = Linear(Da, P)(x_p)                                  prosody: raw audio (a layer, or learned layer mix)
+    s_a = L2(audio_proj(x_a)), s_t = L2(text_proj(x_t))     frozen CLAP heads (x_a: the CLAP's layer or layer mix)
+    p   = Linear(Da, P)(x_p)                                  prosody: raw audio (a layer, or its own learned layer mix)
     g   = sigmoid((W_q s_t) . (W_k s_a) / sqrt(P))            one gate per clip: do text and audio agree?
     fused = [g * W_v p, s_a, s_t, s_a * s_t, |s_a - s_t|]     5P
     logits = Linear(5P, 1024) -> GELU -> Dropout 0.1 -> Linear(1024, N)
+
+`--audio-layer` is the prosody branch's: a stored layer, `clap` (the CLAP's: its layer, or for a CLAP
+trained with `--audio-layer weighted` a mix of the same layers, learned afresh here), or `weighted`
+(a learned mix of all stored layers, trainers.features.LayerMix). The CLAP audio head's mix, if it
+has one, is the CLAP's and stays frozen with it: the projections s_a are the ones CLAP aligned.
 
 Plain cross-entropy, AdamW lr 1e-4 wd 0.01, the global batch 512: the reference run,
 which trained 150 epochs as 50 + 50 + 50 with --resume. Selection: validation macro-F1.
@@ -35,7 +40,7 @@ from lake.errors import LakeError
 from trainers.clap import ClapTask, ProjHead
 from trainers.cli import parse_stage_args, stage_parser
 from trainers.config import TrainConfig
-from trainers.features import LAYER_HELP, Standardize, field_stats, l2, resolve_layer
+from trainers.features import LAYER_HELP, WEIGHTED, LayerMix, Standardize, field_stats, l2, resolve_layer
 from trainers.loop import Task, check_layers
 from trainers.metrics import classification_metrics_from
 from trainers.reference import is_reference_slm, slm_checkpoint
@@ -46,7 +51,9 @@ class SlmConfig(TrainConfig):
     clap_ckpt: str = arg(REQUIRED, "the CLAP projectors (clap_projectors.pt from `python -m trainers.clap export`)")
     num_emotions: int = arg(0, "class count; must equal the set's taxonomy (0 = read it from the manifest)",
                             range=at_least(0))
-    audio_layer: str = arg("clap", LAYER_HELP + "; 'clap' = the layer the CLAP projectors were trained on")
+    audio_layer: str = arg("clap", "the prosody branch's " + LAYER_HELP + "; 'clap' = the layer the CLAP "
+                           "projectors were trained on (for projectors trained on 'weighted': a mix of their layers, "
+                           "learned here)")
     hidden_dim: int = arg(1024, "width of the classifier MLP", range=at_least(1))
     dropout: float = arg(0.1, "dropout in the classifier MLP", range=between(0, 1, hi_open=True))
 
@@ -63,25 +70,28 @@ PRESETS = {
 
 
 class ProsodySLM(nn.Module):
-    """audio [B, L, Da] (the loaded layers), text [B, Dt] -> logits [B, N].
+    """audio [B, L, Da] (the loaded layers, named by `layers`), text [B, Dt] -> logits [B, N].
 
-    `clap_index`: which loaded layer the CLAP audio head reads; `prosody_index`: which
-    one the prosody branch reads, or None for a learned softmax mix of all of them.
+    `clap_index`: which loaded layer the CLAP audio head reads, or (a list) the ones its layer mix
+    reads, in the mix's order; `prosody_index`: which one the prosody branch reads, or None for its
+    own learned softmax mix of all of them (`prosody_mix`).
     """
 
-    def __init__(self, audio_dim: int, text_dim: int, proj_dim: int, num_classes: int, num_layers: int,
-                 clap_index: int, prosody_index: int | None, hidden_dim: int = 1024, dropout: float = 0.1,
+    def __init__(self, audio_dim: int, text_dim: int, proj_dim: int, num_classes: int, layers: list[str],
+                 clap_index: int | list[int], prosody_index: int | None, hidden_dim: int = 1024, dropout: float = 0.1,
                  standardize: dict | None = None):
         super().__init__()
         std = standardize or {}
         self.clap_index, self.prosody_index = clap_index, prosody_index
-        self.clap_audio = ProjHead(audio_dim, proj_dim, 0.0, bool(std.get("clap_audio")))
+        clap_mix = [layers[i] for i in clap_index] if isinstance(clap_index, list) else None
+        self.clap_audio = ProjHead(audio_dim, proj_dim, 0.0, bool(std.get("clap_audio")), clap_mix)
         self.clap_text = ProjHead(text_dim, proj_dim, 0.0, bool(std.get("clap_text")))
         # the prosody branch's own statistics (of this SLM's training set, all loaded layers)
-        self.prosody_standardize = Standardize((num_layers, audio_dim)) if std.get("prosody") else None
+        self.prosody_standardize = Standardize((len(layers), audio_dim)) if std.get("prosody") else None
         for p in list(self.clap_audio.parameters()) + list(self.clap_text.parameters()):
             p.requires_grad_(False)
-        self.layer_logits = nn.Parameter(torch.zeros(num_layers)) if prosody_index is None else None
+        self.prosody_mix = LayerMix(layers, "prosody branch") if prosody_index is None else None
+        self.register_load_state_dict_pre_hook(_renamed_mix)
         self.prosody = nn.Linear(audio_dim, proj_dim)
         self.w_q = nn.Linear(proj_dim, proj_dim)
         self.w_k = nn.Linear(proj_dim, proj_dim)
@@ -100,11 +110,7 @@ class ProsodySLM(nn.Module):
         s_t = self.clap_text(text)
         if self.prosody_standardize is not None:
             audio = self.prosody_standardize(audio)
-        if self.prosody_index is None:
-            w = torch.softmax(self.layer_logits, 0)
-            x_p = (w[None, :, None] * l2(audio)).sum(1)
-        else:
-            x_p = l2(audio[:, self.prosody_index])
+        x_p = self.prosody_mix(audio) if self.prosody_mix is not None else l2(audio[:, self.prosody_index])
         p = self.prosody(x_p)
         q, k, v = self.w_q(s_t), self.w_k(s_a), self.w_v(p)
         gate = torch.sigmoid((q * k).sum(-1, keepdim=True) / math.sqrt(q.shape[-1]))
@@ -114,13 +120,23 @@ class ProsodySLM(nn.Module):
         return self.head(self.fused(audio, text))
 
 
-def slm_layers(clap_layer: str, spec: str, stored: list[str]) -> tuple[list[str], int, int | None]:
-    """(layers to load, index of the CLAP layer among them, index of the prosody layer or None = mix)."""
-    if spec == "weighted":
-        return list(stored), stored.index(clap_layer), None
-    prosody = clap_layer if spec == "clap" else resolve_layer(spec, stored)
-    layers = [clap_layer] + ([prosody] if prosody != clap_layer else [])
-    return layers, 0, layers.index(prosody)
+def _renamed_mix(module, state_dict, prefix, *_) -> None:
+    """SLM checkpoints written before trainers.features.LayerMix held the prosody mix's logits as `layer_logits`."""
+    if prefix + "layer_logits" in state_dict:
+        state_dict[prefix + "prosody_mix.logits"] = state_dict.pop(prefix + "layer_logits")
+
+
+def slm_layers(clap: list[str], clap_mixes: bool, spec: str, stored: list[str]) -> tuple[list[str], int | list[int],
+                                                                                          int | None]:
+    """(layers to load; where the CLAP audio head reads among them: an index, or the list its mix reads; the prosody
+    layer's index, or None for the prosody branch's own mix of all of them). `clap`: the CLAP's layer(s)."""
+    if spec == WEIGHTED or (spec == "clap" and clap_mixes):
+        layers, prosody = list(stored), None
+    else:
+        name = clap[0] if spec == "clap" else resolve_layer(spec, stored)
+        layers = list(clap) + ([name] if name not in clap else [])
+        prosody = layers.index(name)
+    return layers, [layers.index(x) for x in clap] if clap_mixes else layers.index(clap[0]), prosody
 
 
 class SlmTask(Task):
@@ -134,7 +150,8 @@ class SlmTask(Task):
             raise LakeError(f"--num-emotions {cfg.num_emotions}, but {data.root} has {n} classes in its taxonomy "
                             f"({', '.join(data.taxonomy[:6])}{', ...' if n > 6 else ''}); pass --num-emotions {n}")
         clap_task, clap = ClapTask.load(cfg.clap_ckpt, data)  # checks its encoders, dims and layer against the sets
-        layers, clap_index, prosody_index = slm_layers(clap_task.layer, cfg.audio_layer, data.audio_layers)
+        layers, clap_index, prosody_index = slm_layers(clap_task.layers, bool(clap_task.mix), cfg.audio_layer,
+                                                       data.audio_layers)
         d = clap_task.dims
         arch = {"audio_dim": d["audio"], "text_dim": d["text"], "proj_dim": d["proj"], "num_classes": n,
                 "taxonomy": data.taxonomy, "layers": layers, "clap_index": clap_index, "prosody_index": prosody_index,
@@ -146,7 +163,8 @@ class SlmTask(Task):
             standardize["prosody"] = True
         if standardize:  # absent for sets without statistics: their checkpoints stay as they were
             arch["standardize"] = standardize
-        clap_info = {"dims": d, "audio_layer": clap_task.layer, "data": clap_task.checkpoint["data"]}
+        clap_info = {"dims": d, "audio_layer": clap_task.layer, "data": clap_task.checkpoint["data"],
+                     **({"mix": clap_task.mix} if clap_task.mix else {})}
         init = {"clap_audio": clap.audio_proj.state_dict(), "clap_text": clap.text_proj.state_dict(),
                 "prosody_stats": prosody_stats}
         return cls(cfg, data, arch, {"clap": clap_info}, init)
@@ -196,7 +214,7 @@ class SlmTask(Task):
 
 def build_slm(arch: dict, dropout: float = 0.1) -> ProsodySLM:
     return ProsodySLM(arch["audio_dim"], arch["text_dim"], arch["proj_dim"], arch["num_classes"],
-                      len(arch["layers"]), arch["clap_index"], arch["prosody_index"], arch["hidden_dim"], dropout,
+                      arch["layers"], arch["clap_index"], arch["prosody_index"], arch["hidden_dim"], dropout,
                       arch.get("standardize"))
 
 
