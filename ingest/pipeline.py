@@ -63,7 +63,7 @@ class RankWorker:
         self.preempted = preempted
         self._failures_in_a_row = 0
         self._bytes_total = sum(u.size for u in ledger.todo) or 1
-        self._bytes_read = 0
+        self._bytes_read = self._clips_seen = 0
 
     def split_of(self, clip: Clip | Skip) -> str:
         return self.source.split_policy.split_of(clip)
@@ -103,15 +103,18 @@ class RankWorker:
                     return
                 if isinstance(item, Skip):
                     ledger.skipped(item.key, item.reason, item.source_uri, self.split_of(item))
+                    self._clips_seen += 1
                     continue
                 if ledger.full:
                     break
+                self._clips_seen += 1
                 if ledger.take(unit.id, item.key, item.source_uri, self.split_of(item)):
                     yield item
             self._bytes_read += unit.size
-            if self.progress is not None and self._bytes_read:  # clips to come, estimated from the bytes read
-                done = self.progress.n
-                self.progress.total = max(done, int(done * self._bytes_total / self._bytes_read))
+            if self.progress is not None and self._bytes_read:  # the run's clips, estimated from the bytes read
+                estimate = int(self._clips_seen * self._bytes_total / self._bytes_read)
+                self.progress.total = max(self.progress.n, estimate if not ledger.limit else min(estimate,
+                                                                                                  ledger.limit))
 
     def _quarantine(self, clip: Clip, stage: str, reason: str) -> None:
         self.ledger.quarantine(clip.key, stage, reason, clip.source_uri, self.split_of(clip))

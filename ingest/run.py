@@ -50,14 +50,19 @@ def _ingest(cfg: IngestConfig, world: World, device: str, out: SetOutput, preemp
     from ingest.write.merge import merge_set  # shards.stats imports torch: seconds of start-up (-X importtime)
 
     t0 = time.time()
+    say = (lambda msg: print(f"ingest: {msg}", file=sys.stderr, flush=True)) if world.is_main else (lambda msg: None)
+    say(f"reading the {cfg.source} source at {cfg.input}")
     source = open_source(cfg, world)
     taxonomy = source.taxonomy()
     if getattr(source, "precomputed", False):  # the rows arrive as vectors: no decoding, no encoders
         audio = text = None
         encoders = source.encoders()
     else:
+        say(f"{len(source.units())} source units, {len(taxonomy)} classes; loading the encoders ({cfg.audio_encoder} "
+            f"audio, {cfg.text_encoder} text) on {device}")
         audio, text = build_encoders(cfg, device)
         encoders = {"audio": audio.info(), "text": text.info()}
+        say(f"encoders ready after {time.time() - t0:.0f} s; decoding and encoding")
     plan = make_plan(cfg, source, taxonomy, encoders, world.world_size)
     status, build = prepare_output(cfg, plan, world, out)
     if status == Status.COMPLETE and build.root == out.root:
@@ -93,7 +98,8 @@ def _build(cfg, world, device, source, taxonomy, audio, text, status: Status, bu
     barrier()
     state = read_journals(build)
     units = assign_units(source.units(), world.world_size)[world.rank]
-    progress = Progress(f"ingest{' rank 0' if world.distributed else ''}", unit="clip", enabled=world.is_main)
+    progress = Progress(f"ingest{' rank 0' if world.distributed else ''}", unit="clip", enabled=world.is_main,
+                        estimated=True)
     if world.is_main and status in (Status.RESUME, Status.REPAIR):
         progress.write(f"resuming {build.root}: {len(state.shards)} shards and {len(state.units_done)} source units "
                        "already done")

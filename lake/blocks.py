@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
+import xxhash
 
 SHARDS_DIR = "shards"
 SHARD_SUFFIX = ".tar"
@@ -83,6 +84,18 @@ def member_shape(member: str, rows: int, size_of: Callable[[str], int]) -> tuple
     """The shape an array member of `rows` rows has; `size_of(axis)`: the size of each other axis in
     a given set (lake.schema.Manifest.axis_size)."""
     return tuple(rows if axis == "rows" else size_of(axis) for axis in ARRAY_MEMBERS[member].dims)
+
+
+CHECKSUM = "xxh3"
+"""The manifest's key for each block member's checksum: xxh3-64 of the member's bytes (6 GB/s here, 3x zlib's
+crc32), recorded when the shard is written and checked the first time a process reads the member (shards.mapped):
+a flipped byte or a NaN written into a shard is found before a batch carries it. Sets written before it have none
+(only their sizes, and `shards verify`'s sha256, check them)."""
+
+
+def checksum(data) -> int:
+    """The checksum of a member's bytes (any buffer: bytes, a memoryview of a mapped shard)."""
+    return xxhash.xxh3_64_intdigest(data)
 
 
 def block_name(index: int) -> str:

@@ -101,6 +101,21 @@ class ShardSet:
         return rows
 
 
+def repair_hint(manifest: Manifest | None = None, root: str | None = None) -> str:
+    """What repairs a damaged set: the ingest command that made it, run again, writing to where the set is now
+    (a copied set's manifest records the command of its first place)."""
+    argv = list(manifest.ingest.get("settings", {}).get("argv") or []) if manifest is not None else []
+    if argv and root is not None:
+        for i, a in enumerate(argv):
+            if a == "--out" and i + 1 < len(argv):
+                argv[i + 1] = root
+            elif a.startswith("--out="):
+                argv[i] = f"--out={root}"
+    command = ("`python -m ingest " + " ".join(argv) + "`") if argv else "the ingest command that made it"
+    return (f"to repair: re-run {command}: it checks the set, rebuilds the index and the manifest from the shards and "
+            "ingests again the clips of damaged shards (add --check to hash every shard first)")
+
+
 def open_shard_set(root: str, cache_dir: str | None = None, cache_limit_gb: float | None = None,
                    storage_options: str | dict | None = None) -> ShardSet:
     """Read `root/manifest.json`; every problem becomes one LakeError naming the file.

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from lake.blocks import member_shape
+from lake.blocks import CHECKSUM, member_shape
 from lake.errors import LakeError
 
 SCHEMA_VERSION = 1
@@ -71,17 +71,20 @@ def index_schema():
 
 @dataclass
 class BlockEntry:
-    """One block of a shard: its row count and each member's [offset, size] in the tar."""
+    """One block of a shard: its row count, each member's [offset, size] in the tar and, for sets written since
+    they exist, each member's checksum (lake.blocks.checksum; checked when a reader first maps the member)."""
 
     rows: int
     members: dict[str, list[int]]
+    checksums: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"rows": self.rows, "members": self.members}
+        return {"rows": self.rows, "members": self.members, **({CHECKSUM: self.checksums} if self.checksums else {})}
 
     @classmethod
     def from_dict(cls, d: dict) -> "BlockEntry":
-        return cls(rows=int(d["rows"]), members={k: [int(v[0]), int(v[1])] for k, v in d["members"].items()})
+        return cls(rows=int(d["rows"]), members={k: [int(v[0]), int(v[1])] for k, v in d["members"].items()},
+                   checksums={k: int(v) for k, v in d.get(CHECKSUM, {}).items()})
 
 
 @dataclass

@@ -19,7 +19,7 @@ import sys
 
 from lake import storage
 from lake.blocks import ROW_NAME
-from lake.catalog import default_cache_dir, open_shard_set
+from lake.catalog import default_cache_dir, open_shard_set, repair_hint
 from lake.cliargs import at_least, bounded
 from lake.errors import LakeError, describe_os_error
 from lake.progress import human_bytes
@@ -27,7 +27,7 @@ from lake.schema import MANIFEST_NAME
 from shards.card import settings_for, write_card
 from shards.copy import copy_set
 from shards.describe import head_rows, list_shards, set_stats, show_clip
-from shards.verify import repair_hint, verify_set
+from shards.verify import verify_set
 
 
 def _table(rows: list[list], header: list[str]) -> str:

@@ -29,8 +29,8 @@ from typing import Any, Iterator
 import numpy as np
 
 from lake import storage
-from lake.blocks import (ARRAY_MEMBERS, MEMBER_SUFFIX, META_LISTS, META_MEMBER, block_name, member_file, member_of,
-                         split_member_file)
+from lake.blocks import (ARRAY_MEMBERS, MEMBER_SUFFIX, META_LISTS, META_MEMBER, block_name, checksum, member_file,
+                         member_of, split_member_file)
 from lake.errors import LakeError, about
 from lake.schema import BlockEntry, ShardEntry
 from shards.mapped import npy_view  # numpy's own .npy header parser is not thread-safe on Python 3.11
@@ -168,6 +168,7 @@ class ShardWriter:
         n = check_block(block)
         index = len(self.blocks)
         members: dict[str, list[int]] = {}
+        sums: dict[str, int] = {}
         for name in MEMBER_SUFFIX:
             if name not in block:
                 continue
@@ -176,7 +177,8 @@ class ShardWriter:
             # after addfile the tar offset sits past the data padded to 512 bytes
             padded = -(-len(data) // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
             members[name] = [self._tar.offset - padded, len(data)]
-        self.blocks.append(BlockEntry(rows=n, members=members))
+            sums[name] = checksum(data)
+        self.blocks.append(BlockEntry(rows=n, members=members, checksums=sums))
         self.rows += n
         return index
 

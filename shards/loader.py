@@ -36,7 +36,7 @@ import torch
 import webdataset as wds
 
 from lake import storage
-from lake.catalog import ShardSet
+from lake.catalog import ShardSet, repair_hint
 from lake.errors import LakeError
 from shards.cache import Prefetcher, cache_for
 from shards.mapped import ShardMap
@@ -83,7 +83,8 @@ class _Gather:
     """
 
     def __init__(self, loader: "ShardLoader"):
-        self.paths, self.entries, self.caches = loader.paths, loader.entries, loader.caches
+        self.paths, self.entries, self.caches, self.repairs = loader.paths, loader.entries, loader.caches, loader.repairs
+        self.num_classes = [len(s.taxonomy) for s in loader.sets]
         self.block_table = loader.block_table  # [n_blocks, 2]: shard index, block index in shard
         self.offsets = block_offsets(loader.block_rows)
         self.set_blocks, self.label_ids = loader.set_blocks, loader.label_ids
@@ -104,7 +105,8 @@ class _Gather:
     def _map(self, s: int) -> ShardMap:
         shard = self._maps.get(s)
         if shard is None:
-            shard = self._maps[s] = ShardMap(self.paths[s], self.entries[s], members=self.members, cache=self.caches[s])
+            shard = self._maps[s] = ShardMap(self.paths[s], self.entries[s], members=self.members, cache=self.caches[s],
+                                             repair=self.repairs[s])
         return shard
 
     def _block(self, b: int) -> list:
@@ -156,7 +158,7 @@ class _Gather:
         bytes per block); -1 for a row its set's label map leaves out."""
         if self._labels is None:
             self._labels = read_labels(self.paths, self.entries, self.caches, self.block_table, self.set_blocks,
-                                       self.label_ids)
+                                       self.label_ids, self.num_classes, self.repairs)
         return self._labels
 
     def __call__(self, plans):
@@ -185,12 +187,21 @@ class _Gather:
             yield out
 
 
-def read_labels(paths, entries, caches, block_table, set_blocks, label_ids) -> np.ndarray:
-    """[rows] int64 labels of every block, each set's mapped through its `label_ids` table (None: as stored)."""
-    maps = [ShardMap(p, e, members=("label",), cache=c) for p, e, c in zip(paths, entries, caches)]
+def read_labels(paths, entries, caches, block_table, set_blocks, label_ids, num_classes, repairs) -> np.ndarray:
+    """[rows] int64 labels of every block, each set's mapped through its `label_ids` table (None: as stored),
+    checked against its set's taxonomy (`num_classes`): a damaged label is one line naming its shard and block."""
+    maps = [ShardMap(p, e, members=("label",), cache=c, repair=r) for p, e, c, r in zip(paths, entries, caches,
+                                                                                        repairs)]
     raw = [maps[int(s)].block(int(i))["label"] for s, i in block_table]
     out, first = [], 0
-    for blocks, table in zip(set_blocks, label_ids):
+    for n, (blocks, table) in enumerate(zip(set_blocks, label_ids)):
+        for b in range(first, first + blocks):
+            bad = (raw[b] < 0) | (raw[b] >= num_classes[n])
+            if bad.any():
+                s, i = block_table[b]
+                raise LakeError(f"{paths[s]} block {i}: label id {int(raw[b][bad][0])} is outside the set's "
+                                f"{num_classes[n]} classes (the shard is damaged); `python -m shards verify` lists "
+                                f"all the damage; {repairs[s]}")
         labels = np.concatenate(raw[first:first + blocks]).astype(np.int64)
         out.append(labels if table is None else np.asarray(table, dtype=np.int64)[labels])
         first += blocks
@@ -299,12 +310,14 @@ class ShardLoader:
     def _index_shards(self, split: str) -> None:
         """The split's shards of every set, one after the other: paths, entries, caches, blocks and their rows."""
         self.paths, self.entries, self.caches, self.set_blocks, self._set_block_rows = [], [], [], [], []
+        self.repairs: list[str] = []
         for shards in self.sets:
             entries = shards.manifest.shards_of(split)
             cache = cache_for(shards, entries)
             self.paths += [shards.shard_path(e) for e in entries]
             self.entries += entries
             self.caches += [cache] * len(entries)
+            self.repairs += [repair_hint(shards.manifest, shards.root)] * len(entries)
             rows = np.array([b.rows for e in entries for b in e.blocks], dtype=np.int64)
             self.set_blocks.append(len(rows))
             self._set_block_rows.append(rows)
@@ -317,7 +330,8 @@ class ShardLoader:
         """Per set, which rows its label map keeps (None: every row, no labels read)."""
         if all(t is None for t in self.label_ids):
             return [None] * len(self.sets)
-        labels = read_labels(self.paths, self.entries, self.caches, self.block_table, self.set_blocks, self.label_ids)
+        labels = read_labels(self.paths, self.entries, self.caches, self.block_table, self.set_blocks, self.label_ids,
+                             [len(s.taxonomy) for s in self.sets], self.repairs)
         bounds = block_offsets([int(np.sum(b)) for b in self._set_block_rows])
         return [None if t is None else labels[a:b] >= 0 for t, a, b in zip(self.label_ids, bounds[:-1], bounds[1:])]
 

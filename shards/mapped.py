@@ -19,7 +19,7 @@ import threading
 import numpy as np
 
 from lake import storage
-from lake.blocks import MEMBER_SUFFIX, META_MEMBER
+from lake.blocks import MEMBER_SUFFIX, META_MEMBER, checksum
 from lake.errors import LakeError
 from lake.schema import BlockEntry, ShardEntry
 
@@ -87,8 +87,10 @@ def _map_file(path: str, local: str, entry: ShardEntry) -> mmap.mmap:
 class ShardMap:
     """Blocks of one shard as dicts of arrays; views into a mmap (local or cached) or fetched bytes (URL)."""
 
-    def __init__(self, path: str, entry: ShardEntry, members: tuple[str, ...] | None = None, cache=None):
-        self.path, self.entry = path, entry
+    def __init__(self, path: str, entry: ShardEntry, members: tuple[str, ...] | None = None, cache=None,
+                 repair: str = ""):
+        """`repair`: what repairs the set, said when a member's bytes fail their checksum (lake.catalog.repair_hint)."""
+        self.path, self.entry, self.repair = path, entry, repair
         self.members = members  # which members to load (None = all, meta included)
         self._mm = None
         self._cache = cache if storage.is_url(path) else None  # a shards.cache.ShardCache, or None
@@ -120,6 +122,15 @@ class ShardMap:
             hit = self._views[index] = self._read(index)
         return hit
 
+    def _check(self, entry: BlockEntry, name: str, data: memoryview, where: str) -> None:
+        """A member's bytes against the checksum the manifest records (sets written before checksums: none).
+        Once per member and process for a mapped shard (its views are kept), at every ranged read otherwise."""
+        expected = entry.checksums.get(name)
+        if expected is not None and checksum(data) != expected:
+            raise LakeError(f"{where} {MEMBER_SUFFIX[name]}: its bytes differ from the checksum the manifest records "
+                            f"(the shard is damaged); `python -m shards verify` lists all the damage"
+                            + (f"; {self.repair}" if self.repair else ""))
+
     def _read(self, index: int) -> dict:
         entry = self.entry.blocks[index]
         where = f"{self.path} block {index}"
@@ -130,6 +141,7 @@ class ShardMap:
                 buf, off = self._mm, offset
             else:
                 buf, off = storage.read_range(self.path, offset, offset + size), 0
+            self._check(entry, name, memoryview(buf)[off:off + size], where)
             if name == META_MEMBER:
                 try:
                     out[name] = json.loads(bytes(memoryview(buf)[off:off + size]).decode("utf-8"))

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lake import storage
-from lake.blocks import ARRAY_MEMBERS, KEYS, MEMBER_SUFFIX, META_LISTS, META_MEMBER, SHARD_SUFFIX, SHARDS_DIR, member_of
-from lake.catalog import ShardSet, open_shard_set
+from lake.blocks import (ARRAY_MEMBERS, KEYS, MEMBER_SUFFIX, META_LISTS, META_MEMBER, SHARD_SUFFIX, SHARDS_DIR, checksum,
+                         member_of)
+from lake.catalog import ShardSet, open_shard_set, repair_hint
 from lake.errors import LakeError
 from lake.schema import INDEX_COLUMNS, INDEX_NAME, ShardEntry
 from shards.format import TMP_SUFFIX, HashingFile, decode_member, iter_tar_blocks
@@ -107,6 +108,8 @@ def _check_member(m, where: str, suffix: str, offset: int, data: bytes, block_en
     if block_entry is not None and member in block_entry.members:
         if block_entry.members[member] != [offset, len(data)]:
             bad(f"{where}: {suffix} at [{offset}, {len(data)}], the manifest says {block_entry.members[member]}")
+        if member in block_entry.checksums and checksum(data) != block_entry.checksums[member]:
+            bad(f"{where}: {suffix}: its bytes differ from the checksum the manifest records")
     if member == META_MEMBER:
         if not isinstance(value, dict):
             bad(f"{where}: {META_FILE} is not a JSON object")
@@ -197,14 +200,6 @@ def check_index(shards: ShardSet, reports: dict[str, ShardReport]) -> list[str]:
     return problems
 
 
-def repair_hint(manifest=None) -> str:
-    """What repairs a damaged set: the ingest command that made it, run again."""
-    argv = manifest.ingest.get("settings", {}).get("argv") if manifest is not None else None
-    command = ("`python -m ingest " + " ".join(argv) + "`") if argv else "the ingest command that made it"
-    return (f"to repair: re-run {command}: it checks the set, rebuilds the index and the manifest from the shards and "
-            "ingests again the clips of damaged shards (add --check to hash every shard first)")
-
-
 def verify_set(root: str, workers: int = 4, progress: bool = False) -> tuple[list[str], list[str], dict]:
     """(problems, warnings, summary) for the shard set at root. No problems = the set is sound."""
     try:
@@ -241,5 +236,5 @@ def verify_set(root: str, workers: int = 4, progress: bool = False) -> tuple[lis
             elif name.endswith(SHARD_SUFFIX) and name not in listed:
                 problems.append(f"{storage.join(shard_dir, name)}: shard not listed in the manifest")
     summary = {"shards": len(m.shards), "rows": sum(s.rows for s in m.shards), "bytes": total_bytes,
-               "bad_shards": len({r.path for r in reports if r.problems}), "repair": repair_hint(m)}
+               "bad_shards": len({r.path for r in reports if r.problems}), "repair": repair_hint(m, shards.root)}
     return problems, warnings, summary

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import builtins
+import errno
 import os
 import tempfile
 
@@ -110,6 +112,38 @@ def torchrun(module: str, *args, nproc: int = 2, timeout: int = 300):
                            str(nproc), "-m", module, *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, env=dict(os.environ), cwd=os.path.dirname(os.path.dirname(
                               os.path.abspath(__file__))))
+
+
+class FullDisk:
+    """Every file opened for writing under `root` fails its writes with ENOSPC and no file name, as a
+    full disk does (write(2) does not say which file)."""
+
+    def __init__(self, monkeypatch, root):
+        self.root, self.real = str(root), builtins.open
+        monkeypatch.setattr(builtins, "open", self.open)
+
+    def open(self, file, mode="r", *a, **kw):
+        f = self.real(file, mode, *a, **kw)
+        if isinstance(file, (str, os.PathLike)) and os.fspath(file).startswith(self.root) and set(mode) & set("wax"):
+            return NoSpace(f)
+        return f
+
+
+class NoSpace:
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._f.close()
 
 
 @pytest.fixture

@@ -14,9 +14,7 @@
 
 from __future__ import annotations
 
-import builtins
 import dataclasses
-import errno
 import io
 import json
 import mmap
@@ -29,6 +27,8 @@ import pytest
 from test_decode import tone, write
 
 from lake.catalog import open_shard_set
+
+from conftest import FullDisk
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENCODERS = ("--audio-encoder", "fbank", "--text-encoder", "hashing")
@@ -174,45 +174,13 @@ def test_cache_warnings_are_one_line_with_sizes_in_units(capsys, tmp_path, monke
     assert err.count("\n") == 1 and err.startswith("warning: ") and "300.0 MiB free" in err and "0.0 GB" not in err
 
 
-class _FullDisk:
-    """Every file opened for writing under `root` fails its writes with ENOSPC and no file name, as a
-    full disk does (write(2) does not say which file)."""
-
-    def __init__(self, monkeypatch, root):
-        self.root, self.real = str(root), builtins.open
-        monkeypatch.setattr(builtins, "open", self.open)
-
-    def open(self, file, mode="r", *a, **kw):
-        f = self.real(file, mode, *a, **kw)
-        if isinstance(file, (str, os.PathLike)) and os.fspath(file).startswith(self.root) and set(mode) & set("wax"):
-            return _NoSpace(f)
-        return f
-
-
-class _NoSpace:
-    def __init__(self, f):
-        self._f = f
-
-    def write(self, data):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def __getattr__(self, name):
-        return getattr(self._f, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._f.close()
-
-
 def test_report_and_plot_on_a_full_disk_name_their_file(tmp_path, monkeypatch, capsys):
     from evaluation.plots import plot_confusion
     from evaluation.report import write_report
     from lake.cli import run_cli
 
     out = tmp_path / "reports"
-    _FullDisk(monkeypatch, out)
+    FullDisk(monkeypatch, out)
     code = run_cli(lambda: plot_confusion(np.eye(3), ["a", "b", "c"], out / "confusion.png", "t"))
     err = capsys.readouterr().err
     assert code == 2 and f"no space left on the device holding {out / 'confusion.png'}" in err, err

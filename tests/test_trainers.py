@@ -67,7 +67,7 @@ def test_slm_learns_and_files_are_named_as_the_reference(trained, capsys, monkey
     # a log a person can read: no bar frames, progress as lines, losses every --log-every steps,
     # epochs numbered as the files are
     assert "\r" not in out + err
-    assert re.search(r"^epoch 003: 7 step of 7 step in \d+ s", err, re.M), err[-2000:]
+    assert re.search(r"^epoch 003: 7 of 7 steps \(100%\) in \d+ s, [\d.]+ steps/s$", err, re.M), err[-2000:]
     steps = [int(n) for n in re.findall(r"^step (\d+)  loss", out, re.M)]
     assert steps == sorted({5, 10, 15, 20, 25} | {7, 14, 21, 28})  # every --log-every steps, and each epoch's end
     assert re.findall(r"^epoch (\d{3})/003  train loss", out, re.M) == ["000", "001", "002", "003"]
@@ -321,3 +321,57 @@ def test_data_on_device_trains_to_the_same_weights_as_streaming(trained, tmp_pat
     assert a["loader"] == b["loader"] and a["train"] == b["train"]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
+
+
+def test_a_resumed_run_applies_the_flags_it_can_and_refuses_the_others_in_one_line(trained, tmp_path, capsys):
+    root, proj, _ = trained
+    save = str(tmp_path / "run")
+    args = ["--data-root", root, "--clap-ckpt", proj, "--save-dir", save, "--batch-size", "32", "--num-workers", "0",
+            "--lr", "1e-4", "--no-progress", "--no-test-at-end"]
+    assert slm.main([*args, "--epochs", "1"]) == 0
+    for flag, value, why in (("--hidden-dim", "64", "changes the model"), ("--seed", "5", "keeps its own"),
+                             ("--batch-size", "64", "global batch")):
+        capsys.readouterr()
+        assert slm.main([*args, "--epochs", "2", "--resume", flag, value]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"cannot take {flag} {value}" in err and why in err, err
+    capsys.readouterr()
+    assert slm.main([*args, "--epochs", "2", "--resume", "--lr", "0.01", "--dropout", "0.3"]) == 0
+    out = capsys.readouterr().out
+    assert "applied from here on: --epochs 1 -> 2, --lr 0.0001 -> 0.01, --dropout 0.1 -> 0.3" in out
+    last = load_checkpoint(os.path.join(save, "slm_stage3_last.pt"))
+    assert last["config"]["lr"] == 0.01 and last["config"]["dropout"] == 0.3
+    assert [g["lr"] for g in last["optimizer"]["param_groups"]] == [0.01]  # what ran is what the config says
+
+
+def test_a_checkpoint_save_on_a_full_disk_is_one_line_and_leaves_nothing_half_written(trained, tmp_path, capsys,
+                                                                                        monkeypatch):
+    from conftest import FullDisk
+
+    root, proj, tmp = trained
+    save = tmp_path / "full"
+    save.mkdir()
+    (save / "slm_stage3_last.pt.tmp-999999").write_bytes(b"a write killed mid-way")  # pid 999999: gone
+    FullDisk(monkeypatch, save)
+    capsys.readouterr()
+    assert slm.main(["--data-root", root, "--clap-ckpt", proj, "--save-dir", str(save), "--epochs", "1",
+                     "--batch-size", "32", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no space left on the device holding" in err and "slm_stage3_epoch000.pt" in err
+    assert "Traceback" not in err and not [n for n in os.listdir(save) if ".tmp-" in n]
+    capsys.readouterr()
+    assert clap.main(["export", "--checkpoint", os.path.join(tmp, "clap", "clap_best.pt"), "--out",
+                      str(save / "clap_projectors.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no space left on the device holding" in err and "clap_projectors.pt" in err
+
+
+def test_a_file_that_is_no_checkpoint_is_called_so(trained, tmp_path, capsys):
+    from evaluation.cli import main as evaluation
+
+    root, _, _ = trained
+    mp3 = tmp_path / "clip.mp3"
+    mp3.write_bytes(b"ID3\x03\x00\x00\x00\x00\x00\x00" + bytes(200))
+    assert evaluation(["stage3", "--stage3-ckpt", str(mp3), "--data-root", root, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert f"{mp3}: not a checkpoint" in err and "Python objects" not in err and err.count("\n") == 1

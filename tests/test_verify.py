@@ -141,3 +141,15 @@ def test_every_argument_has_help():
                 assert action.help, f"{name} {action.dest}"
     code, out, _ = run_cli("--help")
     assert code == 0 and "verify" in out
+
+
+def test_the_repair_command_of_a_copied_set_writes_where_the_set_is_now():
+    from conftest import make_manifest
+    from lake.catalog import repair_hint
+
+    m = make_manifest()
+    m.ingest = {"settings": {"argv": ["--source", "laion", "--input", "raw", "--out", "/old/place/laion"]}}
+    hint = repair_hint(m, "s3://bucket/lake/laion")
+    assert "`python -m ingest --source laion --input raw --out s3://bucket/lake/laion`" in hint and "/old" not in hint
+    m.ingest = {"settings": {"argv": ["--out=/old/place/laion", "--source", "laion"]}}
+    assert "--out=/new --source laion" in repair_hint(m, "/new")

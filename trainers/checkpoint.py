@@ -22,6 +22,8 @@ Files per stage prefix P: `P_epoch{EEE}.pt` after each epoch (0-based, the newes
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import pickle
 import random
@@ -32,7 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from lake.errors import LakeError
+from lake.errors import LakeError, about
+from lake.storage import write_bytes_atomic
 
 FORMAT = "emolake-checkpoint-v2"
 _V1 = "emolake-checkpoint-v1"  # epoch/step/best/metrics at the top level; read and upgraded
@@ -115,14 +118,35 @@ def stage_checkpoint(stage: str, arch: dict, config: dict, data: dict, model: di
 
 
 def save_atomic(obj: dict, path: str) -> None:
+    """Serialise in memory, then write the file as every other file here is written (lake.storage: a temporary
+    name, fsync, rename): a full disk is an OSError naming the file, where torch.save writing to the disk itself
+    fails with "RuntimeError ... unexpected pos", and the earlier file stays whole."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes_atomic(path, buf.getbuffer())
+
+
+def remove_stale_temporaries(save_dir: str, prefix: str) -> list[str]:
+    """Temporary files of checkpoint writes a killed run left (`PREFIX_*.pt.tmp-PID`, their process gone)."""
+    gone = []
+    for name in os.listdir(save_dir) if os.path.isdir(save_dir) else ():
+        m = re.fullmatch(re.escape(prefix) + r"_.*\.pt\.tmp-(\d+)", name)
+        if m and not _alive(int(m.group(1))):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(save_dir, name))
+                gone.append(name)
+    return gone
+
+
+def _alive(pid: int) -> bool:
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # -- the RNG part ------------------------------------------------------------------------------
@@ -180,10 +204,16 @@ def _copy(src: str, dst: str) -> None:
     """dst becomes a copy of src (a hard link where the filesystem allows), atomically."""
     tmp = f"{dst}.tmp-{os.getpid()}"
     try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+        with about(dst):
+            try:
+                os.link(src, tmp)
+            except OSError:
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(OSError):  # a full disk: the earlier file stays, and so must the first error
+            os.remove(tmp)
+        raise
 
 
 class Checkpointer:
@@ -196,6 +226,8 @@ class Checkpointer:
     def __init__(self, save_dir: str, prefix: str, parts: dict, meta, keep_epochs: int = 3, enabled: bool = True):
         self.save_dir, self.prefix, self.parts, self.meta = save_dir, prefix, parts, meta
         self.keep_epochs, self.enabled = keep_epochs, enabled
+        if enabled:
+            remove_stale_temporaries(save_dir, prefix)
 
     def path(self, which: str | int) -> str:
         name = f"{self.prefix}_epoch{which:03d}.pt" if isinstance(which, int) else f"{self.prefix}_{which}.pt"

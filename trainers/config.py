@@ -7,7 +7,7 @@ line naming the flag, never later inside torch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from lake.catalog import default_cache_limit_gb
 from lake.cliargs import REQUIRED, above, arg, at_least, check_ranges
@@ -83,3 +83,44 @@ class TrainConfig:
         if self.taxonomy and not self.label_map:
             raise LakeError("--taxonomy orders the classes of --label-map; pass --label-map too")
 
+
+
+# -- what a resumed run may change ---------------------------------------------------------------------------
+
+APPLIED_ON_RESUME = {
+    "lr", "weight_decay", "epochs", "warmup_steps", "schedule", "grad_clip", "dropout", "label_smoothing",
+    "max_logit_scale", "select_on", "amp", "device", "num_workers", "data_on_device", "eval_batch_size",
+    "cache_dir", "cache_limit", "storage_options", "save_dir", "save_every_steps", "keep_epochs", "max_steps",
+    "log_every", "test_at_end", "progress",
+}
+"""Flags a resumed run takes as given (the optimizer's rate and decay are set anew, the schedule is recomputed)."""
+
+CHECKED_ELSEWHERE = {"data_root", "proportions", "epoch_rows", "label_map", "taxonomy", "clap_ckpt", "stage3_ckpt",
+                     "checkpoint", "resume"}
+"""The data (checked by content: every set's fingerprint, share and label map), the earlier stage's file (by its
+bytes), not by how they are spelled; and the flags that say what to resume."""
+
+REFUSED_BECAUSE = {
+    "seed": "it decides the run's initialisation and the order of every epoch; a resumed run keeps its own",
+    "batch_size": "the global batch decides which rows every step holds; resume with the same --batch-size (on "
+                  "any number of ranks it divides by)",
+    "logit_scale_init": "it only sets how a run starts",
+}
+ARCH_REASON = "it changes the model the checkpoint holds; start a new run (or --checkpoint without --resume)"
+
+
+def resume_changes(old: dict, new) -> tuple[dict, dict]:
+    """({flag: (was, now)} applied, {flag: reason} refused) between a checkpoint's config and a resumed run's."""
+    applied, refused = {}, {}
+    for name, value in asdict(new).items():
+        if name in CHECKED_ELSEWHERE or name not in old:
+            continue
+        was = old[name]
+        if (list(was) if isinstance(was, (list, tuple)) else was) == (list(value) if isinstance(value, (list, tuple))
+                                                                     else value):
+            continue
+        if name in APPLIED_ON_RESUME:
+            applied[name] = (was, value)
+        else:
+            refused[name] = REFUSED_BECAUSE.get(name, ARCH_REASON)
+    return applied, refused

@@ -15,6 +15,7 @@ end and `python -m evaluation` all call it, in fp32, so their numbers are the sa
 from __future__ import annotations
 
 import gc
+import hashlib
 import json
 import math
 import os
@@ -39,11 +40,11 @@ from shards.device_loader import DeviceLoader
 from shards.loader import ShardLoader
 from trainers.checkpoint import (Checkpointer, RNGPart, is_checkpoint, read_checkpoint_file, resume_path,
                                  validate_checkpoint)
-from trainers.config import TrainConfig
+from trainers.config import TrainConfig, resume_changes
 from trainers.data import TrainingData
 from trainers.logs import RunLog
 from trainers.reference import layout_name, refuse_resume
-from trainers.state import TrainState
+from trainers.state import LossWatch, TrainState
 
 
 class Task:
@@ -315,6 +316,24 @@ def same_data(ckpt: dict, data: TrainingData, path: str) -> None:
                     "resume on the same sets, shares and label maps")
 
 
+def same_file(was: str | None, now: str | None, flag: str, path: str) -> None:
+    """A resumed run's earlier-stage file (--clap-ckpt, --stage3-ckpt) under another name must hold the same bytes
+    (its frozen weights are the checkpoint's either way); one that is gone cannot be compared and is let be."""
+    if not was or not now or was == now or not os.path.exists(was) or not os.path.exists(now):
+        return
+    if os.path.getsize(was) != os.path.getsize(now) or _sha256(was) != _sha256(now):
+        raise LakeError(f"{path}: --resume with {flag} {now}, but the run was trained with {was}, which holds other "
+                        f"weights; resume with the file it was trained with")
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def concat_outputs(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
@@ -350,6 +369,7 @@ class Run:
             self.optimizer, lr_lambda(cfg, cfg.epochs * self.steps_per_epoch))
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.state = TrainState(task.selection)
+        self.watch = LossWatch(device, world.distributed)
         parts = {"model": self.raw, "optimizer": self.optimizer, "scheduler": self.scheduler, "scaler": self.scaler,
                  "loader": self.train_loader, "rng": RNGPart(world), "train": self.state}
         self.ckpt = Checkpointer(cfg.save_dir, task.prefix, parts, self._meta, cfg.keep_epochs, world.is_main)
@@ -372,7 +392,12 @@ class Run:
             path = self.resume_from
             ckpt = resumable(path, self.task.stage)
             same_data(ckpt, self.data, path)
+            applied = self._resume_flags(ckpt, path)
             old = self.ckpt.restore(ckpt, path, self.task.arch(), None)["config"]
+            self._apply_optimizer_flags()
+            if applied:
+                log(f"resumed with other flags, applied from here on: " + ", ".join(
+                    f"--{k.replace('_', '-')} {a} -> {b}" for k, (a, b) in applied.items()))
             if cfg.schedule != "constant" and (old.get("epochs"), old.get("schedule")) != (cfg.epochs, cfg.schedule):
                 log(f"warning: the {cfg.schedule} schedule now spans {cfg.epochs} epochs (was {old.get('epochs')} "
                     f"{old.get('schedule')}); the learning rate continues on the new curve")
@@ -391,6 +416,27 @@ class Run:
         else:
             self.train_loader.set_epoch(0)
         self.state.epoch = self.train_loader.epoch
+
+    def _resume_flags(self, ckpt: dict, path: str) -> dict:
+        """Every flag that differs from the checkpoint's run is applied (returned, to be said) or refused here (one
+        line naming each and why), so the config saved is the one that ran."""
+        applied, refused = resume_changes(ckpt["config"], self.cfg)
+        if refused:
+            raise LakeError(f"{path}: --resume cannot take " + "; ".join(
+                f"--{k.replace('_', '-')} {getattr(self.cfg, k)} (was {ckpt['config'][k]}): {why}"
+                for k, why in refused.items()))
+        for name in ("clap_ckpt", "stage3_ckpt"):
+            same_file(ckpt["config"].get(name), getattr(self.cfg, name, None), f"--{name.replace('_', '-')}", path)
+        return applied
+
+    def _apply_optimizer_flags(self) -> None:
+        """The learning rate and weight decay of this command line, not the checkpoint's: restored optimizer and
+        schedule state carry the old ones (LambdaLR's base rates)."""
+        self.scheduler.base_lrs = [self.cfg.lr] * len(self.optimizer.param_groups)
+        factor = lr_lambda(self.cfg, self.cfg.epochs * self.steps_per_epoch)(self.scheduler.last_epoch)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"], group["lr"], group["weight_decay"] = self.cfg.lr, self.cfg.lr * factor, \
+                self.cfg.weight_decay
 
     def validate(self, loaders: dict, desc: str, stop=None) -> dict:
         """The metrics of the model on each set's loader; with several sets, the pooled metrics (of every row of
@@ -448,10 +494,15 @@ class Run:
             for batch in loader:
                 loss, logs = self._step(to_device(batch, self.device))
                 state.step += 1
+                self.watch.add(loss, state.step)
                 bar.update()
                 at_log = state.step % cfg.log_every == 0 or loader.consumed == self.steps_per_epoch
+                saving = cfg.save_every_steps and state.step % cfg.save_every_steps == 0 and \
+                    loader.consumed < self.steps_per_epoch
+                if at_log or saving:
+                    self.watch.check(epoch, self._last_saved())  # a device sync, only at log and save steps
                 if at_log:
-                    value = loss.item()  # a device sync, only every log_every steps
+                    value = loss.item()
                     losses.append(value)
                     self.log.step(state.step, value, self.scheduler.get_last_lr()[0], logs, bar)
                 if cfg.max_steps and state.step >= cfg.max_steps:
@@ -459,7 +510,7 @@ class Run:
                     return None
                 if (at_log or not self.world.distributed) and self.preempted.agreed(self.world, self.device):
                     self._preempt(epoch)
-                if cfg.save_every_steps and state.step % cfg.save_every_steps == 0 and loader.consumed < self.steps_per_epoch:
+                if saving:
                     self.ckpt.save_last()
         finally:
             bar.close()
@@ -478,7 +529,11 @@ class Run:
         self.scheduler.step()
         return loss.detach(), logs
 
+    def _last_saved(self) -> str | None:
+        return self.ckpt.path("last") if os.path.exists(self.ckpt.path("last")) else None
+
     def _preempt(self, epoch: int) -> None:
+        self.watch.check(epoch, self._last_saved())
         self.ckpt.save_last()
         raise Preempted(f"{self.preempted.name or 'a stop signal'} received: saved {self.ckpt.path('last')} at step "
                         f"{self.state.step} (epoch {epoch:03d}, batch {self.train_loader.consumed}/"

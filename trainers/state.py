@@ -5,6 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import torch
+import torch.distributed as dist
+
+from lake.errors import LakeError
+
 
 @dataclass
 class TrainState:
@@ -38,3 +43,27 @@ class TrainState:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.best_value, self.best_epoch = float(state["best"]["value"]), int(state["best"]["epoch"])
         self.metrics = dict(state.get("metrics", {}))
+
+
+class LossWatch:
+    """The first step whose training loss is not finite (NaN, inf), noted on the device with no sync per step;
+    `check` (one sync; a collective under DDP, so every rank stops together) raises it as one line. The loop
+    checks at log steps and before anything is saved, so a diverged or poisoned model is never saved as best."""
+
+    def __init__(self, device: torch.device, distributed: bool):
+        self.device, self.distributed = device, distributed
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+
+    def add(self, loss: torch.Tensor, step: int) -> None:
+        bad = (self.first < 0) & ~torch.isfinite(loss.detach())
+        self.first = torch.where(bad, torch.tensor(step, device=self.device), self.first)
+
+    def check(self, epoch: int, last_saved: str | None) -> None:
+        first = self.first.clone()
+        if self.distributed:
+            dist.all_reduce(first, op=dist.ReduceOp.MAX)
+        if int(first) >= 0:
+            saved = f"the last checkpoint saved is {last_saved}" if last_saved else "no checkpoint was saved"
+            raise LakeError(f"the training loss is not finite (NaN or inf) from step {int(first)} on (epoch "
+                            f"{epoch:03d}); stopped without saving it ({saved}): lower --lr, or check the set's "
+                            "embeddings with `python -m shards verify`")

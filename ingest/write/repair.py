@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from lake import storage
-from lake.blocks import META_MEMBER, MEMBER_SUFFIX, SHARD_SUFFIX, SHARDS_DIR, member_of, parse_shard_name
+from lake.blocks import META_MEMBER, MEMBER_SUFFIX, SHARD_SUFFIX, SHARDS_DIR, checksum, member_of, parse_shard_name
 from lake.catalog import ShardSet
 from lake.errors import LakeError
 from lake.schema import MANIFEST_NAME, QUARANTINE_NAME, BlockEntry, Manifest, ShardEntry
@@ -96,7 +96,8 @@ def scan_shard(out: SetOutput, relpath: str, taxonomy: list[str]) -> tuple[Shard
             except (KeyError, ValueError, UnicodeDecodeError) as e:
                 raise LakeError(f"{path}: block {b} cannot be read ({type(e).__name__}: {e})") from None
             blocks.append(BlockEntry(rows=len(labels), members={member_of(s): [off, len(data)]
-                                                                for s, (off, data) in members.items()}))
+                                                                for s, (off, data) in members.items()},
+                                     checksums={member_of(s): checksum(data) for s, (_, data) in members.items()}))
             rows += index_rows(relpath, name.split, b, {"label": labels, META_MEMBER: meta}, taxonomy)
         reader.drain()
     entry = ShardEntry(path=relpath, split=name.split, rows=len(rows), bytes=reader.bytes, sha256=reader.hexdigest(),
