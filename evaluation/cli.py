@@ -21,10 +21,9 @@ import json
 from evaluation import stages, table
 from evaluation.matrix import markdown, matrix
 from evaluation.predict import format_predictions, predict
-from lake.catalog import default_cache_limit_gb, open_shard_set
+from lake.catalog import SetReading, open_shard_set
 from lake.cli import run_cli
-from lake.cliargs import HelpFormatter, at_least, bounded
-from lake.storage import LIMITS_HELP
+from lake.cliargs import HelpFormatter, add_dataclass_args, at_least, bounded
 
 
 def _common(p: argparse.ArgumentParser, ckpt_flag: str, ckpt_help: str) -> None:
@@ -40,12 +39,8 @@ def _common(p: argparse.ArgumentParser, ckpt_flag: str, ckpt_help: str) -> None:
 
 
 def add_reading_flags(p: argparse.ArgumentParser) -> None:
-    """How a set behind a URL is read: the trainers' flags of the same names."""
-    p.add_argument("--cache-dir", default="", help="a set behind a URL: the local shard cache (empty: "
-                   "$EMOLAKE_CACHE_DIR, else ~/.cache/emolake/shards)")
-    p.add_argument("--cache-limit", type=bounded(float, at_least(0)), default=default_cache_limit_gb(),
-                   help="a set behind a URL: GB the shard cache may hold (0: ranged reads of each block)")
-    p.add_argument("--storage-options", default="", help="JSON of fsspec options for a --data-root URL. " + LIMITS_HELP)
+    """How a set behind a URL is read: the trainers' flags of the same names (lake.catalog.SetReading)."""
+    add_dataclass_args(p, SetReading)
 
 
 def _label_map_flag(p: argparse.ArgumentParser) -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from lake import storage
+from lake.cliargs import arg, at_least
 from lake.errors import LakeError
 from lake.schema import INDEX_NAME, MANIFEST_NAME, QUARANTINE_NAME, Manifest, ShardEntry
 
@@ -38,6 +39,23 @@ def default_cache_limit_gb() -> float:
         return float(text)
     except ValueError:
         raise LakeError(f"{CACHE_LIMIT_ENV}={text!r}: not a number of GB") from None
+
+
+STORAGE_OPTIONS_HELP = ("JSON of fsspec options for the URLs of sets (e.g. '{\"anon\": true}', '{\"endpoint_url\": "
+                        "\"http://127.0.0.1:9000\"}'); credentials and endpoints otherwise come from the usual AWS/Hub "
+                        "configuration. " + storage.LIMITS_HELP)
+
+
+@dataclass(kw_only=True)
+class SetReading:
+    """How a set behind a URL is read: the flags of every command that reads sets (trainers, evaluation), once."""
+
+    cache_dir: str = arg("", "a set behind a URL: the local shard cache (shared safely by processes; empty: "
+                         f"${CACHE_DIR_ENV}, else ~/.cache/emolake/shards)")
+    cache_limit: float = arg(default_cache_limit_gb(), "a set behind a URL: GB the shard cache may hold (least "
+                             "recently used shards evicted; 0 or too small for the split: ranged reads of each block)",
+                             range=at_least(0))
+    storage_options: str = arg("", STORAGE_OPTIONS_HELP)
 
 
 @dataclass

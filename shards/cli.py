@@ -19,7 +19,7 @@ import sys
 
 from lake import storage
 from lake.blocks import ROW_NAME
-from lake.catalog import default_cache_dir, open_shard_set, repair_hint
+from lake.catalog import STORAGE_OPTIONS_HELP, default_cache_dir, open_shard_set, repair_hint
 from lake.cliargs import at_least, bounded
 from lake.errors import LakeError, describe_os_error
 from lake.progress import human_bytes
@@ -243,11 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--storage-options", metavar="JSON",
-                        help="fsspec options for the URL's filesystem, as a JSON object, e.g. "
-                             "'{\"endpoint_url\": \"http://127.0.0.1:9000\"}' (default: none; credentials and "
-                             "endpoints are read from the AWS environment and config files). "
-                             + storage.LIMITS_HELP)
+    common.add_argument("--storage-options", metavar="JSON", help=STORAGE_OPTIONS_HELP)
     _add_looking(sub, common)
     _add_verify(sub, common)
     _add_cp(sub, common)

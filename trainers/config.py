@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from lake.catalog import default_cache_limit_gb
+from lake.catalog import SetReading
 from lake.cliargs import REQUIRED, above, arg, at_least, check_ranges
 from lake.errors import LakeError
-from lake.storage import LIMITS_HELP
 
 @dataclass(kw_only=True)
-class TrainConfig:
+class TrainConfig(SetReading):
     data_root: list[str] = arg(REQUIRED, "the shard set(s) to train on: directories or fsspec URLs holding "
                                "manifest.json; several are read as one (same encoders and stored layers)", nargs="+",
                                metavar="SET")
@@ -32,13 +31,6 @@ class TrainConfig:
                         "line); default: the mapped classes, sorted")
     select_on: str = arg("", "with several sets: choose the best checkpoint on this set's validation split (its "
                          "manifest name) instead of all of them pooled")
-    cache_dir: str = arg("", "a set behind a URL: the local shard cache (shared safely by processes; empty: "
-                         "$EMOLAKE_CACHE_DIR, else ~/.cache/emolake/shards)")
-    cache_limit: float = arg(default_cache_limit_gb(), "a set behind a URL: GB the shard cache may hold (least "
-                             "recently used shards evicted; 0 or too small for the split: ranged reads of each block)",
-                             range=at_least(0))
-    storage_options: str = arg("", "JSON of fsspec options for a --data-root URL; credentials and endpoints "
-                               "otherwise come from the usual AWS/Hub configuration. " + LIMITS_HELP)
     save_dir: str = arg("checkpoints", "where checkpoints (epoch, best, last) and TensorBoard logs go")
     epochs: int = arg(10, "total epochs; resuming with a larger value continues the run", range=at_least(1))
     batch_size: int = arg(512, "GLOBAL batch size, split evenly across ranks", range=at_least(1))

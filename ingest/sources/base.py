@@ -106,6 +106,23 @@ def speaker_splits(speakers, val_fraction: float, test_fraction: float) -> dict[
     return {s: "test" if i < k_test else "val" if i < k_test + k_val else "train" for i, s in enumerate(order)}
 
 
+class TableSource:
+    """What sources of labelled rows (a manifest table, a Hugging Face dataset) share: made from the flags alone,
+    their units and classes fixed when they are opened (`_units`, `labels`)."""
+
+    _units: list[Unit]
+
+    @classmethod
+    def from_config(cls, cfg, world=None):
+        return cls(cfg)
+
+    def units(self) -> list[Unit]:
+        return list(self._units)
+
+    def taxonomy(self) -> list[str]:
+        return list(self.labels.taxonomy)
+
+
 class Source(Protocol):
     name: str
     has_captions: bool

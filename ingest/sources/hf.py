@@ -25,7 +25,7 @@ from typing import Iterator
 
 from lake import storage
 from lake.errors import LakeError
-from ingest.sources.base import Clip, Skip, SplitPolicy, Unit, one_clip, speaker_splits
+from ingest.sources.base import Clip, Skip, SplitPolicy, TableSource, Unit, one_clip, speaker_splits
 from ingest.sources.labels import Labels, load_label_map
 from ingest.sources.location import hub_message, read_remote
 
@@ -72,7 +72,7 @@ def parse_splits(spec: str, available: list[str]) -> tuple[dict[str, str], bool]
     return out, official
 
 
-class HfSource:
+class HfSource(TableSource):
     name = "hf"
     has_captions = False
 
@@ -205,17 +205,8 @@ class HfSource:
             pass
         return [2**20] * n
 
-    @classmethod
-    def from_config(cls, cfg, world=None) -> "HfSource":
-        return cls(cfg)
 
     # -- the source ------------------------------------------------------------------------------
-    def units(self) -> list[Unit]:
-        return list(self._units)
-
-    def taxonomy(self) -> list[str]:
-        return list(self.labels.taxonomy)
-
     def plan(self) -> dict:
         cfg = self.cfg
         columns = {k: v for k, v in (("audio", cfg.audio_column), ("label", cfg.label_column), ("text", cfg.text_column),

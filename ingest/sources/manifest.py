@@ -27,7 +27,7 @@ from typing import Iterator
 from lake import storage
 from lake.errors import LakeError
 from ingest.sources import emobox
-from ingest.sources.base import Clip, Skip, SplitPolicy, Unit, one_clip, speaker_splits
+from ingest.sources.base import Clip, Skip, SplitPolicy, TableSource, Unit, one_clip, speaker_splits
 from ingest.sources.labels import Labels, load_label_map
 from ingest.sources.location import SourceReadError, read_remote
 from ingest.sources.table import Row, read_table
@@ -81,7 +81,7 @@ def _key_from_path(path: str, start, end) -> str:
     return f"{base}@{start or 0:.3f}-{'' if end is None else f'{end:.3f}'}"
 
 
-class ManifestSource:
+class ManifestSource(TableSource):
     name = "manifest"
     has_captions = False
 
@@ -216,16 +216,6 @@ class ManifestSource:
         elif self.layout == "emobox" and cfg.fold:
             for e in carve:
                 e.split = assign_split(e.key, policy.val_fraction, 0.0)
-
-    @classmethod
-    def from_config(cls, cfg, world=None) -> "ManifestSource":
-        return cls(cfg)
-
-    def units(self) -> list[Unit]:
-        return list(self._units)
-
-    def taxonomy(self) -> list[str]:
-        return list(self.labels.taxonomy)
 
     def plan(self) -> dict:
         root = self.audio_root if storage.is_url(self.audio_root) else os.path.abspath(self.audio_root)
