@@ -25,6 +25,7 @@ import pytest
 from ingest.write.journal import Journal, read_journals
 from ingest.write.merge import merge_set
 from ingest.write.output import SetOutput, finish_swap, overwrite_sibling
+from lake.blocks import parse_shard_name
 from lake.catalog import open_shard_set
 from lake.setlock import SetLock
 from lake.errors import PREEMPTED_EXIT
@@ -163,6 +164,10 @@ def test_overwrite_keeps_the_old_set_until_the_new_one_is_complete(corpus, finis
     done = run("ingest", *args, check=True)
     assert "resuming" in done.stderr  # the half-built new set was resumed, not restarted
     assert verify_set(str(out))[0] == [] and fingerprint(out) != old
+    def builds(root):
+        return {parse_shard_name(e.path).build for e in open_shard_set(str(root)).manifest.shards}
+
+    assert len(builds(out)) == 1 and builds(out) != builds(finished)  # the resumed run named its shards as the killed one
     assert open_shard_set(str(out)).manifest.ingest["plan"]["max_seconds"] == 2.0
     assert sorted(os.listdir(tmp_path)) == [".laion.lock", "laion"]  # no work folder or old copy left behind
 
