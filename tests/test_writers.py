@@ -285,3 +285,27 @@ def test_a_swap_behind_a_url_keeps_a_whole_set_at_every_step_and_deletes_the_old
     with pytest.raises(LakeError, match="was replaced since this reader opened it"):
         _batches(reader)  # the rest of the old set's val shards are gone
     assert len(first) == 1
+
+
+def test_a_swap_behind_a_url_interrupted_after_its_manifest_is_finished_by_the_next_run(tmp_path, s3_bucket,
+                                                                                      monkeypatch):
+    from ingest.write.output import SetOutput, finish_swap, overwrite_sibling, swap_in
+
+    url = f"{s3_bucket}/sets/half-swapped"
+    copy_set(_a_set(tmp_path / "old", 1, new_build_id()), url)
+    out = SetOutput(url, str(tmp_path / "staging"))
+    new = overwrite_sibling(out)
+    copy_set(_a_set(tmp_path / "new", 2, new_build_id()), new.root)
+    old_paths = {e.path for e in open_shard_set(url).manifest.shards}
+
+    def killed(self, rel):
+        raise KeyboardInterrupt  # the ingest killed as it starts deleting the old set's shards
+
+    monkeypatch.setattr(SetOutput, "remove", killed)
+    with pytest.raises(KeyboardInterrupt):
+        swap_in(new, out)
+    monkeypatch.undo()
+    assert open_shard_set(url).name == "set-2" and verify_set(url)[0] != []  # the new set, old shards still beside it
+    assert "completed an interrupted --overwrite" in finish_swap(out)
+    assert verify_set(url)[0] == [] and open_shard_set(url).name == "set-2"
+    assert not old_paths & {f"shards/{n}" for n in out.shard_names()} and not storage.exists(new.root + "/_swapping")
