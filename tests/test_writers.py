@@ -36,15 +36,16 @@ from shards.writer import SetWriter
 from conftest import make_manifest, random_block
 
 SPLITS = {"train": [4] * 12, "val": [4] * 3, "test": [4] * 3}  # 18 shards of one block each, every shard 4 rows
+SMALL = {"train": [4] * 2, "val": [4] * 3, "test": [4]}
 
 
-def _a_set(root, seed: int, build: str = "") -> str:
-    """A set of SPLITS; two of them with other seeds have the same shard names and sizes, other bytes."""
+def _a_set(root, seed: int, build: str = "", splits: dict = SPLITS) -> str:
+    """A set of `splits`; two of them with other seeds have the same shard names and sizes, other bytes."""
     manifest = make_manifest(name=f"set-{seed}")
     rng = np.random.default_rng(seed)
     writer = SetWriter(str(root), manifest, rows_per_shard=4, build=build)
     key = 0
-    for split, sizes in SPLITS.items():
+    for split, sizes in splits.items():
         for n in sizes:
             writer.add_block(split, random_block(rng, n, manifest, first_key=key))
             key += n
@@ -244,10 +245,10 @@ def test_a_swap_behind_a_url_keeps_a_whole_set_at_every_step_and_deletes_the_old
     from ingest.write.output import SetOutput, overwrite_sibling, swap_in
 
     url = f"{s3_bucket}/sets/swapped"
-    copy_set(_a_set(tmp_path / "old", 1, new_build_id()), url)
+    copy_set(_a_set(tmp_path / "old", 1, new_build_id(), SMALL), url)
     out = SetOutput(url, str(tmp_path / "staging"))
     new = overwrite_sibling(out)
-    copy_set(_a_set(tmp_path / "new", 2, new_build_id()), new.root)
+    copy_set(_a_set(tmp_path / "new", 2, new_build_id(), SMALL), new.root)
     old = open_shard_set(url, cache_limit_gb=0)
     reader = ShardLoader(old, "val", 4, training=False)  # ranged reads: every block read where it is stored
     first = _batches(reader, limit=1)
@@ -292,10 +293,10 @@ def test_a_swap_behind_a_url_interrupted_after_its_manifest_is_finished_by_the_n
     from ingest.write.output import SetOutput, finish_swap, overwrite_sibling, swap_in
 
     url = f"{s3_bucket}/sets/half-swapped"
-    copy_set(_a_set(tmp_path / "old", 1, new_build_id()), url)
+    copy_set(_a_set(tmp_path / "old", 1, new_build_id(), SMALL), url)
     out = SetOutput(url, str(tmp_path / "staging"))
     new = overwrite_sibling(out)
-    copy_set(_a_set(tmp_path / "new", 2, new_build_id()), new.root)
+    copy_set(_a_set(tmp_path / "new", 2, new_build_id(), SMALL), new.root)
     old_paths = {e.path for e in open_shard_set(url).manifest.shards}
 
     def killed(self, rel):
