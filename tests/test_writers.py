@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import shards.copy as copy_mod
+from ingest.write.output import SetOutput, finish_swap, overwrite_sibling, swap_in
 from lake import storage
 from lake.blocks import new_build_id, parse_shard_name, path_without_build, shard_relpath
 from lake.catalog import ShardSet, open_shard_set
@@ -240,15 +241,19 @@ def _fresh_loader_error(out, old) -> LakeError:
     return e.value
 
 
-def test_a_swap_behind_a_url_keeps_a_whole_set_at_every_step_and_deletes_the_old_shards_last(tmp_path, s3_bucket,
-                                                                                         monkeypatch):
-    from ingest.write.output import SetOutput, overwrite_sibling, swap_in
-
-    url = f"{s3_bucket}/sets/swapped"
+def _an_overwrite_behind_a_url(tmp_path, url: str) -> tuple[SetOutput, SetOutput]:
+    """(the set at `url`, the --overwrite build beside it, complete): two builds of other bytes."""
     copy_set(_a_set(tmp_path / "old", 1, new_build_id(), SMALL), url)
     out = SetOutput(url, str(tmp_path / "staging"))
     new = overwrite_sibling(out)
     copy_set(_a_set(tmp_path / "new", 2, new_build_id(), SMALL), new.root)
+    return out, new
+
+
+def test_a_swap_behind_a_url_keeps_a_whole_set_at_every_step_and_deletes_the_old_shards_last(tmp_path, s3_bucket,
+                                                                                         monkeypatch):
+    url = f"{s3_bucket}/sets/swapped"
+    out, new = _an_overwrite_behind_a_url(tmp_path, url)
     old = open_shard_set(url, cache_limit_gb=0)
     reader = ShardLoader(old, "val", 4, training=False)  # ranged reads: every block read where it is stored
     first = _batches(reader, limit=1)
@@ -290,13 +295,8 @@ def test_a_swap_behind_a_url_keeps_a_whole_set_at_every_step_and_deletes_the_old
 
 def test_a_swap_behind_a_url_interrupted_after_its_manifest_is_finished_by_the_next_run(tmp_path, s3_bucket,
                                                                                       monkeypatch):
-    from ingest.write.output import SetOutput, finish_swap, overwrite_sibling, swap_in
-
     url = f"{s3_bucket}/sets/half-swapped"
-    copy_set(_a_set(tmp_path / "old", 1, new_build_id(), SMALL), url)
-    out = SetOutput(url, str(tmp_path / "staging"))
-    new = overwrite_sibling(out)
-    copy_set(_a_set(tmp_path / "new", 2, new_build_id(), SMALL), new.root)
+    out, new = _an_overwrite_behind_a_url(tmp_path, url)
     old_paths = {e.path for e in open_shard_set(url).manifest.shards}
 
     def killed(self, rel):
