@@ -10,6 +10,7 @@ from contextlib import nullcontext
 from lake.cli import run_cli
 from lake.distributed import World, barrier, close_distributed, init_distributed
 from lake.progress import Progress
+from lake.setlock import SetLock
 from lake.signals import preemption_signals
 from lake import storage
 from lake.storage import set_storage_options
@@ -23,7 +24,6 @@ from ingest.summary import summarize
 from ingest.write.commit import RankCommit, assign_units
 from ingest.write.journal import Journal, read_journals
 from ingest.write.ledger import Ledger, per_rank_limit
-from ingest.write.lock import SetLock
 from ingest.write.output import SetOutput, swap_in
 from ingest.write.plan import make_plan
 from ingest.write.prepare import Status, prepare_output
@@ -38,15 +38,15 @@ def build_encoders(cfg: IngestConfig, device: str):
 def ingest_set(cfg: IngestConfig, world: World | None = None, device: str = "cpu", preempted=None) -> Status:
     """Every rank's part of an ingest, then (rank 0) the merge: Status.COMPLETE if the set was already
     finished and sound, else Status.DONE. `world`: from init_distributed (default: one process).
-    Rank 0 holds the set's lock (ingest.write.lock) throughout: a second writer is refused. The output
+    Rank 0 holds the set's lock (lake.setlock) throughout: a second writer is refused. The output
     (--out, --staging-dir) is decided here, once, and handed down as one SetOutput."""
     world = world or World()
     out = SetOutput(cfg.out, cfg.staging_dir)
-    with SetLock(out.root) if world.is_main else nullcontext():
-        return _ingest(cfg, world, device, out, preempted)
+    with SetLock(out.root) if world.is_main else nullcontext() as lock:
+        return _ingest(cfg, world, device, out, preempted, lock)
 
 
-def _ingest(cfg: IngestConfig, world: World, device: str, out: SetOutput, preempted) -> Status:
+def _ingest(cfg: IngestConfig, world: World, device: str, out: SetOutput, preempted, lock: SetLock | None) -> Status:
     from ingest.write.merge import merge_set  # shards.stats imports torch: seconds of start-up (-X importtime)
 
     t0 = time.time()
@@ -75,6 +75,7 @@ def _ingest(cfg: IngestConfig, world: World, device: str, out: SetOutput, preemp
         _build(cfg, world, device, source, taxonomy, audio, text, status, build, preempted)
         barrier()
     if world.is_main:
+        lock.check()  # behind a URL the lease may have run out while this process was stopped
         if status != Status.COMPLETE:
             settings = {"batch_size": cfg.batch_size, "block_rows": cfg.block_rows,
                         "rows_per_shard": cfg.rows_per_shard, "world_size": world.world_size, "device": device,

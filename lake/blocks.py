@@ -3,7 +3,8 @@
 The one owner of the block format; every writer and reader asks this module. A format v2
 changes this module and the code that reads its names, nothing that merely passes them on.
 
-    shards/<split>-<worker>-<seq>.tar          `shard_relpath` makes the name, `parse_shard_name` reads it
+    shards/<split>-<worker>-<seq>-<build>.tar  `shard_relpath` makes the name, `parse_shard_name` reads it
+                                               (sets made before build ids: shards/<split>-<worker>-<seq>.tar)
     <block>.audio.npy    float16 [n, L, Da]   pooled audio embedding per stored layer
     <block>.text.npy     float16 [n, Dt]      transcript embedding
     <block>.caption.npy  float16 [n, Dt]      caption embedding (sources with captions only)
@@ -18,6 +19,8 @@ is a dict of those member names: numpy arrays for the arrays, a dict of lists fo
 from __future__ import annotations
 
 import re
+import secrets
+import string
 from dataclasses import dataclass
 from typing import Callable, NamedTuple, Sequence
 
@@ -34,24 +37,47 @@ class ShardName(NamedTuple):
     split: str
     worker: int  # the ingest rank (or SetWriter's worker id) that wrote it
     seq: int  # per split and worker, in writing order
+    build: str = ""  # the build that wrote it ("": a set made before build ids)
 
 
-_SHARD_NAME = re.compile(r"^(?P<split>.+)-(?P<worker>\d+)-(?P<seq>\d+)" + re.escape(SHARD_SUFFIX) + "$")
+SHARD_NAME_FORMAT = f"{SHARDS_DIR}/<split>-<worker>-<seq>[-<build>]{SHARD_SUFFIX}"
+"""A shard's name as messages describe it."""
+_BUILD = "[a-z][a-z0-9]*"  # a letter first, so that a build id never reads as a sequence number
+_SHARD_NAME = re.compile(r"^(?P<split>.+)-(?P<worker>\d+)-(?P<seq>\d+)(?:-(?P<build>" + _BUILD + "))?"
+                         + re.escape(SHARD_SUFFIX) + "$")
 
 
-def shard_relpath(split: str, worker: int, seq: int) -> str:
-    """A shard's path in its set, e.g. shards/train-0000-000003.tar."""
-    return f"{SHARDS_DIR}/{split}-{worker:04d}-{seq:06d}{SHARD_SUFFIX}"
+def new_build_id() -> str:
+    """A short random id for one build of a set (a new set, a rebuild by --overwrite, a repair).
+
+    Every shard a build writes carries it, so no build ever writes a path an earlier build of the same
+    set used: a reader that opened the earlier set never finds other bytes under a name it holds."""
+    return secrets.choice(string.ascii_lowercase) + "".join(
+        secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5))
+
+
+def shard_relpath(split: str, worker: int, seq: int, build: str = "") -> str:
+    """A shard's path in its set, e.g. shards/train-0000-000003-k3x9qa.tar (build "": shards/train-0000-000003.tar)."""
+    if build and not re.fullmatch(_BUILD, build):
+        raise ValueError(f"build id {build!r}: lowercase letters and digits, a letter first")
+    return f"{SHARDS_DIR}/{split}-{worker:04d}-{seq:06d}{'-' + build if build else ''}{SHARD_SUFFIX}"
 
 
 def parse_shard_name(name: str) -> ShardName | None:
-    """(split, worker, seq) of a shard's base name or path in its set; None for any other file name.
+    """(split, worker, seq, build) of a shard's base name or path in its set; None for any other file name.
 
-    The split is everything before the last two fields, so a split name may hold a '-'."""
+    The split is everything before the numeric fields, so a split name may hold a '-'."""
     found = _SHARD_NAME.match(name.rsplit("/", 1)[-1])
     if found is None:
         return None
-    return ShardName(found["split"], int(found["worker"]), int(found["seq"]))
+    return ShardName(found["split"], int(found["worker"]), int(found["seq"]), found["build"] or "")
+
+
+def path_without_build(path: str) -> str:
+    """A shard's path without its build id: what the same shard is called in every build of a set, so that
+    two builds with the same bytes are the same data (lake.schema.Manifest.fingerprint). Other names as given."""
+    name = parse_shard_name(path)
+    return path if name is None else shard_relpath(name.split, name.worker, name.seq)
 
 
 # -- block members ------------------------------------------------------------------------------------

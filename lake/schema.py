@@ -5,7 +5,7 @@ A shard set is a directory (or object-store prefix):
     manifest.json     this module's `Manifest`
     index.parquet     one row per clip, `INDEX_SCHEMA`
     quarantine.jsonl  clips that could not be decoded or encoded, with the reason
-    shards/<split>-<worker>-<seq>.tar   blocks of rows: lake.blocks
+    shards/<split>-<worker>-<seq>-<build>.tar   blocks of rows: lake.blocks
 
 Each shard entry in the manifest records, per block, the byte range of every tar
 member, so that a local reader can map the tar and view each `.npy` payload in
@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from lake.blocks import CHECKSUM, member_shape
+from lake.blocks import CHECKSUM, member_shape, path_without_build
 from lake.errors import LakeError
 
 SCHEMA_VERSION = 1
@@ -176,13 +176,14 @@ class Manifest:
     def fingerprint(self) -> str:
         """A short hash of what trainers depend on: encoders, taxonomy and shard contents.
 
-        Checkpoints carry it, so that resuming or evaluating on other data is caught.
+        Checkpoints carry it, so that resuming or evaluating on other data is caught. Shard names count
+        without their build id: two builds of the same bytes are the same data.
         """
         core = {
             "schema_version": self.schema_version,
             "encoders": self.encoders,
             "taxonomy": self.taxonomy,
-            "shards": sorted((s.path, s.sha256) for s in self.shards),
+            "shards": sorted((path_without_build(s.path), s.sha256) for s in self.shards),
         }
         blob = json.dumps(core, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]

@@ -356,6 +356,38 @@ def size(path: str) -> int:
     return int(info(path)["size"])
 
 
+_CHANGE_TOKENS = ("ETag", "etag", "generation", "blob_id", "mtime", "LastModified", "last_modified", "created")
+"""Fields of an fsspec file description that change when the file is written again (the first one there counts)."""
+
+
+def _version(size: int, described: dict) -> tuple:
+    token = next((described[k] for k in _CHANGE_TOKENS if described.get(k) is not None), "")
+    return int(size), str(token)
+
+
+def version(path: str) -> tuple:
+    """What changes when a file is written again: (size, inode, mtime ns) of a local file; behind a URL its size
+    and the store's change token (S3's ETag, a modification time, ...). Compare two of the same path only."""
+    if is_url(path):
+        described = info(path)
+        return _version(described["size"], described)
+    st = os.stat(local_path(path))
+    return st.st_size, st.st_ino, st.st_mtime_ns
+
+
+def versions(folder: str) -> dict[str, tuple]:
+    """`version` of every file in a folder, by base name, from one listing (one request behind a URL)."""
+    if not is_url(folder):
+        with os.scandir(local_path(folder)) as entries:
+            return {e.name: (st.st_size, st.st_ino, st.st_mtime_ns) for e in entries if e.is_file()
+                    for st in [e.stat()]}
+    fs, p = _fs(folder)
+    with errors(folder):
+        fs.invalidate_cache(p)
+        return {os.path.basename(d["name"].rstrip("/")): _version(d["size"], d)
+                for d in fs.ls(p, detail=True) if d.get("type") != "directory"}
+
+
 def read_bytes(path: str) -> bytes:
     if is_url(path):
         fs, p = _fs(path)

@@ -37,6 +37,7 @@ from lake.progress import human_bytes
 from lake.schema import ShardEntry
 from shards.copy import transfer
 from shards.format import TMP_SUFFIX
+from shards.mapped import shard_gone
 
 DISK_RESERVE = 1 << 30  # free disk space a download must leave
 
@@ -91,7 +92,10 @@ class ShardCache:
                 raise LakeError(f"{self.directory}: {human_bytes(free)} free, too little to cache {url} "
                                 f"({human_bytes(entry.bytes)} and {human_bytes(DISK_RESERVE)} to spare); free "
                                 "space, or pass --cache-dir elsewhere")
-            transfer(url, final, entry, progress)  # verified, then renamed into place
+            try:
+                transfer(url, final, entry, progress)  # verified, then renamed into place
+            except FileNotFoundError:
+                raise shard_gone(url, entry) from None
         self.evict(keep={entry.sha256})
         return final
 

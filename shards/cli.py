@@ -219,8 +219,10 @@ def _add_cp(sub, common) -> None:
                                    "hf://datasets/OWNER/NAME). A shard already at DST with the manifest's size and "
                                    "sha256 is skipped, so re-running after an interruption resumes; every shard is "
                                    "hashed in transit and checked against the manifest; the manifest is written "
-                                   "last, so DST is a set only once it is complete. A DST holding another set is "
-                                   "refused. The set's dataset card (README.md, preview/; see `card`) is made anew "
+                                   "last, over shards checked against it, so DST is a set only once it is complete. "
+                                   "A DST holding another set is refused, and so is a second writer into DST "
+                                   "(another `shards cp`, an ingest) while this one runs: it holds DST's set lock. "
+                                   "The set's dataset card (README.md, preview/; see `card`) is made anew "
                                    "for DST: always for hf://, elsewhere when SRC has one (with its settings); a "
                                    "pull from hf:// leaves it behind. Cost: one read of SRC, one write of what DST "
                                    "lacks, and one read of the shards already at DST (to check them).")

@@ -6,13 +6,21 @@
   copy is renamed into place only after that, an upload whose bytes differ is discarded, and
   the destination's size is checked afterwards (for hf://, the sha256 the Hub recorded).
 - Complete or absent: the index and the quarantine list go next, the manifest last, so the
-  destination is a shard set only once everything it lists is there.
+  destination is a shard set only once everything it lists is there; and it goes only over shards
+  checked against it: each one this run copied (hashed in transit) or skipped (hashed when skipped)
+  is still, right before the manifest is written, the file that was checked (its size and the
+  store's change token: inode and mtime, an ETag), or the manifest is not written.
+- One writer: the destination's set lock (lake.setlock, the ingest's) is held throughout, so a second
+  `shards cp` or an ingest into the same destination is refused, naming the first (host, pid, since);
+  behind a URL the lock is a lease, checked before every shard and before the manifest.
 - Safe: a destination holding another set (another fingerprint) is refused unless --overwrite,
   which removes the old manifest first, then the old set's shards that the new one lacks.
 
 Pushing to `hf://datasets/OWNER/NAME` goes through `HfApi.upload_large_folder` (resumable,
 several commits) from a staging folder of links next to the shard cache, then one commit of
-the manifest; pulling reads through `HfFileSystem` at `--revision`.
+the manifest on top of the very commit its shards were checked at (the Hub has no lock; its
+`parent_commit` refuses the manifest if another push committed in between); pulling reads through
+`HfFileSystem` at `--revision`.
 
 The dataset card (`shards.card`: README.md and preview/*.parquet) is not part of the set; it is
 regenerated at the destination, never copied, since it names where the set is published: a push
@@ -24,6 +32,7 @@ Hub leaves the Hub's card behind.
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import threading
 import time
@@ -34,6 +43,7 @@ from lake import storage
 from lake.catalog import ShardSet, default_cache_dir, open_shard_set
 from lake.errors import LakeError
 from lake.schema import INDEX_NAME, MANIFEST_NAME, QUARANTINE_NAME, Manifest, ShardEntry
+from lake.setlock import SetLock
 from shards.card import PREVIEW_DIR, CardSettings, card_files, card_settings, remove_card, write_card
 from shards.format import TMP_SUFFIX, copy_stream
 
@@ -90,8 +100,9 @@ def _check_destination(shards: ShardSet, dst: str, overwrite: bool) -> list[Shar
         what = f"another shard set ({old.name!r}, fingerprint {old.fingerprint()})"
     except (LakeError, UnicodeDecodeError) as e:
         old, what = None, f"an unreadable manifest ({e})"
-    if old is not None and old.fingerprint() == shards.fingerprint:
-        return None
+    if old is not None and old.fingerprint() == shards.fingerprint:  # this set; or another build of its bytes,
+        mine = {s.path for s in shards.manifest.shards}                 # whose shards have other names
+        return [s for s in old.shards if s.path not in mine] or None
     if not overwrite:
         raise LakeError(f"{dst}: holds {what}; {shards.root} is {shards.name!r}, fingerprint "
                         f"{shards.fingerprint}; pass --overwrite to replace it")
@@ -107,14 +118,21 @@ def _sha256_at(path: str) -> str:
         return copy_stream(f).sha.hexdigest()
 
 
+def checked_version(path: str, entry: ShardEntry) -> tuple | None:
+    """The version (lake.storage.version) of the file at `path` when it holds exactly this shard (size, then
+    sha256; the version is taken first, so a change while it is hashed shows later); None when it does not."""
+    try:
+        seen = storage.version(path)
+    except FileNotFoundError:
+        return None
+    if seen[0] != entry.bytes:
+        return None
+    return seen if _sha256_at(path) == entry.sha256 else None
+
+
 def already_there(path: str, entry: ShardEntry) -> bool:
     """True when `path` holds exactly this shard (size, then sha256)."""
-    try:
-        if storage.size(path) != entry.bytes:
-            return False
-    except FileNotFoundError:
-        return False
-    return _sha256_at(path) == entry.sha256
+    return checked_version(path, entry) is not None
 
 
 def _damaged(src: str, got, entry: ShardEntry) -> LakeError | None:
@@ -191,6 +209,19 @@ def copy_set(src: str, dst: str, overwrite: bool = False, revision: str | None =
         return _push_to_hub(shards, dst, overwrite, revision, progress, cache_dir or default_cache_dir(), t0)
     if not storage.is_url(dst) and os.path.isfile(storage.local_path(dst)):
         raise LakeError(f"{dst}: is a file; the destination of a set is a directory or a URL prefix")
+    with SetLock(dst, "shards cp") as lock:
+        copied, skipped, moved = _copy_into(shards, dst, overwrite, progress, lock)
+        settings = card_settings(shards.root) if storage.scheme(src) != "hf" else None  # a pull leaves the Hub's card
+        if settings is not None:
+            write_card(open_shard_set(dst, cache_limit_gb=0), dst, settings)
+    return CopySummary(src=src, dst=dst, name=shards.name, fingerprint=shards.fingerprint,
+                       shards=len(shards.manifest.shards), copied=copied, skipped=skipped, bytes_copied=moved,
+                       seconds=time.perf_counter() - t0, card=settings is not None)
+
+
+def _copy_into(shards: ShardSet, dst: str, overwrite: bool, progress, lock: SetLock) -> tuple[int, int, int]:
+    """Under the destination's lock: the shards `dst` lacks, the extra files, then the manifest, over shards
+    checked against it and unchanged since. Returns (shards copied, shards skipped, bytes copied)."""
     old = _check_destination(shards, dst, overwrite)
     if old is not None:
         _remove_stale(old, shards, dst)
@@ -198,26 +229,42 @@ def copy_set(src: str, dst: str, overwrite: bool = False, revision: str | None =
         os.makedirs(storage.local_path(dst), exist_ok=True)
     if progress is not None:
         progress.total = sum(s.bytes for s in shards.manifest.shards)
+    checked: dict[str, tuple] = {}  # shard path -> its version at dst when it was checked
     copied = skipped = moved = 0
     for entry in shards.manifest.shards:
+        lock.check()
         target = storage.join(dst, entry.path)
-        if already_there(target, entry):
+        checked[entry.path] = checked_version(target, entry)
+        if checked[entry.path] is not None:
             skipped += 1
             if progress is not None:
                 progress.update(entry.bytes)
             continue
         transfer(shards.shard_path(entry), target, entry, progress)
+        checked[entry.path] = storage.version(target)
         copied, moved = copied + 1, moved + entry.bytes
+    lock.check()
     for name in EXTRA_FILES:
         if storage.exists(shards.path(name)):
             storage.write_bytes_atomic(storage.join(dst, name), storage.read_bytes(shards.path(name)))
+    _unchanged_since_checked(dst, checked)
+    lock.check()
     storage.write_bytes_atomic(storage.join(dst, MANIFEST_NAME), storage.read_bytes(shards.path(MANIFEST_NAME)))
-    settings = card_settings(shards.root) if storage.scheme(src) != "hf" else None  # a pull leaves the Hub's card
-    if settings is not None:
-        write_card(open_shard_set(dst, cache_limit_gb=0), dst, settings)
-    return CopySummary(src=src, dst=dst, name=shards.name, fingerprint=shards.fingerprint,
-                       shards=len(shards.manifest.shards), copied=copied, skipped=skipped, bytes_copied=moved,
-                       seconds=time.perf_counter() - t0, card=settings is not None)
+    return copied, skipped, moved
+
+
+def _unchanged_since_checked(dst: str, checked: dict[str, tuple]) -> None:
+    """Right before the manifest goes: every shard it lists is still the file that was checked (one listing
+    per folder). Under the lock nothing else writes there; this catches what does not take it."""
+    folders: dict[str, dict[str, tuple]] = {}
+    for path, seen in checked.items():
+        folder, name = posixpath.split(path)
+        if folder not in folders:
+            folders[folder] = storage.versions(storage.join(dst, folder))
+        if folders[folder].get(name) != seen:
+            raise LakeError(f"{storage.join(dst, path)}: changed since this copy checked it (something that does "
+                            f"not take the set's lock wrote there); the manifest was not written, so {dst} is not "
+                            "a set; re-run the same command once nothing else writes there")
 
 
 # -- the Hub -------------------------------------------------------------------------------------------------
@@ -276,20 +323,41 @@ def _push_to_hub(shards: ShardSet, dst: str, overwrite: bool, revision: str | No
             progress.total = sum(e.bytes for e in todo)
         api.upload_large_folder(repo_id, stage, repo_type="dataset", revision=revision, allow_patterns=paths,
                                 print_report=False)
-        for entry in todo:  # what the Hub recorded, not what we meant to send
-            if not already_there(storage.join(root, entry.path), entry):
-                raise LakeError(f"{root}/{entry.path}: the Hub holds other bytes than the manifest's after the "
-                                "upload; re-run")
-            if progress is not None:
-                progress.update(entry.bytes)
-        api.upload_file(path_or_fileobj=storage.read_bytes(shards.path(MANIFEST_NAME)), path_in_repo=MANIFEST_NAME,
-                        repo_id=repo_id, repo_type="dataset", revision=revision,
-                        commit_message=f"Shard set {shards.name!r}, fingerprint {shards.fingerprint}")
+        if progress is not None:
+            progress.update(sum(e.bytes for e in todo))
+        _commit_manifest(api, shards, root, repo_id, revision)
     shutil.rmtree(stage, ignore_errors=True)  # links or copies, and upload_large_folder's resume records
     return CopySummary(src=shards.root, dst=root, name=shards.name, fingerprint=shards.fingerprint,
                        shards=len(shards.manifest.shards), copied=len(todo),
                        skipped=len(shards.manifest.shards) - len(todo), bytes_copied=sum(e.bytes for e in todo),
                        seconds=time.perf_counter() - t0, card=True)
+
+
+def _commit_manifest(api, shards: ShardSet, root: str, repo_id: str, revision: str | None) -> None:
+    """The manifest, committed on top of exactly the commit its shards were checked at.
+
+    The Hub has no lock, and a push is several commits, so two pushes into one repository can interleave
+    as two `shards cp` into one folder could. Its compare-and-swap stands in: every shard the manifest
+    lists is checked as the Hub holds it (what it recorded, not what we meant to send; the shards this
+    push skipped too), and the manifest's commit names the commit seen before the check as its parent
+    (`parent_commit`), which the Hub refuses if anything was committed since."""
+    from huggingface_hub.errors import HfHubHTTPError  # huggingface_hub only for a push to the Hub
+
+    head = api.repo_info(repo_id, repo_type="dataset", revision=revision).sha
+    for entry in shards.manifest.shards:
+        if not already_there(storage.join(root, entry.path), entry):
+            raise LakeError(f"{root}/{entry.path}: the Hub holds other bytes than the manifest's after the upload "
+                            "(another push into the repository?); the manifest was not committed; re-run")
+    try:
+        api.upload_file(path_or_fileobj=storage.read_bytes(shards.path(MANIFEST_NAME)), path_in_repo=MANIFEST_NAME,
+                        repo_id=repo_id, repo_type="dataset", revision=revision, parent_commit=head,
+                        commit_message=f"Shard set {shards.name!r}, fingerprint {shards.fingerprint}")
+    except HfHubHTTPError as e:
+        if getattr(e.response, "status_code", None) not in (409, 412):
+            raise
+        raise LakeError(f"{root}: something was committed to the repository while this push checked its shards "
+                        "(another push?); the manifest was not committed, so no mixed set is published; re-run "
+                        "once the other push has finished") from None
 
 
 def _hub_previews(root: str) -> list[str]:

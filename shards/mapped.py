@@ -21,7 +21,7 @@ import numpy as np
 from lake import storage
 from lake.blocks import MEMBER_SUFFIX, META_MEMBER, checksum
 from lake.errors import LakeError
-from lake.schema import BlockEntry, ShardEntry
+from lake.schema import MANIFEST_NAME, BlockEntry, Manifest, ShardEntry
 
 # The header dict numpy writes: {'descr': '<f2', 'fortran_order': False, 'shape': (3, 1, 8), }
 _HEADER = re.compile(r"^\{'descr': '([<>|=][a-zA-Z]\d*)', 'fortran_order': (True|False), "
@@ -71,10 +71,32 @@ def npy_view(buf, offset: int, size: int, where: str = "") -> np.ndarray:
     return np.frombuffer(buf, dtype=dtype, count=count, offset=offset + header_len).reshape(shape)
 
 
+def shard_gone(path: str, entry: ShardEntry) -> LakeError:
+    """The one line for a shard a reader's manifest lists that is not there (any more).
+
+    Every build of a set names its shards anew and deletes the old ones only once the new set is in place
+    (ingest --overwrite, a repair), so a reader holding an older manifest finds its shards gone, never
+    other bytes under their names: the set was replaced since it was opened. Or the set is damaged,
+    when the manifest there now still lists the shard."""
+    root = path[: -len(entry.path)].rstrip("/") if path.endswith(entry.path) else os.path.dirname(path)
+    try:
+        now = Manifest.from_json(storage.read_bytes(storage.join(root, MANIFEST_NAME)).decode("utf-8"))
+        listed = any(e.path == entry.path and e.sha256 == entry.sha256 for e in now.shards)
+    except (OSError, LakeError, UnicodeDecodeError):  # no manifest there now: being replaced
+        listed = False
+    if listed:
+        return LakeError(f"{path}: missing, though the set's manifest lists it: the set is damaged; run `python -m "
+                         "shards verify`, and re-run the ingest command that made it to repair it")
+    return LakeError(f"{path}: gone: the shard set at {root} was replaced since this reader opened it; open it "
+                     "again (restart the run) to read the new set")
+
+
 def _map_file(path: str, local: str, entry: ShardEntry) -> mmap.mmap:
     """mmap a local copy of a shard after checking its size against the manifest (`path` names it in errors)."""
     try:
         size = os.path.getsize(local)
+    except FileNotFoundError:
+        raise shard_gone(path, entry) from None
     except OSError as e:
         raise LakeError(f"{path}: cannot open shard ({e.strerror})") from None
     if size != entry.bytes:
@@ -116,7 +138,10 @@ class ShardMap:
         if self._mm is None and self._cache is not None:
             self._from_cache()
         if self._mm is None:
-            return self._read(index)
+            try:
+                return self._read(index)
+            except FileNotFoundError:  # a ranged read of an object deleted since the set was opened
+                raise shard_gone(self.path, self.entry) from None
         hit = self._views.get(index)
         if hit is None:  # parsing the .npy headers costs ~0.1 ms a block, more than the views are worth
             hit = self._views[index] = self._read(index)

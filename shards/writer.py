@@ -43,12 +43,13 @@ def index_rows(shard: str, split: str, block_index: int, block: Block, taxonomy:
 
 
 class RotatingWriter:
-    """One open shard per split; a new shard after `rows_per_shard` rows (block-granular)."""
+    """One open shard per split; a new shard after `rows_per_shard` rows (block-granular). `build`: the
+    build id its shard names carry (lake.blocks.new_build_id; "" for none)."""
 
     def __init__(self, root: str, taxonomy: list[str], on_complete: OnComplete, worker: int = 0,
-                 rows_per_shard: int = 16384, next_seq: dict[str, int] | None = None):
+                 rows_per_shard: int = 16384, next_seq: dict[str, int] | None = None, build: str = ""):
         self.root, self.taxonomy, self.on_complete = root, taxonomy, on_complete
-        self.worker, self.rows_per_shard = worker, rows_per_shard
+        self.worker, self.rows_per_shard, self.build = worker, rows_per_shard, build
         self.next_seq = dict(next_seq or {})
         self._open: dict[str, tuple[ShardWriter, list[dict]]] = {}
 
@@ -57,7 +58,7 @@ class RotatingWriter:
         if split not in self._open:
             seq = self.next_seq.get(split, 0)
             self.next_seq[split] = seq + 1
-            self._open[split] = (ShardWriter(self.root, shard_relpath(split, self.worker, seq), split), [])
+            self._open[split] = (ShardWriter(self.root, shard_relpath(split, self.worker, seq, self.build), split), [])
         writer, rows = self._open[split]
         b = writer.add_block(block)
         rows.extend(index_rows(writer.relpath, split, b, block, self.taxonomy))
@@ -137,10 +138,10 @@ class SetWriter:
     Ingest uses `RotatingWriter` directly, with a journal, so that a killed run resumes.
     """
 
-    def __init__(self, root: str, manifest: Manifest, rows_per_shard: int = 16384, worker: int = 0):
+    def __init__(self, root: str, manifest: Manifest, rows_per_shard: int = 16384, worker: int = 0, build: str = ""):
         self.root, self.manifest = root, manifest
         self._index: list[dict] = []
-        self._rot = RotatingWriter(root, manifest.taxonomy, self._done, worker, rows_per_shard)
+        self._rot = RotatingWriter(root, manifest.taxonomy, self._done, worker, rows_per_shard, build=build)
 
     def _done(self, entry: ShardEntry, rows: list[dict]) -> None:
         self.manifest.shards.append(entry)

@@ -194,9 +194,15 @@ class _RecordingApi:
     """The HfApi calls `shards cp` makes, applied to the local hub folder and recorded."""
 
     def __init__(self, folder):
-        self.folder, self.uploads, self.deleted = folder, [], []
+        self.folder, self.uploads, self.deleted, self.commits = folder, [], [], 0
+
+    def repo_info(self, repo_id, repo_type, revision):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(sha=f"{self.commits:040x}")  # the branch's head commit
 
     def upload_large_folder(self, repo_id, folder, repo_type, revision, allow_patterns, print_report):
+        self.commits += 1
         self.uploads.append(list(allow_patterns))
         for rel in allow_patterns:
             target = os.path.join(self.folder, "datasets", repo_id, rel)
@@ -204,11 +210,21 @@ class _RecordingApi:
             with open(os.path.join(folder, rel), "rb") as src, open(target, "wb") as dst:
                 dst.write(src.read())
 
-    def upload_file(self, path_or_fileobj, path_in_repo, repo_id, repo_type, revision, commit_message):
+    def upload_file(self, path_or_fileobj, path_in_repo, repo_id, repo_type, revision, commit_message,
+                    parent_commit=None):
+        if parent_commit is not None and parent_commit != self.repo_info(repo_id, repo_type, revision).sha:
+            import requests
+            from huggingface_hub.errors import HfHubHTTPError
+
+            response = requests.Response()
+            response.status_code = 412
+            raise HfHubHTTPError("412 Precondition Failed: A commit has happened since.", response=response)
+        self.commits += 1
         with open(os.path.join(self.folder, "datasets", repo_id, path_in_repo), "wb") as f:
             f.write(path_or_fileobj)
 
     def create_commit(self, repo_id, operations, repo_type, revision, commit_message):
+        self.commits += 1
         for op in operations:
             self.deleted.append(op.path_in_repo)
             os.remove(os.path.join(self.folder, "datasets", repo_id, op.path_in_repo))
@@ -261,3 +277,25 @@ def test_cp_to_the_hub_uploads_the_card_and_a_pull_leaves_it(a_set, tmp_path, hu
     copy_set(str(other), url, overwrite=True, cache_dir=str(tmp_path / "cache"))
     assert "preview/val.parquet" in hub.deleted and sorted(os.listdir(repo / "preview")) == ["test.parquet",
                                                                                             "train.parquet"]
+
+
+def test_a_push_whose_repository_moved_after_its_check_commits_no_manifest(a_set, tmp_path, hub, monkeypatch,
+                                                                             capsys):
+    """The Hub has no lock: the manifest's commit names the commit its shards were checked at as its parent,
+    and another push in between makes the Hub refuse it (the 412 the Hub answers, raised by the stand-in)."""
+    url = "hf://datasets/someone/emo-set"
+    seen = hub.repo_info
+
+    def another_push_meanwhile(*a, **kw):
+        head = seen(*a, **kw)
+        hub.commits += 1  # e.g. someone else's README.md edit, after this push read the head
+        return head
+
+    monkeypatch.setattr(hub, "repo_info", another_push_meanwhile)
+    assert cli.main(["cp", a_set, url, "--no-progress", "--cache-dir", str(tmp_path / "cache")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "the manifest was not committed" in err[0] and url in err[0]
+    assert not os.path.exists(tmp_path / "hub" / "datasets" / "someone" / "emo-set" / "manifest.json")
+    monkeypatch.setattr(hub, "repo_info", seen)
+    assert copy_set(a_set, url, cache_dir=str(tmp_path / "cache")).copied == 0  # the re-run: only the manifest
+    assert verify_set(url)[0] == []

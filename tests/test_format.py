@@ -81,7 +81,7 @@ def test_shard_and_member_names_round_trip_through_lake_blocks():
     for split, worker, seq in [("train", 0, 0), ("val", 3, 17), ("test-clean", 12, 123456), ("dev", 10000, 1234567)]:
         rel = shard_relpath(split, worker, seq)
         assert rel.startswith(f"{SHARDS_DIR}/")
-        assert parse_shard_name(rel) == (split, worker, seq) == parse_shard_name(rel.rsplit("/", 1)[-1])
+        assert parse_shard_name(rel) == (split, worker, seq, "") == parse_shard_name(rel.rsplit("/", 1)[-1])
     for other in ("index.parquet", "train-0000-000001.tar.tmp", "notes.tar", "train-x-000001.tar", "0000-000001.tar"):
         assert parse_shard_name(other) is None, other
     for index in (0, 7, 123456):

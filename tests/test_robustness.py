@@ -3,7 +3,7 @@ that the message names the thing and holds no traceback, and that nothing writte
 
   storage errors     lake.errors.describe_os_error via lake.cli.run_cli   (full disk, read-only, --out a file)
   --overwrite        ingest.write.output: built beside the old set, swapped in when complete
-  one writer         ingest.write.lock.SetLock (flock; a leased object behind a URL)
+  one writer         lake.setlock.SetLock (flock; a leased object behind a URL)
   repair             ingest.write.repair: a re-run checks the set and rebuilds or re-ingests what is damaged
   silent results     ingest: no key twice (write.ledger), declared durations, no empty set; predict's warnings
   numbers            lake.cliargs ranges, checked at parse time for every command
@@ -23,10 +23,11 @@ import time
 import pytest
 
 from ingest.write.journal import Journal, read_journals
-from ingest.write.lock import SetLock
 from ingest.write.merge import merge_set
 from ingest.write.output import SetOutput, finish_swap, overwrite_sibling
+from lake.blocks import parse_shard_name
 from lake.catalog import open_shard_set
+from lake.setlock import SetLock
 from lake.errors import PREEMPTED_EXIT
 from shards.verify import verify_set
 
@@ -163,6 +164,10 @@ def test_overwrite_keeps_the_old_set_until_the_new_one_is_complete(corpus, finis
     done = run("ingest", *args, check=True)
     assert "resuming" in done.stderr  # the half-built new set was resumed, not restarted
     assert verify_set(str(out))[0] == [] and fingerprint(out) != old
+    def builds(root):
+        return {parse_shard_name(e.path).build for e in open_shard_set(str(root)).manifest.shards}
+
+    assert len(builds(out)) == 1 and builds(out) != builds(finished)  # the resumed run named its shards as the killed one
     assert open_shard_set(str(out)).manifest.ingest["plan"]["max_seconds"] == 2.0
     assert sorted(os.listdir(tmp_path)) == [".laion.lock", "laion"]  # no work folder or old copy left behind
 

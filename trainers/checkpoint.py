@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from lake.errors import LakeError, about
+from lake.setlock import pid_alive
 from lake.storage import write_bytes_atomic
 
 FORMAT = "emolake-checkpoint-v2"
@@ -132,21 +133,11 @@ def remove_stale_temporaries(save_dir: str, prefix: str) -> list[str]:
     gone = []
     for name in os.listdir(save_dir) if os.path.isdir(save_dir) else ():
         m = re.fullmatch(re.escape(prefix) + r"_.*\.pt\.tmp-(\d+)", name)
-        if m and not _alive(int(m.group(1))):
+        if m and not pid_alive(int(m.group(1))):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(save_dir, name))
                 gone.append(name)
     return gone
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # -- the RNG part ------------------------------------------------------------------------------

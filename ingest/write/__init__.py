@@ -1,7 +1,6 @@
 """The ingest write path: where a set is written, what a run does with it, and how rows are committed.
 
     output      SetOutput: the set's root (local or URL) and staging folder; the --overwrite swap
-    lock        one writer per set
     plan        what decides a set's rows (kept in _work/plan.json, then the manifest)
     prepare     Status: what this run does with its output (new, resume, repair, ...), decided on rank 0
     repair      a finished set checked, and reopened as an unfinished one when damaged
@@ -11,6 +10,8 @@
     journal     the commit records of every rank, and what they add up to
     commit      one rank's protocol: segments of units, each closed and journalled
     merge       rank 0, at the end: journals -> manifest, index, quarantine
+
+One writer per set: lake.setlock, which `shards cp` takes too.
 
 Who produces the rows (ingest.pipeline decodes and encodes, ingest.precomputed imports vectors)
 is outside: both hand `commit.RankCommit` a per-segment `process(segment, packer)`.

@@ -23,6 +23,7 @@ from ingest.write.journal import Journal, JournalState
 from ingest.write.ledger import Ledger
 from ingest.write.output import SetOutput
 from ingest.write.packer import BlockPacker
+from ingest.write.plan import build_of
 from shards.writer import RotatingWriter
 
 Process = Callable[[list[Unit], BlockPacker], None]
@@ -71,7 +72,8 @@ class RankCommit:
         cfg = self.cfg
         journal = Journal(self.out, self.rank)
         rotating = RotatingWriter(self.out.build_root, self.taxonomy, journal.shard, worker=self.rank,
-                                  rows_per_shard=cfg.rows_per_shard, next_seq=self.state.next_seq(self.rank))
+                                  rows_per_shard=cfg.rows_per_shard, next_seq=self.state.next_seq(self.rank),
+                                  build=build_of(self.out))
         writer = BackgroundWriter(rotating)
         packer = BlockPacker(cfg.block_rows, writer.submit, with_caption=self.with_caption)
         try:

@@ -22,12 +22,13 @@ import tempfile
 
 from lake import storage
 from lake.blocks import SHARDS_DIR, parse_shard_name
-from lake.schema import INDEX_NAME, MANIFEST_NAME, QUARANTINE_NAME, ShardEntry
+from lake.errors import LakeError
+from lake.schema import INDEX_NAME, MANIFEST_NAME, QUARANTINE_NAME, Manifest, ShardEntry
+from lake.setlock import LOCK_OBJECT
 from shards.copy import transfer
 from shards.format import TMP_SUFFIX
 
 WORK_DIR = "_work"
-LOCK_OBJECT = "_lock.json"  # ingest.write.lock's lock object behind a URL
 
 
 def default_staging_dir(root: str) -> str:
@@ -148,8 +149,10 @@ def _replaced(out: SetOutput) -> str:
 
 def swap_in(new: SetOutput, out: SetOutput) -> None:
     """Replace the set at `out` by the complete set at `new` (then gone). Interrupted, `finish_swap`
-    completes it: locally two renames; behind a URL the old manifest goes first (readers then see no
-    set rather than a mixed one), then the old objects, the new ones are copied, the manifest last."""
+    completes it: locally two renames; behind a URL `_copy_remote`. Either way the old set's shards are
+    deleted only once the new set is in place, and since every build names its shards anew
+    (lake.blocks), no path a reader of the old set holds is ever rewritten: such a reader reads the old
+    bytes, or finds its shard gone and says the set was replaced (shards.mapped.shard_gone)."""
     if not out.remote:
         if os.path.exists(out.root):
             os.replace(out.root, _replaced(out))
@@ -160,18 +163,38 @@ def swap_in(new: SetOutput, out: SetOutput) -> None:
     _copy_remote(new, out)
 
 
+def _listed(out: SetOutput) -> dict[str, str]:
+    """{shard path: sha256} of the manifest at `out` (empty: none, or unreadable)."""
+    try:
+        return {e.path: e.sha256 for e in Manifest.from_json(out.read_text(MANIFEST_NAME)).shards}
+    except (FileNotFoundError, LakeError, UnicodeDecodeError):
+        return {}
+
+
 def _copy_remote(new: SetOutput, out: SetOutput) -> None:
-    out.remove(MANIFEST_NAME)
-    for name in out.listdir():
-        if name != LOCK_OBJECT:  # the lock of the ingest doing this swap; everything else, folders too (preview/)
-            out.remove_tree(name)
+    """The new shards first (new names, beside the old set, which readers keep reading), then the index
+    and quarantine, then the manifest (the switch), and only then the old set's objects. A new shard
+    under a name the old manifest lists with other bytes (builds made before build ids) would make the
+    old set a mixed one: then the old manifest goes first, and readers see no set for the while."""
+    if not new.exists(MANIFEST_NAME):  # only deleting `new` was left to do: everything else was done
+        new.remove_tree()
+        return
+    incoming = _listed(new)
+    old = _listed(out)
+    if any(old[p] != sha for p, sha in incoming.items() if p in old):
+        out.remove(MANIFEST_NAME)
     fs, _ = storage.filesystem(new.root)
-    names = [f"{SHARDS_DIR}/{n}" for n in new.shard_names()] + [n for n in (INDEX_NAME, QUARANTINE_NAME)
-                                                                  if new.exists(n)]
-    for rel in names + [MANIFEST_NAME]:  # the manifest last: a set exactly when it is whole
+    extras = [n for n in (INDEX_NAME, QUARANTINE_NAME) if new.exists(n)]
+    for rel in sorted(incoming) + extras + [MANIFEST_NAME]:  # the manifest last: a set exactly when it is whole
         src, dst = new.path(rel), out.path(rel)
         with storage.errors(dst):
             fs.copy(storage.filesystem(src)[1], storage.filesystem(dst)[1])
+    for name in out.shard_names():
+        if f"{SHARDS_DIR}/{name}" not in incoming:
+            out.remove(f"{SHARDS_DIR}/{name}")
+    for name in out.listdir():  # the old set's card (README.md, preview/), anything else it held
+        if name not in (SHARDS_DIR, MANIFEST_NAME, LOCK_OBJECT, *extras):  # the lock: the ingest doing this swap
+            out.remove_tree(name)
     new.remove_tree()
 
 

@@ -13,12 +13,16 @@ import json
 import os
 
 from lake import storage
+from lake.blocks import new_build_id
 from lake.distributed import World
 from lake.errors import LakeError
 from lake.schema import MANIFEST_NAME
 from ingest.write.output import WORK_DIR, SetOutput
 
 PLAN_NAME = "plan.json"
+BUILD_KEY = "build"
+"""In _work/plan.json only: the id this build's shard names carry (lake.blocks), kept so that a resumed
+run names its shards as the killed one did. Not part of the comparison: a build is not a setting."""
 
 
 def make_plan(cfg, source, taxonomy: list[str], encoders: dict, world_size: int = 1) -> dict:
@@ -42,7 +46,7 @@ def differences(old: dict, new: dict) -> list[str]:
     """One line per top-level plan entry that differs (the name aside)."""
     out = []
     for k in sorted(set(old) | set(new)):
-        if k != "name" and old.get(k) != new.get(k):
+        if k not in ("name", BUILD_KEY) and old.get(k) != new.get(k):
             def short(v):
                 if k == "encoders" and isinstance(v, dict):
                     return ", ".join(f"{m} {e.get('id')} dim {e.get('dim')}" + (f" layers {len(e['layers'])}" if "layers" in e else "")
@@ -67,8 +71,17 @@ def check_ranks_agree(plan: dict, world: World) -> None:
             raise LakeError(f"rank {r} would write other rows than rank {world.rank}:\n" + "\n".join(diff))
 
 
-def write_plan(out: SetOutput, plan: dict) -> None:
-    out.write_atomic(f"{WORK_DIR}/{PLAN_NAME}", json.dumps(plan, indent=1, ensure_ascii=False).encode("utf-8"))
+def write_plan(out: SetOutput, plan: dict) -> str:
+    """Start a build at `out`: its plan, under a new build id (returned)."""
+    build = new_build_id()
+    record = {**plan, BUILD_KEY: build}
+    out.write_atomic(f"{WORK_DIR}/{PLAN_NAME}", json.dumps(record, indent=1, ensure_ascii=False).encode("utf-8"))
+    return build
+
+
+def build_of(out: SetOutput) -> str:
+    """The build id of the unfinished ingest at `out` ("": none, or one started by code before build ids)."""
+    return (plan_in_progress(out) or {}).get(BUILD_KEY, "")
 
 
 def plan_in_progress(out: SetOutput) -> dict | None:

@@ -24,7 +24,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from lake import storage
-from lake.blocks import META_MEMBER, MEMBER_SUFFIX, SHARD_SUFFIX, SHARDS_DIR, checksum, member_of, parse_shard_name
+from lake.blocks import (META_MEMBER, MEMBER_SUFFIX, SHARD_NAME_FORMAT, SHARD_SUFFIX, SHARDS_DIR, checksum, member_of,
+                         parse_shard_name)
 from lake.catalog import ShardSet
 from lake.errors import LakeError
 from lake.schema import MANIFEST_NAME, QUARANTINE_NAME, BlockEntry, Manifest, ShardEntry
@@ -84,7 +85,7 @@ def scan_shard(out: SetOutput, relpath: str, taxonomy: list[str]) -> tuple[Shard
     path = out.path(relpath)
     name = parse_shard_name(relpath)
     if name is None:
-        raise LakeError(f"{path}: not a shard name of this format ({SHARDS_DIR}/<split>-<worker>-<seq>{SHARD_SUFFIX})")
+        raise LakeError(f"{path}: not a shard name of this format ({SHARD_NAME_FORMAT})")
     meta_file, label_file = MEMBER_SUFFIX[META_MEMBER], MEMBER_SUFFIX["label"]
     blocks, rows = [], []
     with storage.open_file(path, "rb") as raw:
