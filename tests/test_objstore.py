@@ -384,3 +384,20 @@ def test_orphaned_connection_failures_on_the_io_loop_print_nothing(s3_bucket, ca
         fsspec.asyn.sync(fs.loop, orphan, ValueError("a bug"))
         gc.collect()
         assert [r for r in caplog.records if "never retrieved" in r.getMessage()]
+
+
+def test_a_damaged_shard_read_by_ranges_from_s3_is_one_line(remote_set, tmp_path):
+    """No cache, so no sha256 of a whole download: the member's checksum catches what the object holds."""
+    import s3fs
+
+    shards = open_shard_set(remote_set, cache_limit_gb=0)
+    entry = shards.manifest.shards_of("train")[0]
+    offset, size = entry.blocks[0].members["audio"]
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+    path = shards.shard_path(entry)[len("s3://"):]
+    data = bytearray(fs.cat_file(path))
+    data[offset + size - 2: offset + size] = np.array([np.nan], np.float16).tobytes()  # the last value: NaN
+    fs.pipe_file(path, bytes(data))
+    loader = ShardLoader(open_shard_set(remote_set, cache_limit_gb=0), "train", 8, seed=3)
+    with pytest.raises(LakeError, match=r"block 0 audio\.npy: its bytes differ from the checksum"):
+        list(loader)
