@@ -21,9 +21,11 @@ own `FSSPEC_S3='{"key": ...}'` environment variables).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import re
+import sys
 from typing import IO
 
 from lake.errors import LakeError, about
@@ -164,7 +166,8 @@ def set_storage_options(urls, options: str | dict | None) -> None:
     """Pass fsspec storage options (`--storage-options JSON`) to the filesystems of these URLs.
 
     Written into fsspec's own configuration, which every later filesystem of that
-    protocol reads (DataLoader workers forked afterwards inherit it).
+    protocol reads in this process; a worker process (spawned: a fresh interpreter) gets
+    them through `options_snapshot` / `restore_options`.
     """
     if not options:
         return
@@ -178,6 +181,19 @@ def set_storage_options(urls, options: str | dict | None) -> None:
     for url in urls:
         if is_url(url):
             _options().setdefault(scheme(url), {}).update(options)
+
+
+def options_snapshot() -> dict:
+    """The fsspec options of this process ({protocol: options}), to hand to a spawned worker process,
+    which starts with only what the environment and fsspec's config files say."""
+    config = sys.modules.get("fsspec.config")  # not imported: no URL was opened, nothing was set
+    return copy.deepcopy(config.conf) if config is not None else {}
+
+
+def restore_options(snapshot: dict) -> None:
+    """In a worker: apply the parent's `options_snapshot()`."""
+    for protocol, options in snapshot.items():
+        _options().setdefault(protocol, {}).update(options)
 
 
 def _fs(url: str):

@@ -30,11 +30,13 @@ import webdataset as wds
 from lake import storage
 from lake.catalog import ShardSet
 from lake.errors import LakeError
+from lake.processes import WorkerStart, preload, worker_context
 from shards.cache import Prefetcher, cache_for
 from shards.mapped import ShardMap
 from shards.partition import block_offsets, eval_batches, rank_batches, worker_batches
 
 STATE_VERSION = 1
+preload(__name__)  # DataLoader workers unpickle the pipeline's stages (plain data) and run them
 
 
 class _BatchPlan(torch.utils.data.IterableDataset):
@@ -236,9 +238,7 @@ class ShardLoader:
         self.cache = cache_for(shards, entries)
         self.prefetcher = Prefetcher(self.cache, self.paths, entries) if self.cache is not None else None
         self.epoch, self.consumed = 0, 0
-        import multiprocessing as mp
-
-        self._position = mp.Array("q", 2, lock=False)  # (epoch, first batch), read by the workers
+        self._position = worker_context().Array("q", 2, lock=False)  # (epoch, first batch), read by the workers
         self._dataloader = self._inline = None
 
     @staticmethod
@@ -276,6 +276,7 @@ class ShardLoader:
             self._dataloader = torch.utils.data.DataLoader(
                 self._pipeline(), batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
                 prefetch_factor=4, persistent_workers=True,
+                multiprocessing_context=worker_context(), worker_init_fn=WorkerStart(),  # lake.processes
                 # a private generator: creating an iterator must not draw from the global RNG, or a run resumed
                 # mid-epoch would see other dropout masks than an uninterrupted one
                 generator=torch.Generator().manual_seed(self.seed))
@@ -290,7 +291,7 @@ class ShardLoader:
         if start >= len(self):
             return
         self._position[0], self._position[1] = self.epoch, start
-        batches = iter(self._source())  # workers start (fork) here, before any prefetch thread exists
+        batches = iter(self._source())  # workers start here, once: they are persistent
         if self.prefetcher is not None and self.prefetcher.needed():
             self.prefetcher.start(self._shard_order(start))
         try:
