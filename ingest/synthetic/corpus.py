@@ -95,7 +95,8 @@ def generate(out_dir: str, clips: int = 1000, meld_clips: int | None = None, see
     `clips` counts the LAION clips of the emotion tars (bad ones included); the ignored
     extra tar and the unknown-prompt tar add 3 each. `meld_clips` (default: a fifth of
     `clips`, at least 30; 0 = no MELD part) counts MELD's CSV rows. The output depends
-    on the arguments only, not on `workers`.
+    on the arguments only, not on `workers`. With `workers` > 1 the workers come from a fork
+    server (lake.processes): a script calling this needs `if __name__ == "__main__":`.
     """
     t0 = time.perf_counter()
     classes = list(classes)
