@@ -37,7 +37,7 @@ from lake.cliargs import at_least, bounded
 
 FFMPEG_HINT = "install it with `apt-get install -y ffmpeg` (Debian/Ubuntu) or `brew install ffmpeg` (macOS)"
 
-_CLIPS: list[tuple[str, bytes | str]] = []  # (source, bytes or path): set before the pool forks
+_CLIPS: list[tuple[str, bytes | str]] = []  # (source, bytes or path): in the workers, set by `_set_clips`
 
 
 def load_clips(corpus: str) -> list[tuple[str, bytes | str]]:
@@ -81,6 +81,11 @@ def pyav_decode(src: bytes | str) -> np.ndarray:
 _METHODS = {"pyav": pyav_decode, "subprocess": ffmpeg_decode}
 
 
+def _set_clips(clips: list[tuple[str, bytes | str]]) -> None:
+    global _CLIPS
+    _CLIPS = clips
+
+
 def _one(args: tuple[str, int]) -> int:
     method, i = args
     return len(_METHODS[method](_CLIPS[i][1]))
@@ -92,8 +97,8 @@ def run(method: str, indices: list[int], workers: int) -> tuple[float, int]:
     if workers <= 1:
         samples = sum(_one((method, i)) for i in indices)
     else:
-        ctx = mp.get_context("fork")
-        with ctx.Pool(workers) as pool:  # start-up counted: a real run pays it too, once
+        # spawned, as ingest's decode pool is (ingest.pipeline); start-up counted: a real run pays it too, once
+        with mp.get_context("spawn").Pool(workers, _set_clips, (_CLIPS,)) as pool:
             samples = sum(pool.imap_unordered(_one, [(method, i) for i in indices], chunksize=4))
     return time.perf_counter() - t0, samples
 

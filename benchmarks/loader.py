@@ -134,7 +134,7 @@ def write_litdata(root: str, rows: int, layers: int) -> str:
     for var, name in (("DATA_OPTIMIZER_CACHE_FOLDER", "chunks"), ("DATA_OPTIMIZER_DATA_CACHE_FOLDER", "data")):
         os.environ[var] = os.path.join(root, "litdata-cache", name)  # its scratch folders (else under /tmp)
     litdata.optimize(fn=_BlockRows(rows, layers), inputs=list(range(0, rows, BLOCK)), output_dir=out,
-                     chunk_bytes="64MB", num_workers=1, verbose=False, start_method="fork")
+                     chunk_bytes="64MB", num_workers=1, verbose=False, start_method="spawn")
     return out
 
 

@@ -33,6 +33,7 @@ import functools
 import json
 import os
 import re
+import sys
 from typing import IO
 
 from lake.errors import LakeError, about
@@ -235,8 +236,9 @@ def set_storage_options(urls, options: str | dict | None) -> None:
     """Pass fsspec storage options (`--storage-options JSON`) to the filesystems of these URLs.
 
     Written into fsspec's own configuration, which every later filesystem of that
-    protocol reads (DataLoader workers forked afterwards inherit it); nested dicts
-    are merged key by key, so `{"config_kwargs": {"read_timeout": 60}}` keeps the other limits.
+    protocol reads in this process (a worker process gets them through `options_snapshot` /
+    `restore_options`); nested dicts are merged key by key, so `{"config_kwargs": {"read_timeout": 60}}`
+    keeps the other limits.
     """
     if not options:
         return
@@ -251,6 +253,20 @@ def set_storage_options(urls, options: str | dict | None) -> None:
         if is_url(url):
             conf = _options()
             conf[scheme(url)] = _merge(conf.get(scheme(url), {}), options)
+
+
+def options_snapshot() -> dict:
+    """The fsspec options of this process ({protocol: options}), to hand to a spawned worker process,
+    which starts with only what the environment and fsspec's config files say."""
+    config = sys.modules.get("fsspec.config")  # not imported: no URL was opened, nothing was set
+    return copy.deepcopy(config.conf) if config is not None else {}
+
+
+def restore_options(snapshot: dict) -> None:
+    """In a worker: apply the parent's `options_snapshot()`."""
+    conf = _options()
+    for protocol, options in snapshot.items():
+        conf[protocol] = _merge(conf.get(protocol, {}), options)
 
 
 def _fs(url: str):

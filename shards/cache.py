@@ -169,7 +169,7 @@ class Prefetcher:
 
     Started per epoch (`start`), in the loading process only: readers never wait for
     it, they read block ranges until a shard has arrived (`shards.mapped.ShardMap`).
-    Threads exist only while there is work, so none is alive when the loader forks workers.
+    Threads exist only while there is work (the loader spawns its workers: none of them inherits one).
     """
 
     def __init__(self, caches: list[ShardCache], urls: list[str], entries: list[ShardEntry], threads: int = 4):

@@ -38,11 +38,13 @@ import webdataset as wds
 from lake import storage
 from lake.catalog import ShardSet, repair_hint
 from lake.errors import LakeError
+from lake.processes import WorkerStart, preload, worker_context
 from shards.cache import Prefetcher, cache_for
 from shards.mapped import ShardMap
 from shards.partition import Plan, block_offsets, quotas, worker_batches
 
 STATE_VERSION = 2
+preload(__name__)  # DataLoader workers unpickle the pipeline's stages (plain data) and run them
 
 
 class _BatchPlan(torch.utils.data.IterableDataset):
@@ -279,9 +281,7 @@ class ShardLoader:
         self._prefetch_index[wanted] = np.arange(len(wanted))
         self.epoch, self.consumed = 0, 0
         self._legacy: tuple = ()  # (epoch, world) of a version-1 state whose epoch is being finished
-        import multiprocessing as mp
-
-        self._position = mp.Array("q", 2, lock=False)  # (epoch, first batch), read by the workers
+        self._position = worker_context().Array("q", 2, lock=False)  # (epoch, first batch), read by the workers
         self._dataloader = self._inline = None
 
     @property
@@ -374,6 +374,7 @@ class ShardLoader:
             self._dataloader = torch.utils.data.DataLoader(
                 self._pipeline(), batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
                 prefetch_factor=4, persistent_workers=True,
+                multiprocessing_context=worker_context(), worker_init_fn=WorkerStart(),  # lake.processes
                 # a private generator: creating an iterator must not draw from the global RNG, or a run resumed
                 # mid-epoch would see other dropout masks than an uninterrupted one
                 generator=torch.Generator().manual_seed(self.seed))
@@ -388,7 +389,7 @@ class ShardLoader:
         if start >= len(self):
             return
         self._position[0], self._position[1] = self.epoch, start
-        batches = iter(self._source())  # workers start here, before any prefetch thread exists
+        batches = iter(self._source())  # workers start here, once: they are persistent
         if self.prefetcher is not None and self.prefetcher.needed():
             self.prefetcher.start(self._shard_order(start))
         try:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import shutil
 import sys
@@ -47,10 +46,13 @@ import numpy as np
 from lake.cli import run_cli
 from lake.cliargs import HelpFormatter, at_least, bounded
 from lake.errors import LakeError
+from lake.processes import WorkerStart, preload, worker_context
 from lake.taxonomy import EMONET_PROMPTS
 from ingest.synthetic.spec import DEFAULT_CLASSES, MELD_FOLDERS
 from ingest.synthetic.laion import build_tar, plan_laion
 from ingest.synthetic.meld import build_meld_clips, meld_truth, plan_meld, write_meld_csvs
+
+preload(__name__)  # the workers run `_run_task`
 
 
 def _run_task(task: tuple) -> tuple[int, list[dict]]:
@@ -93,7 +95,8 @@ def generate(out_dir: str, clips: int = 1000, meld_clips: int | None = None, see
     `clips` counts the LAION clips of the emotion tars (bad ones included); the ignored
     extra tar and the unknown-prompt tar add 3 each. `meld_clips` (default: a fifth of
     `clips`, at least 30; 0 = no MELD part) counts MELD's CSV rows. The output depends
-    on the arguments only, not on `workers`.
+    on the arguments only, not on `workers`. With `workers` > 1 the workers come from a fork
+    server (lake.processes): a script calling this needs `if __name__ == "__main__":`.
     """
     t0 = time.perf_counter()
     classes = list(classes)
@@ -121,8 +124,7 @@ def generate(out_dir: str, clips: int = 1000, meld_clips: int | None = None, see
     if workers == 1:
         results = dict(map(_run_task, tasks))
     else:
-        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ctx.Pool(workers) as pool:
+        with worker_context().Pool(workers, WorkerStart()) as pool:  # lake.processes: never forked from here
             results = dict(pool.imap_unordered(_run_task, tasks, chunksize=1))
 
     truth = [rec for i in range(len(tars)) for rec in results[i]]

@@ -114,12 +114,14 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes | None) -> None:
 
 
 def build_tar(plan: TarPlan, laion_dir: str, seed: int) -> list[dict]:
-    """Synthesize and write one tar; returns its truth records."""
+    """Synthesize and write one tar; returns its truth records. The tar is written under a
+    temporary name and renamed when complete: a `*.tar` in the folder is a finished one."""
     stem = plan.name[:-4]
     prefix = f"{stem}/" if plan.folder else ""
     records = []
     voice = VOICES[plan.voice]
-    with tarfile.open(os.path.join(laion_dir, plan.name), "w", format=tarfile.PAX_FORMAT) as tar:
+    path = os.path.join(laion_dir, plan.name)
+    with tarfile.open(path + ".part", "w", format=tarfile.PAX_FORMAT) as tar:
         if plan.folder:
             _tar_add(tar, stem, None)
         for clip in plan.clips:
@@ -167,4 +169,5 @@ def build_tar(plan: TarPlan, laion_dir: str, seed: int) -> list[dict]:
                 "member": members[0][0] if len(members) == 1 else f"{prefix}{clip['id']}.mp3",
                 "language": plan.lang, "voice": plan.voice, "prosody": plan.prosody,
             })
+    os.replace(path + ".part", path)
     return records

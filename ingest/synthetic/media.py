@@ -47,7 +47,9 @@ def write_mp4(path: str, planes: np.ndarray, sr: int = MELD_SR, fps: int = 5) ->
         video.codec_context.options = {"preset": "ultrafast", "threads": "1"}
         audio = out.add_stream("aac", rate=sr, layout=layout)
         audio.bit_rate = AAC_BITRATE_PER_CHANNEL * planes.shape[0]
-        audio.codec_context.options = {"aac_coder": "fast"}  # the default coder is ~4x slower on 5.1
+        # the default coder is ~4x slower on 5.1; the cutoff: the voice is made at 24 kHz (spec.SR), so
+        # it has nothing above 12 kHz for the encoder to analyse (a third of its time, saved)
+        audio.codec_context.options = {"aac_coder": "fast", "cutoff": str(SR // 2)}
         for packet in audio.encode(_audio_frame(planes, sr, layout)):
             out.mux(packet)
         for packet in audio.encode(None):

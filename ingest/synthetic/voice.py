@@ -157,7 +157,8 @@ def syllables(text: str) -> list[tuple[str, bool]]:
     return out or [("ah", True)]
 
 
-_PULSE_N = 2048
+_PULSE_BITS = 11
+_PULSE_N = 1 << _PULSE_BITS  # samples of one pulse cycle in the table
 
 
 @functools.lru_cache(maxsize=64)
@@ -178,13 +179,20 @@ def _smooth_noise(rng: np.random.Generator, n: int, width: int) -> np.ndarray:
     return (x - x.mean()) / (x.std() + 1e-9)
 
 
-def synthesize(cues: Cues, voice: Voice, sylls: list[tuple[str, bool]], rng: np.random.Generator,
-               sr: int = SR, max_s: float = MAX_S, min_s: float = MIN_S) -> tuple[np.ndarray, dict]:
-    """One clip: float32 mono wave at `sr` (peak < 1) and what was realised (for the caption).
+@dataclass(frozen=True)
+class _Timing:
+    """Where the syllables fall (s from the clip's start): what every contour is built on."""
 
-    Syllables that do not fit in `max_s` are dropped from the end; a clip shorter than
-    `min_s` gets trailing silence.
-    """
+    dur: np.ndarray  # [n] voiced length of each syllable
+    stress: np.ndarray  # [n] bool
+    ends: np.ndarray  # [n] bool: the syllable ends a phrase (the last one always does)
+    starts: np.ndarray  # [n]
+    total: float  # clip length
+
+
+def _timing(cues: Cues, sylls: list[tuple[str, bool]], rng: np.random.Generator, max_s: float,
+            min_s: float) -> _Timing:
+    """Durations and pauses; syllables that do not fit in `max_s` are dropped from the end."""
     n = len(sylls)
     stress = rng.random(n) < 0.35
     dur = np.exp(rng.normal(0, 0.22, n)) / cues.rate * np.where(stress, 1.25, 1.0)
@@ -195,43 +203,47 @@ def synthesize(cues: Cues, voice: Voice, sylls: list[tuple[str, bool]], rng: np.
     lead, tail = rng.uniform(0.05, 0.25), rng.uniform(0.08, 0.3)
     span = np.cumsum(dur + pause) - pause  # end of syllable i's voice after the lead
     k = max(1, int(np.searchsorted(span, max_s - lead - tail, side="right")))
-    n, dur, pause, stress, ends = k, dur[:k], pause[:k], stress[:k], ends[:k].copy()
+    dur, pause, stress, ends = dur[:k], pause[:k], stress[:k], ends[:k].copy()
     ends[-1] = True
     starts = lead + np.concatenate([[0.0], np.cumsum(dur + pause)[:-1]])
-    total = max(min_s, min(max_s, starts[-1] + dur[-1] + tail))
-    N = int(round(total * sr))
+    return _Timing(dur, stress, ends, starts, max(min_s, min(max_s, starts[-1] + dur[-1] + tail)))
 
-    # Control-rate contours (5 ms), then interpolated to samples.
-    hop = sr // 200
-    M = N // hop + 2
-    t = np.arange(M) * (hop / sr)
-    st = 12 * np.log2(voice.f0) + cues.f0_st + 0.3 * _smooth_noise(rng, M, 40)
-    phrase_ends = np.flatnonzero(ends)
+
+def _pitch(cues: Cues, voice: Voice, tm: _Timing, t: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, list]:
+    """f0 in semitones at the control times `t`: declination and a final rise or fall per phrase,
+    syllable accents, tremor; and whether each phrase rose."""
+    st = 12 * np.log2(voice.f0) + cues.f0_st + 0.3 * _smooth_noise(rng, len(t), 40)
     p0 = 0
     rising = []
-    for pe in phrase_ends:  # declination and a final rise or fall per phrase
-        a, b = starts[p0], starts[pe] + dur[pe]
+    for pe in np.flatnonzero(tm.ends):
+        a, b = tm.starts[p0], tm.starts[pe] + tm.dur[pe]
         m = (t >= a) & (t < b)
         st[m] += cues.decl_st * (0.5 - (t[m] - a) / max(b - a, 1e-3))
         up = rng.random() < cues.rise
         rising.append(bool(up))
-        ramp = np.clip((t - starts[pe]) / dur[pe], 0, 1) * (t < b + 0.05)
+        ramp = np.clip((t - tm.starts[pe]) / tm.dur[pe], 0, 1) * (t < b + 0.05)
         st += (1.3 if up else -0.5) * cues.range_st * ramp
         p0 = pe + 1
-    amp = cues.range_st * np.where(stress, 1.0, 0.3) * np.maximum(0.0, rng.normal(1, 0.35, n))
-    centre, width = starts + 0.55 * dur, 0.35 * dur
+    n = len(tm.dur)
+    amp = cues.range_st * np.where(tm.stress, 1.0, 0.3) * np.maximum(0.0, rng.normal(1, 0.35, n))
+    centre, width = tm.starts + 0.55 * tm.dur, 0.35 * tm.dur
     st += (amp[:, None] * np.exp(-0.5 * ((t[None, :] - centre[:, None]) / width[:, None]) ** 2)).sum(0)
     st += cues.tremor_st * np.sin(2 * np.pi * rng.uniform(5, 8) * t + rng.uniform(0, 6.3))
+    return st, rising
 
-    voiced = np.zeros(M)
-    fric = np.zeros(M)
-    gain_db = rng.normal(0, cues.dyn_db, n) + 3.0 * stress
-    frames = lambda s: int(round(s * sr / hop))  # noqa: E731
+
+def _envelopes(cues: Cues, tm: _Timing, rng: np.random.Generator, frames_per_s: float,
+               m: int) -> tuple[np.ndarray, np.ndarray]:
+    """Voicing and frication amplitude at the `m` control times: a consonant onset (fricative,
+    stop burst, sonorant or none) before each syllable's vowel, per-syllable and slow loudness."""
+    n = len(tm.dur)
+    voiced, fric = np.zeros(m), np.zeros(m)
+    gain_db = rng.normal(0, cues.dyn_db, n) + 3.0 * tm.stress
     kinds = rng.choice(4, size=n, p=[0.35, 0.25, 0.25, 0.15])  # fricative, stop, sonorant, none
     for i in range(n):
         g = 10 ** (gain_db[i] / 20)
-        c = dur[i] * (rng.uniform(0.15, 0.35) if kinds[i] < 3 else 0.0)
-        a, b, e = frames(starts[i]), frames(starts[i] + c), frames(starts[i] + dur[i])
+        c = tm.dur[i] * (rng.uniform(0.15, 0.35) if kinds[i] < 3 else 0.0)
+        a, b, e = (int(round(x * frames_per_s)) for x in (tm.starts[i], tm.starts[i] + c, tm.starts[i] + tm.dur[i]))
         if e > b:
             voiced[b:e] = np.maximum(voiced[b:e], g * np.sin(np.linspace(0, np.pi, e - b)) ** 0.6)
         if b > a:
@@ -241,53 +253,80 @@ def synthesize(cues: Cues, voice: Voice, sylls: list[tuple[str, bool]], rng: np.
                 fric[max(a, b - 3):b] = 0.8 * g
             elif kinds[i] == 2:
                 voiced[a:b] = 0.35 * g
-    dyn = 10 ** (0.5 * cues.dyn_db * _smooth_noise(rng, M, 120) / 20)
-    voiced *= dyn
-    fric *= dyn
+    dyn = 10 ** (0.5 * cues.dyn_db * _smooth_noise(rng, m, 120) / 20)
+    return voiced * dyn, fric * dyn
 
-    ts = np.arange(N) * (1.0 / sr)
-    f0 = 2.0 ** (np.interp(ts, t, st) / 12)
-    v_env = np.interp(ts, t, voiced)
-    n_env = np.interp(ts, t, fric)
 
-    # Glottal source: Rosenberg pulses per cycle, jitter and shimmer per cycle.
-    cyc0 = (np.cumsum(f0) / sr).astype(np.int64)
-    jit = 1 + cues.jitter * rng.standard_normal(int(cyc0[-1]) + 2)
-    phase = np.cumsum(f0 * jit[cyc0]) / sr
-    cyc = phase.astype(np.int64)
-    frac = phase - cyc
+def _to_samples(control: np.ndarray, hop: int, n: int) -> np.ndarray:
+    """[k, m] values at samples 0, hop, 2 hop, ... -> [k, n] float32, linearly interpolated between
+    them (np.interp on a uniform grid, for all k rows at once)."""
+    control = control.astype(np.float32)
+    step = np.diff(control, axis=1)[:, :, None] * (np.arange(hop, dtype=np.float32) / hop)
+    return (control[:, :-1, None] + step).reshape(len(control), -1)[:, :n]
+
+
+def _glottal_source(cues: Cues, f0: np.ndarray, rng: np.random.Generator, sr: int) -> tuple[np.ndarray, np.ndarray]:
+    """Rosenberg pulses along the f0 track, with jitter and shimmer per cycle: the differentiated
+    glottal flow, spectrally tilted (a lax voice is darker), and the flow itself."""
+    cyc0 = (np.cumsum(f0, dtype=np.float64) * (1.0 / sr)).astype(np.int64)
+    jit = (1 + cues.jitter * rng.standard_normal(int(cyc0[-1]) + 2)).astype(np.float32)
+    # phase in pulse-table steps: the cycle is the high bits, the position within it the low ones
+    steps = (np.cumsum(f0 * jit[cyc0], dtype=np.float64) * (_PULSE_N / sr)).astype(np.int64)
+    cyc = steps >> _PULSE_BITS
     pulse = _rosenberg(round(float(np.clip(0.8 - 0.4 * cues.tension, 0.35, 0.85)), 2))
-    flow = pulse[(frac * _PULSE_N).astype(np.int32)]
-    shim = np.exp(cues.shimmer * rng.standard_normal(int(cyc[-1]) + 2))
+    flow = pulse[steps & (_PULSE_N - 1)]
+    shim = np.exp(cues.shimmer * rng.standard_normal(int(cyc[-1]) + 2)).astype(np.float32)
     glot = np.diff(flow, prepend=np.float32(0)) * shim[cyc]
-    a = float(np.clip(0.05 + 0.8 * (1 - cues.tension), 0.0, 0.9))  # spectral tilt: lax voices are darker
-    glot = lfilter([1 - a], [1, -a], glot)
+    a = np.float32(np.clip(0.05 + 0.8 * (1 - cues.tension), 0.0, 0.9))  # spectral tilt
+    return lfilter(np.array([1 - a], np.float32), np.array([1, -a], np.float32), glot), flow
+
+
+def _vocal_tract(src: np.ndarray, cues: Cues, voice: Voice, sylls: list[tuple[str, bool]], tm: _Timing,
+                 rng: np.random.Generator, sr: int) -> np.ndarray:
+    """A cascade of four formant resonators (unit gain at 0 Hz), per syllable, state carried over."""
+    n, N = len(tm.dur), len(src)
+    scale = voice.formant_scale * cues.formant * np.exp(rng.normal(0, 0.04, (n, 4)))
+    freqs = np.array([VOWELS[sylls[i][0]] for i in range(n)]) * scale
+    r = np.exp(-np.pi * _BANDWIDTHS * (1 + 0.6 * cues.breath) / sr)
+    c = 2 * r * np.cos(2 * np.pi * np.minimum(freqs, 0.45 * sr) / sr)  # [n, 4]
+    sos = np.zeros((n, 4, 6), np.float32)
+    sos[..., 0], sos[..., 3], sos[..., 4], sos[..., 5] = 1 - c + r * r, 1.0, -c, r * r
+    y = np.empty(N, np.float32)
+    zi = np.zeros((4, 2), np.float32)
+    bounds = np.minimum(np.concatenate([[0], (tm.starts[1:] * sr).astype(np.int64), [N]]), N)
+    for i in np.flatnonzero(bounds[1:] > bounds[:-1]):
+        y[bounds[i]:bounds[i + 1]], zi = sosfilt(sos[i], src[bounds[i]:bounds[i + 1]], zi=zi)
+    return y
+
+
+def synthesize(cues: Cues, voice: Voice, sylls: list[tuple[str, bool]], rng: np.random.Generator,
+               sr: int = SR, max_s: float = MAX_S, min_s: float = MIN_S) -> tuple[np.ndarray, dict]:
+    """One clip: float32 mono wave at `sr` (peak < 1) and what was realised (for the caption).
+
+    Syllables that do not fit in `max_s` are dropped from the end; a clip shorter than
+    `min_s` gets trailing silence. Contours are built at a 5 ms control rate, then
+    interpolated to samples; everything at the sample rate is float32.
+    """
+    tm = _timing(cues, sylls, rng, max_s, min_s)
+    N = int(round(tm.total * sr))
+    hop = sr // 200
+    m = N // hop + 2
+    st, rising = _pitch(cues, voice, tm, np.arange(m) * (hop / sr), rng)
+    voiced, fric = _envelopes(cues, tm, rng, sr / hop, m)
+    st, v_env, n_env = _to_samples(np.stack([st, voiced, fric]), hop, N)
+    f0 = np.exp2(st * np.float32(1 / 12))
+    glot, flow = _glottal_source(cues, f0, rng, sr)
     white = rng.standard_normal(N + 1, dtype=np.float32)
     noise = white[1:] - white[:-1]  # differenced: brighter, like turbulence
     asp = noise * (0.4 + flow)
     asp *= glot.std() / (asp.std() + 1e-12)
     src = ((1 - cues.breath) * glot + cues.breath * asp) * v_env
-
-    # Vocal tract: a cascade of four formant resonators per syllable, state carried over.
-    y = np.empty(N)
-    zi = np.zeros((4, 2))
-    bw = _BANDWIDTHS * (1 + 0.6 * cues.breath)
-    bounds = [0] + [int(s * sr) for s in starts[1:]] + [N]
-    for i in range(n):
-        s0, s1 = min(bounds[i], N), min(bounds[i + 1], N)
-        if s1 <= s0:
-            continue
-        freqs = np.array(VOWELS[sylls[i][0]]) * (voice.formant_scale * cues.formant) * np.exp(rng.normal(0, 0.04, 4))
-        r = np.exp(-np.pi * bw / sr)
-        c = 2 * r * np.cos(2 * np.pi * np.minimum(freqs, 0.45 * sr) / sr)
-        sos = np.zeros((4, 6))
-        sos[:, 0], sos[:, 3], sos[:, 4], sos[:, 5] = 1 - c + r * r, 1.0, -c, r * r
-        y[s0:s1], zi = sosfilt(sos, src[s0:s1], zi=zi)
+    y = _vocal_tract(src, cues, voice, sylls, tm, rng, sr)
     level = y[v_env > 0.3 * v_env.max()].std() if v_env.max() > 0 else 1.0
     # Frication bypasses the tract; the same noise, shifted, so it is not aspiration's copy.
     y += (0.35 * level) * np.roll(noise, N // 3) * n_env
     peak = float(np.abs(y).max()) or 1.0
     gain = float(np.clip(0.3 * 10 ** (cues.loud_db / 20), 0.05, 0.95)) / peak
-    y = (y * gain).astype(np.float32)
+    y *= np.float32(gain)
     y += white[:N] * np.float32(NOISE_FLOOR * gain * peak)  # a noise floor, as in any recording
-    return y, {"rising_end": rising[-1] if rising else False, "syllables": n}
+    return y, {"rising_end": rising[-1] if rising else False, "syllables": len(tm.dur)}
