@@ -26,6 +26,7 @@ import glob
 import mmap
 import os
 import queue
+import sys
 import tempfile
 import threading
 from concurrent.futures.process import BrokenProcessPool
@@ -139,6 +140,18 @@ def decode_chunk(items: list, features: Callable | None = None) -> list:
     """Runs in a decode worker: [(Clip, max_seconds)] in, [(clip without its bytes, Decoded or None, reason)] out.
     With `features` (wave -> (float32 [L, D] or None, failure or None)) every decoded clip is `Featured`."""
     return [_decode_one(clip, max_seconds, features) for clip, max_seconds in items]
+
+
+def one_thread() -> None:
+    """A decode worker's start: one compute thread. The workers together get the rank's cores, so a
+    worker's own thread pool (torch's for fbank, OpenMP's) would only oversubscribe them: measured on
+    2 cores, 2 workers each with 2 threads beside a 2-thread text encoder spent most of their CPU
+    waiting on each other's spinning threads. Set before the features' modules are imported."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = "1"
+    torch = sys.modules.get("torch")  # imported by the features, if at all, after this runs
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 def chunk_fn(audio_enc) -> Callable[[list], list]:

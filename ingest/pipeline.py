@@ -18,12 +18,13 @@ from contextlib import contextmanager
 from typing import Iterable, Iterator
 
 import numpy as np
+import torch
 
 from lake.blocks import row_meta
 from lake.errors import LakeError
 from lake.schema import SAMPLE_RATE
 from ingest.config import IngestConfig
-from ingest.decode_pool import Featured, OrderedDecoder, chunk_fn
+from ingest.decode_pool import Featured, OrderedDecoder, chunk_fn, one_thread
 from ingest.sources.base import Clip, Skip, Unit
 from ingest.write.ledger import Ledger
 from ingest.write.packer import BlockPacker
@@ -34,6 +35,20 @@ MAX_FAILURES_IN_A_ROW = 64
 # `duration`, EmoBox's `length`, a manifest segment) is not the clip its transcript and label describe.
 SHORT_BY = (0.25, 0.05)  # seconds, share of the declared length: more missing is a truncated clip
 LONG_BY = (1.0, 0.5)  # seconds, share: more extra is another recording
+
+
+@contextmanager
+def encoder_threads(device: str, spare_cores: int):
+    """On a CPU rank, the encoders' torch threads while ingest runs: the cores its decode workers leave
+    (at least one). More would fight the workers for the cores (torch's waiting threads spin); a
+    user's OMP_NUM_THREADS decides instead. A GPU rank's encoders need no CPU threads of their own."""
+    before = torch.get_num_threads()
+    if str(device).startswith("cpu") and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, spare_cores))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def duration_mismatch(clip: Clip, dec) -> str | None:
@@ -54,8 +69,8 @@ class RankWorker:
     `preempted` (lake.signals): when set, reading stops at a clip boundary (the clips in hand are finished)."""
 
     def __init__(self, cfg: IngestConfig, source, taxonomy: list[str], audio_enc, text_enc, world_size: int,
-                 ledger: Ledger, progress=None, preempted=None):
-        self.cfg, self.source = cfg, source
+                 ledger: Ledger, progress=None, preempted=None, device: str = "cpu"):
+        self.cfg, self.source, self.device = cfg, source, str(device)
         self.audio_enc, self.text_enc = audio_enc, text_enc
         self.world_size, self.ledger = world_size, ledger
         self.label_id = {name: i for i, name in enumerate(taxonomy)}
@@ -78,7 +93,8 @@ class RankWorker:
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))  # ranks sharing this machine
         workers = cfg.decode_workers if cfg.decode_workers > 0 else max(1, (os.cpu_count() or 2) // local_ranks - 1)
         # spawn, not fork: the parent holds CUDA contexts and a writer thread
-        decoder = OrderedDecoder(lambda: ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")),
+        decoder = OrderedDecoder(lambda: ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
+                                                             initializer=one_thread),
                                  chunk_fn(self.audio_enc), chunk=4, max_pending=cfg.batch_size * 32)
 
         def process(seg: list[Unit], packer: BlockPacker) -> None:
@@ -86,7 +102,8 @@ class RankWorker:
             self._encode_stream(decoder.map((c, cfg.max_seconds) for c in clips), packer)
 
         try:
-            yield process
+            with encoder_threads(self.device, (os.cpu_count() or 2) // local_ranks - workers):
+                yield process
         except BaseException:
             decoder.terminate()
             raise

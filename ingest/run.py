@@ -109,7 +109,7 @@ def _build(cfg, world, device, source, taxonomy, audio, text, status: Status, bu
     if audio is None:
         producer = PrecomputedWorker(source, ledger, preempted)
     else:
-        producer = RankWorker(cfg, source, taxonomy, audio, text, world.world_size, ledger, progress, preempted)
+        producer = RankWorker(cfg, source, taxonomy, audio, text, world.world_size, ledger, progress, preempted, device)
     commit.clean_leftovers()
     try:
         commit.run(producer.processor())
