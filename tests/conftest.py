@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import builtins
 import errno
+import atexit
 import os
+import shutil
 import tempfile
 
 # One intra-op thread for torch/numpy in the tests and the processes they start: the models here are
@@ -12,12 +14,26 @@ import tempfile
 # (a 3,000-step test ran 17x faster). Set before anything imports torch.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # the shard cache of sets read from an object store: a folder of this test session, never the user's own
-os.environ.setdefault("EMOLAKE_CACHE_DIR", os.path.join(tempfile.mkdtemp(prefix="emolake-test-"), "cache"))
+if "EMOLAKE_CACHE_DIR" not in os.environ:
+    _session_tmp = tempfile.mkdtemp(prefix="emolake-test-")
+    os.environ["EMOLAKE_CACHE_DIR"] = os.path.join(_session_tmp, "cache")  # the xdist workers inherit it
+    atexit.register(shutil.rmtree, _session_tmp, ignore_errors=True)  # removed by the process that made it
 import numpy as np
 import pytest
 
 from lake.schema import Manifest
 from shards.writer import SetWriter
+
+# The test files that take longest (each minutes or near it on 2 cores, most of it in one module-scoped
+# fixture or in processes it starts), longest first: `--dist loadfile` hands files to the workers in
+# collection order, so starting these first keeps one worker from running the longest alone at the end.
+LONGEST_FIRST = ["test_end_to_end.py", "test_ingest_storage.py", "test_trainers.py", "test_sweep.py",
+                 "test_robustness.py", "test_ingest.py", "test_several_sets.py", "test_synthetic.py"]
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(os.path.basename(str(item.path)), len(rank)))  # stable within a file
 
 
 def make_manifest(num_classes: int = 3, layers=("h0", "h1"), audio_dim: int = 8, text_dim: int = 4,
