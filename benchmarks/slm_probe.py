@@ -36,10 +36,12 @@ import numpy as np
 
 from benchmarks.speech_corpus import generate
 from evaluation.probe import linear_probe
+from ingest.run import main as ingest_main
 from lake.catalog import open_shard_set
 from lake.cli import run_cli
 from lake.cliargs import HelpFormatter, at_least, bounded
 from lake.errors import LakeError
+from trainers.clap import main as clap_main
 from trainers.slm import main as slm_main
 
 ISSUE = "--epochs 40 --lr 1e-3 --batch-size 64"
@@ -56,9 +58,6 @@ def _must(code: int, what: str) -> None:
 
 def prepare(work: str, corpus_seed: int, clips: int) -> tuple[str, str]:
     """Corpus -> set -> CLAP projectors under `work` (each step kept and reused); (set, projectors)."""
-    from ingest.run import main as ingest_main
-    from trainers.clap import main as clap_main
-
     corpus, set_root = os.path.join(work, "corpus"), os.path.join(work, "set")
     projectors = os.path.join(work, "clap_projectors.pt")
     generate(corpus, corpus_seed, clips)

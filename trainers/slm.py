@@ -54,12 +54,27 @@ class SlmConfig(TrainConfig):
     audio_layer: str = arg("clap", "the prosody branch's " + LAYER_HELP + "; 'clap' = the layer the CLAP "
                            "projectors were trained on (for projectors trained on 'weighted': a mix of their layers, "
                            "learned here)")
+    prosody_norm: str = arg("l2", "the prosody branch's input: 'l2' = L2-normalised (the reference's), 'none' = as "
+                            "standardised (for sets that record feature statistics: fbank, openSMILE; it keeps how "
+                            "far a clip's features lie from the set's mean, which L2 normalisation divides away)",
+                            choices=["l2", "none"])
     hidden_dim: int = arg(1024, "width of the classifier MLP", range=at_least(1))
     dropout: float = arg(0.1, "dropout in the classifier MLP", range=between(0, 1, hi_open=True))
+    fused_dropout: float = arg(0.0, "dropout on the fused features, before the classifier MLP",
+                               range=between(0, 1, hi_open=True))
+    label_smoothing: float = arg(0.0, "label smoothing of the cross-entropy", range=between(0, 1, hi_open=True))
+    mixup: float = arg(0.0, "mixup: train on convex mixes of pairs of clips (their audio and text inputs, their "
+                       "labels' losses) with weights ~ Beta(a, a); a = this value, 0 = off", range=at_least(0))
 
 
-DEFAULTS = dict(epochs=150, batch_size=512, lr=1e-4, weight_decay=0.01, grad_clip=0.0)
+# The reference run's recipe (vano04/TAMERSv2 train_slm.py): every setting below that the defaults change.
+REFERENCE = dict(epochs=150, batch_size=512, lr=1e-4, weight_decay=0.01, grad_clip=0.0, warmup_steps=0,
+                 schedule="constant", hidden_dim=1024, dropout=0.1, fused_dropout=0.0, label_smoothing=0.0,
+                 prosody_norm="l2")
+DEFAULTS = dict(REFERENCE)  # unchanged in this commit: the candidates are flags
 PRESETS = {
+    "reference": dict(REFERENCE, _help="the reference run: batch 512, lr 1e-4, constant rate, 150 epochs, the "
+                                       "1024-wide MLP, plain cross-entropy, the prosody input L2-normalised"),
     "debug": dict(epochs=2, batch_size=64, eval_batch_size=256, num_workers=0, log_every=5, _help="seconds on a CPU"),
     # the reference's batch of 512 gives a set of ~1,000 train clips one or two steps an epoch: 150 steps in all,
     # measured to undertrain (BENCHMARKS.md, "SLM against the linear probe")
@@ -79,9 +94,10 @@ class ProsodySLM(nn.Module):
 
     def __init__(self, audio_dim: int, text_dim: int, proj_dim: int, num_classes: int, layers: list[str],
                  clap_index: int | list[int], prosody_index: int | None, hidden_dim: int = 1024, dropout: float = 0.1,
-                 standardize: dict | None = None):
+                 standardize: dict | None = None, fused_dropout: float = 0.0, prosody_l2: bool = True):
         super().__init__()
         std = standardize or {}
+        self.prosody_l2 = prosody_l2
         self.clap_index, self.prosody_index = clap_index, prosody_index
         clap_mix = [layers[i] for i in clap_index] if isinstance(clap_index, list) else None
         self.clap_audio = ProjHead(audio_dim, proj_dim, 0.0, bool(std.get("clap_audio")), clap_mix)
@@ -96,6 +112,8 @@ class ProsodySLM(nn.Module):
         self.w_q = nn.Linear(proj_dim, proj_dim)
         self.w_k = nn.Linear(proj_dim, proj_dim)
         self.w_v = nn.Linear(proj_dim, proj_dim)
+        # no parameters, so checkpoints are the same either way; Identity at 0 draws no random numbers
+        self.fused_drop = nn.Dropout(fused_dropout) if fused_dropout else nn.Identity()
         self.head = nn.Sequential(nn.Linear(5 * proj_dim, hidden_dim), nn.GELU(), nn.Dropout(dropout),
                                   nn.Linear(hidden_dim, num_classes))
 
@@ -110,14 +128,18 @@ class ProsodySLM(nn.Module):
         s_t = self.clap_text(text)
         if self.prosody_standardize is not None:
             audio = self.prosody_standardize(audio)
-        x_p = self.prosody_mix(audio) if self.prosody_mix is not None else l2(audio[:, self.prosody_index])
+        if self.prosody_mix is not None:
+            x_p = self.prosody_mix(audio)
+        else:
+            x_p = audio[:, self.prosody_index]
+            x_p = l2(x_p) if self.prosody_l2 else x_p
         p = self.prosody(x_p)
         q, k, v = self.w_q(s_t), self.w_k(s_a), self.w_v(p)
         gate = torch.sigmoid((q * k).sum(-1, keepdim=True) / math.sqrt(q.shape[-1]))
         return torch.cat([gate * v, s_a, s_t, s_a * s_t, (s_a - s_t).abs()], dim=-1)
 
     def forward(self, audio: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        return self.head(self.fused(audio, text))
+        return self.head(self.fused_drop(self.fused(audio, text)))
 
 
 def _renamed_mix(module, state_dict, prefix, *_) -> None:
@@ -163,6 +185,11 @@ class SlmTask(Task):
             standardize["prosody"] = True
         if standardize:  # absent for sets without statistics: their checkpoints stay as they were
             arch["standardize"] = standardize
+        if cfg.prosody_norm != "l2":  # absent for the reference's L2 norm: those checkpoints stay as they were
+            if not prosody_stats:
+                raise LakeError(f"--prosody-norm {cfg.prosody_norm}: {data.root} records no feature statistics, so "
+                                "the prosody branch's input would be raw; keep --prosody-norm l2 for this encoder")
+            arch["prosody_norm"] = cfg.prosody_norm
         clap_info = {"dims": d, "audio_layer": clap_task.layer, "data": clap_task.checkpoint["data"],
                      **({"mix": clap_task.mix} if clap_task.mix else {})}
         init = {"clap_audio": clap.audio_proj.state_dict(), "clap_text": clap.text_proj.state_dict(),
@@ -175,7 +202,7 @@ class SlmTask(Task):
         check_layers(self.layers, self.data, "the SLM")
 
     def make_model(self) -> nn.Module:
-        return build_slm(self._arch, self.cfg.dropout)
+        return build_slm(self._arch, self.cfg.dropout, self.cfg.fused_dropout)
 
     def initialise(self, model: nn.Module) -> None:
         model.clap_audio.load_state_dict(self.init["clap_audio"])
@@ -184,14 +211,23 @@ class SlmTask(Task):
             model.prosody_standardize.set(*self.init["prosody_stats"])
 
     def loss(self, model, batch):
-        logits = model(batch["audio"], batch["text"])
-        return F.cross_entropy(logits.float(), batch["label"]), {}
+        audio, text, label = batch["audio"], batch["text"], batch["label"]
+        if not (self.cfg.mixup and model.training):
+            return self._ce(model(audio, text), label), {}
+        # one weight per batch, the rows paired with a shuffle of themselves (Zhang et al. 2018)
+        lam = float(torch.distributions.Beta(self.cfg.mixup, self.cfg.mixup).sample())
+        perm = torch.randperm(len(label), device=label.device)
+        logits = model(lam * audio + (1 - lam) * audio[perm], lam * text + (1 - lam) * text[perm])
+        return lam * self._ce(logits, label) + (1 - lam) * self._ce(logits, label[perm]), {}
+
+    def _ce(self, logits, label):
+        return F.cross_entropy(logits.float(), label, label_smoothing=self.cfg.label_smoothing)
 
     def outputs(self, model, batch):
         return {"logits": model(batch["audio"], batch["text"]), "label": batch["label"]}
 
     def metrics(self, out):
-        return classification_metrics_from(out, self.taxonomy)
+        return classification_metrics_from(out, self.taxonomy, label_smoothing=self.cfg.label_smoothing)
 
     def headline(self, m):
         return f"macro-F1 {m['macro_f1']:.4f}  acc {m['accuracy']:.4f}  top3 {m['top3_accuracy']:.4f}"
@@ -212,10 +248,10 @@ class SlmTask(Task):
         return parse_stage_args(parser, SlmConfig, PRESETS, argv)
 
 
-def build_slm(arch: dict, dropout: float = 0.1) -> ProsodySLM:
+def build_slm(arch: dict, dropout: float = 0.1, fused_dropout: float = 0.0) -> ProsodySLM:
     return ProsodySLM(arch["audio_dim"], arch["text_dim"], arch["proj_dim"], arch["num_classes"],
                       arch["layers"], arch["clap_index"], arch["prosody_index"], arch["hidden_dim"], dropout,
-                      arch.get("standardize"))
+                      arch.get("standardize"), fused_dropout, arch.get("prosody_norm", "l2") == "l2")
 
 
 main = SlmTask.main
