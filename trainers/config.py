@@ -80,7 +80,7 @@ class TrainConfig(SetReading):
 # -- what a resumed run may change ---------------------------------------------------------------------------
 
 APPLIED_ON_RESUME = {
-    "lr", "weight_decay", "epochs", "warmup_steps", "schedule", "grad_clip", "dropout", "fused_dropout", "label_smoothing", "mixup",
+    "lr", "weight_decay", "epochs", "warmup_steps", "schedule", "grad_clip", "dropout", "label_smoothing",
     "max_logit_scale", "select_on", "amp", "device", "num_workers", "data_on_device", "eval_batch_size",
     "cache_dir", "cache_limit", "storage_options", "save_dir", "save_every_steps", "keep_epochs", "max_steps",
     "log_every", "test_at_end", "progress",
