@@ -10,9 +10,9 @@ The first form runs the whole comparison from nothing: a corpus of real synthesi
 an earlier run left its output in DIR. The second form takes a set and its projectors (the
 demo's `DIR/sets/laion` and `DIR/checkpoints/clap_projectors.pt`, say).
 
-Each variant is a string of trainers.slm flags (default: two, `issue` = `--epochs 40 --lr 1e-3
---batch-size 64`, the issue's command, the rest at the trainer's defaults, and `default` = no
-flags, the trainer's default recipe), trained once
+Each variant is a string of trainers.slm flags (default: two, `issue` = `--preset reference
+--epochs 40 --lr 1e-3 --batch-size 64`, the issue's command with the rest at the defaults it ran
+with, the reference's, and `default` = no flags, the trainer's default recipe), trained once
 per --seeds value (the model's init, data order and dropout: a single seed on ~150 test
 clips is noisy) and scored on the test split by the trainer's own test pass (the best
 validation macro-F1 checkpoint). The probe (evaluation.probe, standardised logistic
@@ -44,7 +44,7 @@ from lake.errors import LakeError
 from trainers.clap import main as clap_main
 from trainers.slm import main as slm_main
 
-ISSUE = "--epochs 40 --lr 1e-3 --batch-size 64"
+ISSUE = "--preset reference --epochs 40 --lr 1e-3 --batch-size 64"  # the issue ran the defaults of then
 INGEST = ["--audio-encoder", "fbank", "--text-encoder", "minilm", "--languages", "en", "--val-fraction", "0.15",
           "--test-fraction", "0.2", "--decode-workers", "1", "--block-rows", "256", "--rows-per-shard", "1024"]
 CLAP = ["--epochs", "30", "--lr", "2e-3", "--batch-size", "64"]
