@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -73,3 +75,52 @@ def test_gpu_benchmark_hf_encoder_code_path_on_cpu(tmp_path):
     text = table({"gpu": "cpu", "gpu_memory_gb": 0, "cpus": 2, "torch": "x", "cuda": None, "rows": 1, "steps": 1,
                   "encoder": encoder, "hf_encoder": out, "slm": slm})
     assert text.count("wav2vec2-base shape (`hf:`)") == 3
+
+
+# -- the held-out speech corpus (benchmarks.speech_corpus) and the SLM against its probe (benchmarks.slm_probe) --
+
+needs_speech_tools = pytest.mark.skipif(shutil.which("espeak-ng") is None or shutil.which("ffmpeg") is None,
+                                        reason="espeak-ng and ffmpeg (Debian packages) make the corpus")
+
+
+@needs_speech_tools
+def test_speech_corpus_clip_is_real_decodable_speech_and_the_same_for_a_seed():
+    """One clip through espeak-ng and the ffmpeg CLI (the corpus is 720 of these, ~0.3 s each)."""
+    import io
+
+    import av
+
+    from benchmarks.speech_corpus import draw_speakers, make_clip
+
+    speaker = draw_speakers(1, np.random.default_rng(3))[0]
+    mp3, meta = make_clip(speaker, "Anger", "t/000000", 3)
+    assert make_clip(speaker, "Anger", "t/000000", 3) == (mp3, meta)  # deterministic for a seed and key
+    assert make_clip(speaker, "Anger", "t/000001", 3)[0] != mp3
+    with av.open(io.BytesIO(mp3)) as f:
+        s = f.streams.audio[0]
+        assert s.codec_context.name.startswith("mp3") and s.rate == 22050 and s.channels == 1
+        samples = np.concatenate([fr.to_ndarray().reshape(-1) for fr in f.decode(audio=0)])
+    assert abs(len(samples) / 22050 - meta["duration"]) < 0.1 and np.abs(samples).max() > 0.05  # not silence
+    assert meta["flash_transcription"] and "<prosody" in meta["synthesis"]["ssml"]
+
+
+def test_speech_corpus_plans_every_emotion_of_every_speaker_in_laion_names():
+    from benchmarks.speech_corpus import PROFILES, draw_speakers, plan, tar_name
+    from lake.taxonomy import EMONET_PROMPTS
+
+    cast = draw_speakers(3, np.random.default_rng(0))
+    cells = plan(40, cast)
+    assert len(cells) == 18 and sum(n for _, _, n in cells) == 40 and {n for _, _, n in cells} == {2, 3}
+    assert {(s.voice, e) for s, e, _ in cells} == {(s.voice, e) for s in cast for e in PROFILES}
+    assert tar_name("usm1", "Fear") == f"en_usm1_intense_{EMONET_PROMPTS['Fear']}.tar"
+    proc = run_module("benchmarks.speech_corpus", "--out", "/nonexistent/x", "--clips", "12", "--speakers", "3")
+    assert proc.returncode == 2 and "need at least 18 clips" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_slm_probe_help_and_its_mistakes_are_one_line():
+    proc = run_module("benchmarks.slm_probe", "--help")
+    assert proc.returncode == 0 and "--variant" in proc.stdout and "--corpus-seed" in proc.stdout
+    proc = run_module("benchmarks.slm_probe")
+    assert proc.returncode == 2 and "give --work DIR" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_module("benchmarks.slm_probe", "--data-root", "s", "--clap-ckpt", "p", "--variant", "noequals")
+    assert proc.returncode == 2 and "NAME=" in proc.stderr and "Traceback" not in proc.stderr

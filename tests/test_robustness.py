@@ -357,6 +357,7 @@ BAD_NUMBERS = [
     ("trainers.slm", ["--lr", "-1"], "--lr", "above 0"),
     ("trainers.slm", ["--lr", "nan"], "--lr", "above 0"),
     ("trainers.slm", ["--dropout", "1.5"], "--dropout", "in [0, 1)"),
+    ("trainers.slm", ["--label-smoothing", "1"], "--label-smoothing", "in [0, 1)"),
     ("trainers.slm", ["--num-workers", "-1"], "--num-workers", "at least 0"),
     ("trainers.slm", ["--epochs", "0"], "--epochs", "at least 1"),
     ("trainers.clap", ["--log-every", "0"], "--log-every", "at least 1"),

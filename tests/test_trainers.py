@@ -223,6 +223,48 @@ def test_evaluation_writes_the_numbers_training_printed_at_its_end(trained, tmp_
     assert {k: written[k] for k in printed} == json.loads(json.dumps(printed))
 
 
+# -- the default recipe and the reference's ---------------------------------------------------------------
+
+def test_slm_preset_reference_is_the_reference_run_and_the_defaults_are_the_small_set_recipe():
+    """The reference's train_slm.py settings (its argparse config: batch 512, lr 1e-4, wd 0.01, 150 epochs, hidden
+    1024, dropout 0.1; no clipping, no schedule, plain cross-entropy) come back whole with --preset reference,
+    whatever the defaults; flags given explicitly still win over the preset."""
+    need = ["--data-root", "x", "--clap-ckpt", "p.pt"]
+    reference = dict(epochs=150, batch_size=512, lr=1e-4, weight_decay=0.01, grad_clip=0.0, warmup_steps=0,
+                     schedule="constant", hidden_dim=1024, dropout=0.1, label_smoothing=0.0)
+    ref = slm.SlmTask.parse([*need, "--preset", "reference"])
+    assert {k: getattr(ref, k) for k in reference} == reference
+    default = slm.SlmTask.parse(need)
+    assert {k: getattr(default, k) for k in reference} == dict(reference, epochs=40, batch_size=64, lr=1e-3,
+                                                               hidden_dim=256, label_smoothing=0.1)
+    # every setting the defaults move away from the reference's is one the preset restores
+    changed = {k for k in reference if getattr(default, k) != reference[k]}
+    assert changed and changed <= set(slm.PRESETS["reference"])
+    again = slm.SlmTask.parse([*need, "--preset", "reference", "--epochs", "50", "--label-smoothing", "0.2"])
+    assert (again.epochs, again.label_smoothing, again.batch_size, again.hidden_dim) == (50, 0.2, 512, 1024)
+    small = slm.SlmTask.parse([*need, "--preset", "small"])  # the demo's, as measured (BENCHMARKS.md)
+    assert (small.batch_size, small.schedule, small.hidden_dim, small.label_smoothing) == (128, "cosine", 1024, 0.0)
+
+
+def test_slm_label_smoothing_is_the_loss_trained_and_reported(trained, tmp_path):
+    root, proj, _ = trained
+    save = str(tmp_path / "ls")
+    assert slm.main(_slm_args(root, proj, save, "--epochs", "1", "--label-smoothing", "0.2", "--num-workers",
+                              "0")) == 0
+    task, model = models.load(os.path.join(save, "slm_stage3_best.pt"), stage="slm")
+    assert task.cfg.label_smoothing == 0.2
+    arch, g = task.checkpoint["arch"], torch.Generator().manual_seed(0)
+    batch = {"audio": torch.randn(16, len(arch["layers"]), arch["audio_dim"], generator=g),
+             "text": torch.randn(16, arch["text_dim"], generator=g), "label": torch.arange(16) % arch["num_classes"]}
+    with torch.no_grad():
+        logits = model(batch["audio"], batch["text"])
+        smooth = torch.nn.functional.cross_entropy(logits, batch["label"], label_smoothing=0.2)
+        assert torch.allclose(task.loss(model, batch)[0], smooth)  # trained on
+        assert not torch.allclose(smooth, torch.nn.functional.cross_entropy(logits, batch["label"]))
+    reported = task.metrics({"logits": logits.numpy(), "label": batch["label"].numpy()})["loss"]
+    assert reported == pytest.approx(float(smooth), rel=1e-5)  # and the validation loss is the same function
+
+
 # -- the numbers of the loop, pinned ------------------------------------------------------------------
 
 LOSSES = os.path.join(os.path.dirname(__file__), "assets", "losses", "slm_debug.txt")
