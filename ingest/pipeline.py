@@ -91,7 +91,8 @@ class RankWorker:
         """The per-segment work: decode in worker processes, then encode (a pool for the whole run)."""
         cfg = self.cfg
         local_ranks = int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))  # ranks sharing this machine
-        workers = cfg.decode_workers if cfg.decode_workers > 0 else max(1, (os.cpu_count() or 2) // local_ranks - 1)
+        cores = (os.cpu_count() or 2) // local_ranks  # this rank's share of the machine
+        workers = cfg.decode_workers if cfg.decode_workers > 0 else max(1, cores - 1)
         # spawn, not fork: the parent holds CUDA contexts and a writer thread
         decoder = OrderedDecoder(lambda: ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"),
                                                              initializer=one_thread),
@@ -102,7 +103,7 @@ class RankWorker:
             self._encode_stream(decoder.map((c, cfg.max_seconds) for c in clips), packer)
 
         try:
-            with encoder_threads(self.device, (os.cpu_count() or 2) // local_ranks - workers):
+            with encoder_threads(self.device, cores - workers):
                 yield process
         except BaseException:
             decoder.terminate()

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import errno
-import atexit
 import os
 import shutil
 import tempfile
