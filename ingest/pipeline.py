@@ -139,7 +139,11 @@ class RankWorker:
 
     def _encode_stream(self, decoded: Iterable, packer: BlockPacker) -> None:
         window: list = []
-        size = self.cfg.batch_size * 16  # clips sorted together by length
+        # Clips sorted together by length, for an audio encoder that pads a batch to its longest clip. Features
+        # the decode workers computed need no sorting: there a window would only hold the text encoder back
+        # until it fills, and leave the last one to encode after the workers finish (one core idle).
+        in_workers = getattr(self.audio_enc, "worker_features", None) is not None
+        size = self.cfg.batch_size * (1 if in_workers else 16)
         for clip, dec, reason in decoded:
             if dec is not None:
                 reason = duration_mismatch(clip, dec)

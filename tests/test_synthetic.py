@@ -89,6 +89,32 @@ def test_refuses_to_overwrite_and_checks_arguments(corpus, tmp_path):
     assert not (half / "laion" / "stale.tar").exists() and (half / "truth.jsonl").exists()
 
 
+def test_max_seconds_makes_shorter_laion_clips(corpus, tmp_path):
+    """The demo's shorter clips: every LAION clip fits the ceiling, with shorter sentences chosen to fit it,
+    MELD's keep MELD's lengths, and the marker records it."""
+    _, _, truth = corpus
+    short_root = str(tmp_path / "short")
+    generate(short_root, workers=1, max_seconds=3.0, **ARGS)
+    with open(os.path.join(short_root, "truth.jsonl"), encoding="utf-8") as f:
+        short = [json.loads(line) for line in f]
+    laion = [r for r in short if r["source"] == "laion" and r["status"] == "ok"]
+    assert laion and max(r["duration_s"] for r in laion) <= 3.0 + 1e-6
+    before = np.mean([r["duration_s"] for r in truth if r["source"] == "laion" and r["status"] == "ok"])
+    assert np.mean([r["duration_s"] for r in laion]) < 0.8 * before
+    def spoken(recs):  # syllables of the transcripts: shorter sentences, not the same ones cut off
+        return np.mean([len(syllables(r["transcript"])) for r in recs if r["transcript"]])
+
+    assert spoken(laion) < 0.8 * spoken([r for r in truth if r["source"] == "laion" and r["status"] == "ok"])
+    meld = {r["key"]: r["duration_s"] for r in truth if r["source"] == "meld"}
+    assert {r["key"]: r["duration_s"] for r in short if r["source"] == "meld"} == meld
+    assert json.load(open(os.path.join(short_root, ".synthetic-corpus")))["max_seconds"] == 3.0
+    with pytest.raises(LakeError, match="--max-seconds"):
+        generate(str(tmp_path / "too-short"), max_seconds=1.0, **ARGS)
+    with pytest.raises(SystemExit) as refused:
+        main(["--out", str(tmp_path / "flag"), "--max-seconds", "9"])
+    assert refused.value.code == 2 and not (tmp_path / "flag").exists()
+
+
 def test_tar_names_parse_and_map_to_truth_labels(corpus):
     root, _, truth = corpus
     names = sorted(os.listdir(os.path.join(root, "laion")))

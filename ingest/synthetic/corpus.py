@@ -44,11 +44,11 @@ import time
 import numpy as np
 
 from lake.cli import run_cli
-from lake.cliargs import HelpFormatter, at_least, bounded
+from lake.cliargs import HelpFormatter, at_least, between, bounded
 from lake.errors import LakeError
 from lake.processes import WorkerStart, preload, worker_context
 from lake.taxonomy import EMONET_PROMPTS
-from ingest.synthetic.spec import DEFAULT_CLASSES, MELD_FOLDERS
+from ingest.synthetic.spec import DEFAULT_CLASSES, MAX_S, MELD_FOLDERS
 from ingest.synthetic.laion import build_tar, plan_laion
 from ingest.synthetic.meld import build_meld_clips, meld_truth, plan_meld, write_meld_csvs
 
@@ -56,12 +56,13 @@ preload(__name__)  # the workers run `_run_task`
 
 
 def _run_task(task: tuple) -> tuple[int, list[dict]]:
-    kind, index, payload, root, seed = task
+    kind, index, payload, root, seed, max_seconds = task
     if kind == "tar":
-        return index, build_tar(payload, os.path.join(root, "laion"), seed)
+        return index, build_tar(payload, os.path.join(root, "laion"), seed, max_seconds)
     return index, build_meld_clips(payload, root, seed)
 
 
+MIN_MAX_SECONDS = 2.0  # a shorter ceiling leaves no room for a sentence
 MARKER = ".synthetic-corpus"  # written first: a folder with it is ours to overwrite, even half-written
 
 
@@ -89,12 +90,15 @@ def _prepare(out_dir: str, overwrite: bool, args: dict) -> None:
 
 def generate(out_dir: str, clips: int = 1000, meld_clips: int | None = None, seed: int = 0,
              languages: tuple[str, ...] | list[str] = ("en", "de"), workers: int | None = None,
-             classes: tuple[str, ...] | list[str] = DEFAULT_CLASSES, overwrite: bool = False) -> dict:
+             classes: tuple[str, ...] | list[str] = DEFAULT_CLASSES, overwrite: bool = False,
+             max_seconds: float = MAX_S) -> dict:
     """Write the corpus under `out_dir`; returns a summary (counts by status, seconds taken).
 
     `clips` counts the LAION clips of the emotion tars (bad ones included); the ignored
     extra tar and the unknown-prompt tar add 3 each. `meld_clips` (default: a fifth of
-    `clips`, at least 30; 0 = no MELD part) counts MELD's CSV rows. The output depends
+    `clips`, at least 30; 0 = no MELD part) counts MELD's CSV rows. `max_seconds` is the
+    longest LAION clip (their sentences are chosen to fit it; MELD's follow MELD's lengths):
+    shorter clips cost less to make and to ingest (eGeMAPS' time grows with the audio). The output depends
     on the arguments only, not on `workers`. With `workers` > 1 the workers come from a fork
     server (lake.processes): a script calling this needs `if __name__ == "__main__":`.
     """
@@ -103,6 +107,9 @@ def generate(out_dir: str, clips: int = 1000, meld_clips: int | None = None, see
     bad = [c for c in classes if c not in EMONET_PROMPTS]
     if bad:
         raise LakeError(f"unknown EmoNet categories {bad}; choose from lake.taxonomy.EMONET_CATEGORIES")
+    if not MIN_MAX_SECONDS <= max_seconds <= MAX_S:
+        raise LakeError(f"--max-seconds {max_seconds:g} is out of range: use {MIN_MAX_SECONDS:g} to {MAX_S:g} "
+                        "(the longest LAION clip, in seconds)")
     languages = [lang.strip().lower() for lang in languages if lang.strip()]
     if not languages or len(set(languages)) != len(languages):
         raise LakeError(f"--languages needs distinct language codes, got {languages}")
@@ -114,10 +121,10 @@ def generate(out_dir: str, clips: int = 1000, meld_clips: int | None = None, see
     tars = plan_laion(clips, classes, languages, rng)  # plans first: a bad argument writes nothing
     meld_rows = plan_meld(meld_clips, rng) if meld_clips else []
     _prepare(out_dir, overwrite, {"clips": clips, "meld_clips": meld_clips, "seed": seed, "languages": languages,
-                                  "classes": classes})
+                                  "classes": classes, "max_seconds": max_seconds})
     chunks = [meld_rows[i: i + 8] for i in range(0, len(meld_rows), 8)]
-    tasks = [("tar", i, t, out_dir, seed) for i, t in enumerate(tars)]
-    tasks += [("meld", len(tars) + i, c, out_dir, seed) for i, c in enumerate(chunks)]
+    tasks = [("tar", i, t, out_dir, seed, max_seconds) for i, t in enumerate(tars)]
+    tasks += [("meld", len(tars) + i, c, out_dir, seed, max_seconds) for i, c in enumerate(chunks)]
     # Longest first, so the pool does not wait on one big tar at the end.
     tasks.sort(key=lambda t: -(len(t[2].clips) if t[0] == "tar" else 1.5 * len(t[2])))
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
@@ -167,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma-separated EmoNet categories of the LAION tars (default: 9 with distinct prosody)")
     p.add_argument("--workers", type=bounded(int, at_least(1)), default=None,
                    help="processes synthesizing tars in parallel (default: all CPUs); the output does not depend on it")
+    p.add_argument("--max-seconds", type=bounded(float, between(MIN_MAX_SECONDS, MAX_S)), default=MAX_S,
+                   help="longest LAION clip in seconds (default %(default)g); their sentences are chosen to fit. "
+                        "Shorter clips are cheaper to make and to ingest")
     p.add_argument("--overwrite", action="store_true", help="replace a synthetic corpus already in --out")
     args = p.parse_args(argv)
     return run_cli(lambda: _generate(args), kept="re-run with --overwrite to start the corpus afresh")
@@ -175,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
 def _generate(args) -> int:
     summary = generate(args.out, clips=args.clips, meld_clips=args.meld_clips, seed=args.seed,
                        languages=args.languages.split(","), workers=args.workers,
-                       classes=[c.strip() for c in args.classes.split(",") if c.strip()], overwrite=args.overwrite)
+                       classes=[c.strip() for c in args.classes.split(",") if c.strip()], overwrite=args.overwrite,
+                       max_seconds=args.max_seconds)
     print(f"wrote {summary['laion']['clips']} LAION clips in {summary['tars']} tars "
           f"({summary['laion']['audio_s']:.0f} s of audio) and {summary['meld']['clips']} MELD clips "
           f"({summary['meld']['audio_s']:.0f} s) to {args.out} in {summary['seconds']:.1f} s "

@@ -13,7 +13,7 @@ import numpy as np
 
 from lake.errors import LakeError
 from lake.taxonomy import EMONET_PROMPTS
-from ingest.synthetic.spec import EXTRA_TAR, SR, TAR_MTIME, UNKNOWN_PROMPT_TAR
+from ingest.synthetic.spec import EXTRA_TAR, MAX_S, SR, TAR_MTIME, UNKNOWN_PROMPT_TAR
 from ingest.synthetic.voice import VOICES, VOICE_NAMES, profile, sample_cues, syllables, synthesize
 from ingest.synthetic.text import pick_text, make_annotation, make_caption
 from ingest.synthetic.media import clip_rng, encode_mp3
@@ -113,9 +113,9 @@ def _tar_add(tar: tarfile.TarFile, name: str, data: bytes | None) -> None:
     tar.addfile(info, io.BytesIO(data))
 
 
-def build_tar(plan: TarPlan, laion_dir: str, seed: int) -> list[dict]:
-    """Synthesize and write one tar; returns its truth records. The tar is written under a
-    temporary name and renamed when complete: a `*.tar` in the folder is a finished one."""
+def build_tar(plan: TarPlan, laion_dir: str, seed: int, max_s: float = MAX_S) -> list[dict]:
+    """Synthesize and write one tar of clips up to `max_s` seconds; returns its truth records. The tar
+    is written under a temporary name and renamed when complete: a `*.tar` in the folder is a finished one."""
     stem = plan.name[:-4]
     prefix = f"{stem}/" if plan.folder else ""
     records = []
@@ -128,8 +128,8 @@ def build_tar(plan: TarPlan, laion_dir: str, seed: int) -> list[dict]:
             key = f"{stem}/{clip['id']}"
             rng = clip_rng(seed, key)
             cues = sample_cues(profile(plan.prosody), voice, rng)
-            text = pick_text(rng, plan.prosody, plan.lang, cues.rate)
-            wave, realised = synthesize(cues, voice, syllables(text), rng)
+            text = pick_text(rng, plan.prosody, plan.lang, cues.rate, max_s=max_s)
+            wave, realised = synthesize(cues, voice, syllables(text), rng, max_s=max_s)
             duration = len(wave) / SR
             flash = "" if rng.random() < 0.1 else text
             block = text

@@ -138,13 +138,14 @@ def make_caption(cues: Cues, voice: Voice, realised: dict) -> str:
     return text + " The recording is clean, with no background noise."
 
 
-def pick_text(rng: np.random.Generator, category: str, lang: str, rate: float, reveal_p: float = 0.35) -> str:
-    """1-3 sentences that fit in MAX_S at `rate`; one gives the emotion away with chance `reveal_p`."""
+def pick_text(rng: np.random.Generator, category: str, lang: str, rate: float, reveal_p: float = 0.35,
+              max_s: float = MAX_S) -> str:
+    """1-3 sentences that fit in `max_s` at `rate`; one gives the emotion away with chance `reveal_p`."""
     if rng.random() < 0.08:
         return str(rng.choice(INTERJECTIONS))
     neutral = NEUTRAL_DE if lang == "de" and rng.random() < 0.5 else NEUTRAL_EN
     revealing = (REVEALING_DE if lang == "de" and rng.random() < 0.5 else REVEALING_EN).get(category, [])
-    budget = 0.85 * (MAX_S - 0.5) * rate
+    budget = 0.85 * (max_s - 0.5) * rate
     parts: list[str] = []
     if revealing and rng.random() < reveal_p:
         parts.append(str(rng.choice(revealing)))
