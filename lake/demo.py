@@ -57,7 +57,7 @@ def _run(main, argv: list[str], what: str) -> None:
 
 
 def run_demo(out: str, clips: int, meld_clips: int, seed: int, text_encoder: str, workers: int,
-             audio_encoder: str = "egemaps", max_seconds: float = 5.0) -> dict:
+             audio_encoder: str = "egemaps", max_seconds: float = 4.0) -> dict:
     t0 = time.time()
     paths = DemoPaths(os.path.abspath(out))
     imports = _import_meanwhile()
@@ -212,12 +212,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lake demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--out", default="demo", help="everything goes here: corpus, shard sets, checkpoints, reports")
-    # 1,600 + 600 clips: the demo is CPU-bound (per clip, eGeMAPS ~135 ms, MiniLM on transcript and caption
-    # ~80 ms, synthesis ~40 ms on this project's 2-core machines); 3,300 took 1.9x as long for the same story
-    # (BENCHMARKS.md, "The demo")
-    p.add_argument("--clips", type=bounded(int, at_least(100)), default=1600, help="LAION-layout clips to synthesise")
+    # 1,400 LAION clips of up to 4 s + 600 MELD clips: the demo is CPU-bound, and per LAION clip of d seconds it
+    # costs ~(50 + 28 d) ms of CPU on this project's 2-core machines (eGeMAPS 11 + 17 d in the decode workers, the
+    # mp3 ~7 d, MiniLM on transcript and caption ~30); the 3,300 clips of up to 8 s before took 2.2x as long for
+    # the same table (BENCHMARKS.md, "The demo")
+    p.add_argument("--clips", type=bounded(int, at_least(100)), default=1400, help="LAION-layout clips to synthesise")
     p.add_argument("--meld-clips", type=bounded(int, at_least(50)), default=600, help="MELD-layout clips to synthesise")
-    p.add_argument("--max-seconds", type=bounded(float, between(MIN_MAX_SECONDS, MAX_S)), default=5.0,
+    p.add_argument("--max-seconds", type=bounded(float, between(MIN_MAX_SECONDS, MAX_S)), default=4.0,
                    help="longest LAION-layout clip in seconds (eGeMAPS' time grows with the audio)")
     p.add_argument("--seed", type=bounded(int, at_least(0)), default=0, help="corpus seed")
     p.add_argument("--text-encoder", default="minilm", choices=["minilm", "hashing"],
