@@ -14,6 +14,7 @@ and nothing imports it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -64,9 +65,27 @@ def run_demo(out: str, clips: int, meld_clips: int, seed: int, text_encoder: str
     _corpus(paths, clips, meld_clips, seed, workers, max_seconds, t0)
     imports.join()  # no two threads importing at once after this
     _ingest(paths, audio_encoder, text_encoder, workers, t0)
-    stage3 = _train(paths, t0)
-    _evaluate(paths, stage3, t0)
+    with _one_compute_thread():
+        stage3 = _train(paths, t0)
+        _evaluate(paths, stage3, t0)
     return _summary(paths, time.time() - t0)
+
+
+@contextlib.contextmanager
+def _one_compute_thread():
+    """Training and evaluation on one torch thread (unless OMP_NUM_THREADS says otherwise). The demo's models
+    are small: a second thread saves ~5 s on an idle 2-core machine, but on a busy one each parallel region
+    waits for a thread the scheduler has put aside, and the waiting threads spin: the SLM took 83 s with 2
+    threads, 29 s with 1, beside four other CPU-bound processes (21 s / 26 s idle; BENCHMARKS.md, "The demo")."""
+    import torch
+
+    before = torch.get_num_threads()
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class DemoPaths:
@@ -105,8 +124,9 @@ def _corpus_args(corpus: str) -> dict | None:
 
 
 def _ingest(p: DemoPaths, audio_encoder: str, text_encoder: str, workers: int, t0: float) -> None:
+    # imported here (already loaded by `_import_meanwhile`), so that the corpus starts without waiting for them
     from ingest.run import main as ingest
-    from shards.card import write_card
+    from shards.card import write_card  # (as above)
 
     common = ["--audio-encoder", audio_encoder, "--text-encoder", text_encoder, "--decode-workers", str(workers),
               "--block-rows", "256", "--rows-per-shard", "1024"]
@@ -121,7 +141,7 @@ def _ingest(p: DemoPaths, audio_encoder: str, text_encoder: str, workers: int, t
 
 def _train(p: DemoPaths, t0: float) -> str:
     """CLAP and its projectors, the SLM, the MELD head; returns the SLM's best checkpoint."""
-    from trainers.models import STAGES
+    from trainers.models import STAGES  # here: loaded while the corpus was made (_import_meanwhile)
 
     clap, slm, meld = (STAGES[s].main for s in ("clap", "slm", "meld"))
     train_common = ["--num-workers", "0", "--eval-batch-size", "1024", "--keep-epochs", "1"]
@@ -143,7 +163,7 @@ def _train(p: DemoPaths, t0: float) -> str:
 
 
 def _evaluate(p: DemoPaths, stage3: str, t0: float) -> None:
-    from evaluation.cli import main as evaluate
+    from evaluation.cli import main as evaluate  # here: loaded while the corpus was made (_import_meanwhile)
 
     _step("6/6 evaluation on the test splits", t0)
     ev, r = ["--num-workers", "0"], p.reports
