@@ -111,7 +111,7 @@ def _corpus(p: DemoPaths, clips: int, meld_clips: int, seed: int, workers: int, 
         return
     # a half-written corpus, or one made with other settings, is the demo's own: made again
     generate(p.corpus, clips=clips, meld_clips=meld_clips, seed=seed, workers=workers, max_seconds=max_seconds,
-             overwrite=made is not None)
+             overwrite=made is not None, progress=True)
 
 
 def _corpus_args(corpus: str) -> dict | None:

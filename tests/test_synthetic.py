@@ -348,3 +348,11 @@ def test_text_helpers():
     assert readable("company\x92s \x93we\x94 well\x85 a \x96 b\x97c\xa0d") == 'company\'s "we" well... a - b--c d'
     sylls = syllables("Okay, so. The table!")  # o-kay, so, the, ta-ble (silent e): phrase ends at punctuation
     assert sylls == [("o", False), ("e", True), ("o", True), ("e", False), ("a", True)]
+
+
+def test_progress_counts_the_clips_made_of_their_total(tmp_path, capfd):
+    summary = generate(str(tmp_path / "c"), clips=27, meld_clips=0, workers=1, progress=True)
+    made = summary["laion"]["clips"]  # the emotion tars' clips plus the two extra tars' 3 each
+    assert f"corpus: {made} of {made} clips (100%) in " in capfd.readouterr().err
+    generate(str(tmp_path / "quiet"), clips=27, meld_clips=0, workers=1)
+    assert "corpus:" not in capfd.readouterr().err

@@ -40,6 +40,7 @@ import os
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -47,6 +48,7 @@ from lake.cli import run_cli
 from lake.cliargs import HelpFormatter, at_least, between, bounded
 from lake.errors import LakeError
 from lake.processes import WorkerStart, preload, worker_context
+from lake.progress import Progress
 from lake.taxonomy import EMONET_PROMPTS
 from ingest.synthetic.spec import DEFAULT_CLASSES, MAX_S, MELD_FOLDERS
 from ingest.synthetic.laion import build_tar, plan_laion
@@ -91,14 +93,15 @@ def _prepare(out_dir: str, overwrite: bool, args: dict) -> None:
 def generate(out_dir: str, clips: int = 1000, meld_clips: int | None = None, seed: int = 0,
              languages: tuple[str, ...] | list[str] = ("en", "de"), workers: int | None = None,
              classes: tuple[str, ...] | list[str] = DEFAULT_CLASSES, overwrite: bool = False,
-             max_seconds: float = MAX_S) -> dict:
+             max_seconds: float = MAX_S, progress: bool = False) -> dict:
     """Write the corpus under `out_dir`; returns a summary (counts by status, seconds taken).
 
     `clips` counts the LAION clips of the emotion tars (bad ones included); the ignored
     extra tar and the unknown-prompt tar add 3 each. `meld_clips` (default: a fifth of
     `clips`, at least 30; 0 = no MELD part) counts MELD's CSV rows. `max_seconds` is the
     longest LAION clip (their sentences are chosen to fit it; MELD's follow MELD's lengths):
-    shorter clips cost less to make and to ingest (eGeMAPS' time grows with the audio). The output depends
+    shorter clips cost less to make and to ingest (eGeMAPS' time grows with the audio). `progress`: a
+    line (or a bar on a terminal) of the clips made so far, on stderr. The output depends
     on the arguments only, not on `workers`. With `workers` > 1 the workers come from a fork
     server (lake.processes): a script calling this needs `if __name__ == "__main__":`.
     """
@@ -128,11 +131,14 @@ def generate(out_dir: str, clips: int = 1000, meld_clips: int | None = None, see
     # Longest first, so the pool does not wait on one big tar at the end.
     tasks.sort(key=lambda t: -(len(t[2].clips) if t[0] == "tar" else 1.5 * len(t[2])))
     workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
-    if workers == 1:
-        results = dict(map(_run_task, tasks))
-    else:
-        with worker_context().Pool(workers, WorkerStart()) as pool:  # lake.processes: never forked from here
-            results = dict(pool.imap_unordered(_run_task, tasks, chunksize=1))
+    clips_of = {t[1]: len(t[2].clips) if t[0] == "tar" else len(t[2]) for t in tasks}
+    results: dict[int, list[dict]] = {}
+    with Progress("corpus", total=sum(clips_of.values()), unit="clip", enabled=progress) as bar, \
+            (worker_context().Pool(workers, WorkerStart()) if workers > 1 else nullcontext()) as pool:
+        # the pool from lake.processes' fork server: never forked from this process
+        for index, records in pool.imap_unordered(_run_task, tasks, chunksize=1) if pool else map(_run_task, tasks):
+            results[index] = records
+            bar.update(clips_of[index])
 
     truth = [rec for i in range(len(tars)) for rec in results[i]]
     if meld_rows:
@@ -186,7 +192,7 @@ def _generate(args) -> int:
     summary = generate(args.out, clips=args.clips, meld_clips=args.meld_clips, seed=args.seed,
                        languages=args.languages.split(","), workers=args.workers,
                        classes=[c.strip() for c in args.classes.split(",") if c.strip()], overwrite=args.overwrite,
-                       max_seconds=args.max_seconds)
+                       max_seconds=args.max_seconds, progress=True)
     print(f"wrote {summary['laion']['clips']} LAION clips in {summary['tars']} tars "
           f"({summary['laion']['audio_s']:.0f} s of audio) and {summary['meld']['clips']} MELD clips "
           f"({summary['meld']['audio_s']:.0f} s) to {args.out} in {summary['seconds']:.1f} s "
