@@ -236,8 +236,9 @@ def main(argv=None) -> int:
     # costs ~(50 + 28 d) ms of CPU on this project's 2-core machines (eGeMAPS 11 + 17 d in the decode workers, the
     # mp3 ~7 d, MiniLM on transcript and caption ~30); the 3,300 clips of up to 8 s before took 2.2x as long for
     # the same table (BENCHMARKS.md, "The demo")
-    p.add_argument("--clips", type=bounded(int, at_least(100)), default=1400, help="LAION-layout clips to synthesise")
-    p.add_argument("--meld-clips", type=bounded(int, at_least(50)), default=600, help="MELD-layout clips to synthesise")
+    # the least that trains: CLAP's batch of 256 needs ~370 LAION clips (70 % train), the MELD head's batch of 64 ~90
+    p.add_argument("--clips", type=bounded(int, at_least(400)), default=1400, help="LAION-layout clips to synthesise")
+    p.add_argument("--meld-clips", type=bounded(int, at_least(100)), default=600, help="MELD-layout clips to synthesise")
     p.add_argument("--max-seconds", type=bounded(float, between(MIN_MAX_SECONDS, MAX_S)), default=4.0,
                    help="longest LAION-layout clip in seconds (eGeMAPS' time grows with the audio)")
     p.add_argument("--seed", type=bounded(int, at_least(0)), default=0, help="corpus seed")
