@@ -18,11 +18,11 @@ from contextlib import contextmanager
 from typing import Iterable, Iterator
 
 import numpy as np
-import torch
 
 from lake.blocks import row_meta
 from lake.errors import LakeError
 from lake.schema import SAMPLE_RATE
+from lake.threads import compute_threads
 from ingest.config import IngestConfig
 from ingest.decode_pool import Featured, OrderedDecoder, chunk_fn, one_thread
 from ingest.sources.base import Clip, Skip, Unit
@@ -37,18 +37,11 @@ SHORT_BY = (0.25, 0.05)  # seconds, share of the declared length: more missing i
 LONG_BY = (1.0, 0.5)  # seconds, share: more extra is another recording
 
 
-@contextmanager
 def encoder_threads(device: str, spare_cores: int):
     """On a CPU rank, the encoders' torch threads while ingest runs: the cores its decode workers leave
     (at least one). More would fight the workers for the cores (torch's waiting threads spin); a
     user's OMP_NUM_THREADS decides instead. A GPU rank's encoders need no CPU threads of their own."""
-    before = torch.get_num_threads()
-    if str(device).startswith("cpu") and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, spare_cores))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+    return compute_threads(max(1, spare_cores) if str(device).startswith("cpu") else None)
 
 
 def duration_mismatch(clip: Clip, dec) -> str | None:

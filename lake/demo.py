@@ -14,7 +14,6 @@ and nothing imports it.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import json
 import os
@@ -22,10 +21,11 @@ import threading
 import time
 
 from ingest.synthetic import generate
-from ingest.synthetic.corpus import MARKER as CORPUS_MARKER, MIN_MAX_SECONDS
+from ingest.synthetic.corpus import MIN_MAX_SECONDS, made_with
 from ingest.synthetic.spec import MAX_S
 from lake.cli import run_cli
 from lake.cliargs import HelpFormatter, at_least, between, bounded
+from lake.threads import compute_threads
 
 # What the steps after the corpus import: torch, sentence-transformers, openSMILE and every stage (~10 s of
 # one core; ~25 s in a fresh environment, which compiles their bytecode as it goes). The demo is CPU-bound
@@ -65,27 +65,14 @@ def run_demo(out: str, clips: int, meld_clips: int, seed: int, text_encoder: str
     _corpus(paths, clips, meld_clips, seed, workers, max_seconds, t0)
     imports.join()  # no two threads importing at once after this
     _ingest(paths, audio_encoder, text_encoder, workers, t0)
-    with _one_compute_thread():
+    # Training and evaluation on one torch thread: the demo's models are small, and a second thread saves ~5 s
+    # on an idle 2-core machine, but on a busy one each parallel region waits for a thread the scheduler has put
+    # aside, and the waiting threads spin: the SLM took 83 s with 2 threads, 29 s with 1, beside four other
+    # CPU-bound processes (21 s / 26 s idle; BENCHMARKS.md, "The demo").
+    with compute_threads(1):
         stage3 = _train(paths, t0)
         _evaluate(paths, stage3, t0)
     return _summary(paths, time.time() - t0)
-
-
-@contextlib.contextmanager
-def _one_compute_thread():
-    """Training and evaluation on one torch thread (unless OMP_NUM_THREADS says otherwise). The demo's models
-    are small: a second thread saves ~5 s on an idle 2-core machine, but on a busy one each parallel region
-    waits for a thread the scheduler has put aside, and the waiting threads spin: the SLM took 83 s with 2
-    threads, 29 s with 1, beside four other CPU-bound processes (21 s / 26 s idle; BENCHMARKS.md, "The demo")."""
-    import torch
-
-    before = torch.get_num_threads()
-    if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class DemoPaths:
@@ -104,7 +91,7 @@ def _corpus(p: DemoPaths, clips: int, meld_clips: int, seed: int, workers: int, 
     _step(f"1/6 synthetic corpus: {clips} LAION-layout clips (up to {max_seconds:g} s) + {meld_clips} MELD-layout "
           f"clips -> {p.corpus}", t0)
     wanted = {"clips": clips, "meld_clips": meld_clips, "seed": seed, "max_seconds": max_seconds}
-    made = _corpus_args(p.corpus)
+    made = made_with(p.corpus)
     if made is not None and all(made.get(k) == v for k, v in wanted.items()) and \
             os.path.isfile(os.path.join(p.corpus, "truth.jsonl")):
         print("already there (same settings); reusing it")
@@ -112,15 +99,6 @@ def _corpus(p: DemoPaths, clips: int, meld_clips: int, seed: int, workers: int, 
     # a half-written corpus, or one made with other settings, is the demo's own: made again
     generate(p.corpus, clips=clips, meld_clips=meld_clips, seed=seed, workers=workers, max_seconds=max_seconds,
              overwrite=made is not None, progress=True)
-
-
-def _corpus_args(corpus: str) -> dict | None:
-    """The settings a synthetic corpus under `corpus` was made with (its marker file), or None."""
-    try:
-        with open(os.path.join(corpus, CORPUS_MARKER), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
 
 
 def _ingest(p: DemoPaths, audio_encoder: str, text_encoder: str, workers: int, t0: float) -> None:

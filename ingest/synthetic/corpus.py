@@ -68,6 +68,15 @@ MIN_MAX_SECONDS = 2.0  # a shorter ceiling leaves no room for a sentence
 MARKER = ".synthetic-corpus"  # written first: a folder with it is ours to overwrite, even half-written
 
 
+def made_with(out_dir: str) -> dict | None:
+    """The arguments a synthetic corpus in `out_dir` was made with (its marker), or None where there is none."""
+    try:
+        with open(os.path.join(out_dir, MARKER), encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def _prepare(out_dir: str, overwrite: bool, args: dict) -> None:
     owned = [os.path.join(out_dir, d) for d in ("laion", "meld", "truth.jsonl", MARKER)]
     existing = [p for p in owned if os.path.exists(p) and (not os.path.isdir(p) or os.listdir(p))]
@@ -128,10 +137,10 @@ def generate(out_dir: str, clips: int = 1000, meld_clips: int | None = None, see
     chunks = [meld_rows[i: i + 8] for i in range(0, len(meld_rows), 8)]
     tasks = [("tar", i, t, out_dir, seed, max_seconds) for i, t in enumerate(tars)]
     tasks += [("meld", len(tars) + i, c, out_dir, seed, max_seconds) for i, c in enumerate(chunks)]
-    # Longest first, so the pool does not wait on one big tar at the end.
-    tasks.sort(key=lambda t: -(len(t[2].clips) if t[0] == "tar" else 1.5 * len(t[2])))
-    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     clips_of = {t[1]: len(t[2].clips) if t[0] == "tar" else len(t[2]) for t in tasks}
+    # Longest first, so the pool does not wait on one big tar at the end (a MELD clip costs ~1.5 LAION clips).
+    tasks.sort(key=lambda t: -clips_of[t[1]] * (1.0 if t[0] == "tar" else 1.5))
+    workers = max(1, min(workers or os.cpu_count() or 1, len(tasks)))
     results: dict[int, list[dict]] = {}
     with Progress("corpus", total=sum(clips_of.values()), unit="clip", enabled=progress) as bar, \
             (worker_context().Pool(workers, WorkerStart()) if workers > 1 else nullcontext()) as pool:
