@@ -117,7 +117,9 @@ def agreement(indices: list[int]) -> dict:
     return out
 
 
-def ensure_corpus(clips: int, meld_clips: int, corpus: str | None) -> str:
+def ensure_corpus(clips: int, meld_clips: int, corpus: str | None, max_seconds: float | None = None) -> str:
+    """`corpus` if it holds a corpus, else a new one there (or in the temp dir); `max_seconds`: the longest
+    LAION clip (default: the generator's)."""
     from ingest.synthetic import generate
 
     if corpus and os.path.exists(os.path.join(corpus, "truth.jsonl")):
@@ -126,7 +128,8 @@ def ensure_corpus(clips: int, meld_clips: int, corpus: str | None) -> str:
     if not os.path.exists(os.path.join(corpus, "truth.jsonl")):
         shutil.rmtree(corpus, ignore_errors=True)
         t0 = time.perf_counter()
-        generate(corpus, clips=clips, meld_clips=meld_clips, seed=0)
+        generate(corpus, clips=clips, meld_clips=meld_clips, seed=0,
+                 **({"max_seconds": max_seconds} if max_seconds else {}))
         print(f"generated a synthetic corpus in {time.perf_counter() - t0:.1f} s: {corpus}")
     else:
         print(f"reusing the synthetic corpus in {corpus}")

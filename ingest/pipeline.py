@@ -25,6 +25,7 @@ from lake.schema import SAMPLE_RATE
 from lake.threads import compute_threads
 from ingest.config import IngestConfig
 from ingest.decode_pool import Featured, OrderedDecoder, chunk_fn, one_thread
+from ingest.encoders.text_cache import TextCache
 from ingest.sources.base import Clip, Skip, Unit
 from ingest.write.ledger import Ledger
 from ingest.write.packer import BlockPacker
@@ -65,6 +66,7 @@ class RankWorker:
                  ledger: Ledger, progress=None, preempted=None, device: str = "cpu"):
         self.cfg, self.source, self.device = cfg, source, str(device)
         self.audio_enc, self.text_enc = audio_enc, text_enc
+        self.texts = TextCache(text_enc) if text_enc is not None else None  # each distinct text encoded once
         self.world_size, self.ledger = world_size, ledger
         self.label_id = {name: i for i, name in enumerate(taxonomy)}
         self.progress = progress
@@ -102,6 +104,8 @@ class RankWorker:
             decoder.terminate()
             raise
         decoder.close()
+        if self.progress is not None and self.progress.enabled and self.texts is not None and self.texts.texts:
+            self.progress.write(self.texts.summary())
 
     def _clips(self, seg: list[Unit]) -> Iterator[Clip]:
         """Clips to decode; skip records go straight to quarantine. Stops at a clip boundary when preempted."""
@@ -223,4 +227,4 @@ class RankWorker:
         """Per clip: float32 [Dt], or None (that clip quarantined: the text encoder failed on it)."""
         bs = self.cfg.text_batch_size
         return [v for i in range(0, len(texts), bs)
-                for v in self._one_by_one(self.text_enc.encode, texts[i:i + bs], clips[i:i + bs], what, "text")]
+                for v in self._one_by_one(self.texts.encode, texts[i:i + bs], clips[i:i + bs], what, "text")]

@@ -53,6 +53,7 @@ def test_laion_ingest_offline_encoders(corpus, tmp_path):
     out = tmp_path / "laion"
     proc = ingest("--source", "laion", "--input", src / "laion", "--out", out, *LAION_ARGS)
     assert "rows in" in proc.stdout and "skipped" in proc.stdout and "map to no class" in proc.stdout
+    assert "distinct texts encoded for" in proc.stderr  # each repeated transcript or caption encoded once
     problems, _, _ = verify_set(str(out))
     assert problems == []
     laion = [t for t in truth if t["source"] == "laion" and t["status"] not in ("ignored_tar",)]

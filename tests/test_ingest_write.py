@@ -12,6 +12,7 @@ from conftest import write_set
 from ingest.config import IngestConfig
 from ingest.decode import Decoded
 from ingest.decode_pool import Featured
+from ingest.encoders.text_cache import TextCache
 from ingest.pipeline import MAX_FAILURES_IN_A_ROW, RankWorker
 from ingest.sources.base import Clip, SplitPolicy, Unit
 from ingest.write.journal import Journal, JournalState, read_journals
@@ -109,7 +110,7 @@ class PickyText:
 
 def test_a_transcript_the_text_encoder_fails_on_quarantines_that_clip_only(tmp_path):
     worker = _worker(tmp_path)
-    worker.text_enc = PickyText()
+    worker.texts = TextCache(PickyText())  # as ingest calls it: each distinct text once
     clips = _clips(5)
     clips[2].transcript = "bad"
     out = worker._encode_texts([c.transcript for c in clips], clips, "transcript")
