@@ -84,8 +84,9 @@ def plan_meld(total: int, rng: np.random.Generator) -> list[dict]:
                 text = str(rng.choice(MELD_LINES["neutral"]))
                 if rng.random() < 0.05:
                     text = text.replace("'", "\x92")
-            if not text.endswith(",") and rng.random() < 0.3 and text not in MELD_CONTROLS:
-                text += " " + str(rng.choice(MELD_LINES["neutral"]))  # MELD clips average ~3.6 s
+            # MELD's utterances average 3.6 s: one of these lines is ~3.4 s in these voices, two ~5.5 s
+            if not text.endswith(",") and rng.random() < 0.1 and text not in MELD_CONTROLS:
+                text += " " + str(rng.choice(MELD_LINES["neutral"]))
             if rng.random() < 0.04:
                 text = text.replace(" ", "  ", 1)  # MELD has double spaces inside utterances
             rows.append({"split": split, "sr_no": sr_no, "utterance": text, "speaker": str(rng.choice(cast)),
