@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -86,7 +87,8 @@ def test_predict_on_three_formats(pipeline, tmp_path):
     from ingest.decode import decode_audio
 
     wave = decode_audio(str(mp4)).wave
-    files = {"clip.mp4": mp4}
+    files = {"clip.mp4": tmp_path / "clip.mp4"}  # all three beside clip.txt: the same audio, the same transcript
+    shutil.copyfile(mp4, files["clip.mp4"])
     for name, codec, fmt in (("clip.wav", "pcm_s16le", "wav"), ("clip.flac", "flac", "flac")):
         path = tmp_path / name
         with av.open(str(path), "w", format=fmt) as c:
@@ -107,8 +109,8 @@ def test_predict_on_three_formats(pipeline, tmp_path):
     for r in results:
         assert len(r["slm"]) == 3 and abs(sum(p["prob"] for p in r["meld"]) - 1) < 1e-3
         assert all(0 <= p["prob"] <= 1 for p in r["slm"])
-    assert results[1]["transcript"] == clip["transcript"]
-    # the same audio in three containers: the same answer
+    assert results[0]["transcript"] == results[1]["transcript"] == results[2]["transcript"] == clip["transcript"]
+    # the same audio (and transcript) in three containers: the same answer
     assert results[0]["meld"][0]["label"] == results[1]["meld"][0]["label"] == results[2]["meld"][0]["label"]
     text = run("evaluation", "predict", "--stage3-ckpt", ck / "slm" / "slm_stage3_best.pt", files["clip.wav"]).stdout
     assert "SLM:" in text
