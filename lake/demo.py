@@ -210,12 +210,14 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m lake demo", description=__doc__.split("\n\n")[0],
                                 formatter_class=HelpFormatter)
     p.add_argument("--out", default="demo", help="everything goes here: corpus, shard sets, checkpoints, reports")
-    # 1,400 LAION clips of up to 4 s + 600 MELD clips: the demo is CPU-bound, and per LAION clip of d seconds it
-    # costs ~(50 + 28 d) ms of CPU on this project's 2-core machines (eGeMAPS 11 + 17 d in the decode workers, the
-    # mp3 ~7 d, MiniLM on transcript and caption ~30); the 3,300 clips of up to 8 s before took 2.2x as long for
-    # the same table (BENCHMARKS.md, "The demo")
+    # 1,200 LAION clips of up to 4 s + 600 MELD clips: the demo is CPU-bound, so beside other CPU-bound work it
+    # takes its CPU time, not its wall time; a LAION clip of d seconds costs ~(30 + 20 d) ms of CPU on this
+    # project's 2-core machines (eGeMAPS 8 + 12 d in the decode workers, making the mp3 ~5 d, MiniLM ~5 now that
+    # each distinct text is encoded once), a MELD clip ~100 ms. 1,400 clips took 20 s more at a load of 4 for the
+    # same table (the SLM above its probes); the 3,300 clips of up to 8 s before, 2.3x the time (BENCHMARKS.md,
+    # "The demo")
     # the least that trains: CLAP's batch of 256 needs ~370 LAION clips (70 % train), the MELD head's batch of 64 ~90
-    p.add_argument("--clips", type=bounded(int, at_least(400)), default=1400, help="LAION-layout clips to synthesise")
+    p.add_argument("--clips", type=bounded(int, at_least(400)), default=1200, help="LAION-layout clips to synthesise")
     p.add_argument("--meld-clips", type=bounded(int, at_least(100)), default=600, help="MELD-layout clips to synthesise")
     p.add_argument("--max-seconds", type=bounded(float, between(MIN_MAX_SECONDS, MAX_S)), default=4.0,
                    help="longest LAION-layout clip in seconds (eGeMAPS' time grows with the audio)")
