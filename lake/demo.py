@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     # 1,200 LAION clips of up to 4 s + 600 MELD clips: the demo is CPU-bound, so beside other CPU-bound work it
     # takes its CPU time, not its wall time; a LAION clip of d seconds costs ~(30 + 20 d) ms of CPU on this
     # project's 2-core machines (eGeMAPS 8 + 12 d in the decode workers, making the mp3 ~5 d, MiniLM ~5 now that
-    # each distinct text is encoded once), a MELD clip ~100 ms. 1,400 clips took 20 s more at a load of 4 for the
+    # each distinct text is encoded once), a MELD clip ~100 ms. 1,400 clips took 32 s more at a load of 4 for the
     # same table (the SLM above its probes); the 3,300 clips of up to 8 s before, 2.3x the time (BENCHMARKS.md,
     # "The demo")
     # the least that trains: CLAP's batch of 256 needs ~370 LAION clips (70 % train), the MELD head's batch of 64 ~90
