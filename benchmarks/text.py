@@ -88,9 +88,9 @@ def main(argv=None) -> dict:
     encoder.encode(CREMA_D)  # first call: lazy initialisation, off the clock
     figures = {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "encoder": args.text_encoder,
                "threads": args.threads}
-    for name, texts in (("synthetic corpus", corpus_texts(corpus)), ("CREMA-D-like scripted", scripted_texts())):
-        r = compare(encoder, texts)
-        figures[name.split()[0].lower().replace("-d-like", "_d")] = r
+    for key, name, texts in (("synthetic", "synthetic corpus", corpus_texts(corpus)),
+                             ("crema_d", "CREMA-D-like scripted", scripted_texts())):
+        r = figures[key] = compare(encoder, texts)
         print(f"{name}: {r['texts']:,} texts, {r['distinct']:,} distinct ({r['repeats']:.0%} repeats): every text "
               f"{r['every_texts_per_s']:,.0f}/s, each distinct once {r['once_texts_per_s']:,.0f}/s "
               f"({r['speedup']:.2f}x); largest float16 difference {r['max_fp16_diff']:.1e}")
