@@ -65,7 +65,7 @@ class RankWorker:
     def __init__(self, cfg: IngestConfig, source, taxonomy: list[str], audio_enc, text_enc, world_size: int,
                  ledger: Ledger, progress=None, preempted=None, device: str = "cpu"):
         self.cfg, self.source, self.device = cfg, source, str(device)
-        self.audio_enc, self.text_enc = audio_enc, text_enc
+        self.audio_enc = audio_enc
         self.texts = TextCache(text_enc) if text_enc is not None else None  # each distinct text encoded once
         self.world_size, self.ledger = world_size, ledger
         self.label_id = {name: i for i, name in enumerate(taxonomy)}
@@ -104,7 +104,7 @@ class RankWorker:
             decoder.terminate()
             raise
         decoder.close()
-        if self.progress is not None and self.progress.enabled and self.texts is not None and self.texts.texts:
+        if self.progress is not None and self.progress.enabled and self.texts is not None and self.texts.asked:
             self.progress.write(self.texts.summary())
 
     def _clips(self, seg: list[Unit]) -> Iterator[Clip]:

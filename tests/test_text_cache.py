@@ -37,7 +37,7 @@ def test_repeats_are_encoded_once_and_get_the_same_vectors():
     out2 = cache.encode([CREMA_D[1], CREMA_D[5], CREMA_D[5]])
     assert enc.batches[-1] == [CREMA_D[5]]
     np.testing.assert_array_equal(out2, enc.inner.encode([CREMA_D[1], CREMA_D[5], CREMA_D[5]]))
-    assert (cache.texts, cache.encoded) == (15, 6)
+    assert (cache.asked, cache.encoded) == (15, 6)
     assert cache.summary() == "text encoder: 6 distinct texts encoded for 15 (60% were repeats)"
 
 
@@ -57,7 +57,7 @@ def test_a_failing_batch_keeps_nothing_and_passes_the_error():
     cache = TextCache(enc)
     with pytest.raises(RuntimeError, match="bad"):
         cache.encode(["good", "bad"])
-    assert cache.texts == cache.encoded == 0
+    assert cache.asked == cache.encoded == 0
     cache.encode(["good"])  # nothing of the failed call was kept: encoded now
     assert enc.batches[-1] == ["good"]
 

@@ -29,7 +29,7 @@ class TextCache:
         self.encoder = encoder
         self.capacity = max(1, max_bytes // (4 * max(1, int(encoder.dim))))
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
-        self.texts = 0  # texts asked for
+        self.asked = 0  # texts asked for
         self.encoded = 0  # of them, handed to the encoder
 
     def encode(self, texts: list[str | None]) -> np.ndarray:
@@ -54,12 +54,12 @@ class TextCache:
                 self._vectors[text] = vector.copy()  # a row of its own: not a view holding the whole batch
             while len(self._vectors) > self.capacity:
                 self._vectors.popitem(last=False)
-        self.texts += len(texts)
+        self.asked += len(texts)
         self.encoded += len(missing)
         return out
 
     def summary(self) -> str:
         """One line for the end of a run."""
-        share = 1 - self.encoded / self.texts if self.texts else 0.0
-        return (f"text encoder: {self.encoded:,} distinct texts encoded for {self.texts:,} "
+        share = 1 - self.encoded / self.asked if self.asked else 0.0
+        return (f"text encoder: {self.encoded:,} distinct texts encoded for {self.asked:,} "
                 f"({share:.0%} were repeats)")
