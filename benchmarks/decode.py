@@ -33,6 +33,8 @@ import time
 import numpy as np
 
 from ingest.decode import decode_audio
+from ingest.synthetic.spec import MAX_S
+from lake.cli import run_cli
 from lake.cliargs import at_least, bounded
 
 FFMPEG_HINT = "install it with `apt-get install -y ffmpeg` (Debian/Ubuntu) or `brew install ffmpeg` (macOS)"
@@ -117,9 +119,9 @@ def agreement(indices: list[int]) -> dict:
     return out
 
 
-def ensure_corpus(clips: int, meld_clips: int, corpus: str | None, max_seconds: float | None = None) -> str:
+def ensure_corpus(clips: int, meld_clips: int, corpus: str | None, max_seconds: float = MAX_S) -> str:
     """`corpus` if it holds a corpus, else a new one there (or in the temp dir); `max_seconds`: the longest
-    LAION clip (default: the generator's)."""
+    LAION clip."""
     from ingest.synthetic import generate
 
     if corpus and os.path.exists(os.path.join(corpus, "truth.jsonl")):
@@ -128,8 +130,7 @@ def ensure_corpus(clips: int, meld_clips: int, corpus: str | None, max_seconds: 
     if not os.path.exists(os.path.join(corpus, "truth.jsonl")):
         shutil.rmtree(corpus, ignore_errors=True)
         t0 = time.perf_counter()
-        generate(corpus, clips=clips, meld_clips=meld_clips, seed=0,
-                 **({"max_seconds": max_seconds} if max_seconds else {}))
+        generate(corpus, clips=clips, meld_clips=meld_clips, seed=0, max_seconds=max_seconds)
         print(f"generated a synthetic corpus in {time.perf_counter() - t0:.1f} s: {corpus}")
     else:
         print(f"reusing the synthetic corpus in {corpus}")
@@ -208,4 +209,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(lambda: main() and 0))  # a bad --corpus (a file, no room): one line, not a traceback

@@ -1,10 +1,10 @@
 """The text encoder over a corpus's texts: every text encoded (as before) vs each distinct text once
 (`ingest.encoders.text_cache.TextCache`, what ingest does now).
 
-    python -m benchmarks.text [--clips 1400] [--meld-clips 600] [--corpus DIR] [--text-encoder minilm]
+    python -m benchmarks.text [--clips 1200] [--meld-clips 600] [--corpus DIR] [--text-encoder minilm]
 
 Two sets of texts, each in ingest's batches of 128: the synthetic corpus's transcripts and
-captions in the order of its truth file (the demo's corpus by default: 1,400 LAION-layout clips
+captions in the order of its truth file (the demo's corpus by default: 1,200 LAION-layout clips
 of up to 4 s + 600 MELD-layout clips), and a scripted corpus laid out like CREMA-D (its 12
 sentences over 1,500 clips, shuffled). One torch thread, as on a CPU ingest rank whose decode
 workers hold the other cores. Reports texts/s both ways, the share of repeats, and the largest
@@ -17,12 +17,14 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import time
 
 import numpy as np
 
 from ingest.encoders.text_cache import TextCache
+from lake.cli import run_cli
 from lake.cliargs import at_least, bounded
 
 BATCH = 128  # ingest's --text-batch-size default
@@ -69,11 +71,13 @@ def compare(encoder, texts: list[str]) -> dict:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog="python -m benchmarks.text", description=__doc__.split("\n\n")[0])
-    p.add_argument("--clips", type=bounded(int, at_least(1)), default=1400, help="LAION clips in the generated corpus")
-    p.add_argument("--meld-clips", type=bounded(int, at_least(0)), default=600, help="MELD clips in the generated corpus")
+    p.add_argument("--clips", type=bounded(int, at_least(1)), default=1200,
+                   help="LAION clips in the generated corpus (default: 1200, the demo's)")
+    p.add_argument("--meld-clips", type=bounded(int, at_least(0)), default=600,
+                   help="MELD clips in the generated corpus (default: 600)")
     p.add_argument("--corpus", help="a synthetic corpus to use (made there if missing; default: one in the temp dir)")
-    p.add_argument("--text-encoder", default="minilm", choices=["minilm", "hashing"], help="offline text encoder")
-    p.add_argument("--threads", type=bounded(int, at_least(1)), default=1, help="torch threads (default 1)")
+    p.add_argument("--text-encoder", default="minilm", choices=["minilm", "hashing"], help="offline text encoder (default: minilm)")
+    p.add_argument("--threads", type=bounded(int, at_least(1)), default=1, help="torch threads (default: 1)")
     args = p.parse_args(argv)
 
     import torch
@@ -99,4 +103,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(lambda: main() and 0))  # a bad --corpus (a file, no room): one line, not a traceback
